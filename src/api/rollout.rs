@@ -1,0 +1,235 @@
+//! PatchRollout: one release moving through the rings of its namespace.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Classification, Condition, default_classifications};
+use super::schema;
+use super::vm::PinnedPackage;
+
+/// The desired state of the PatchRollout: the release, what it installs and how it is steered.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    doc = "One release moving through the UpdateRings of its namespace, ring by ring and wave by wave.\n\nThe controller creates one on the release cadence (by default the second Tuesday of each month); create one by hand for an out-of-band release. When its first ring starts, the approved set of packages is frozen in `status.manifest`, and every later ring installs exactly that set.",
+    group = "automend.io",
+    version = "v1alpha1",
+    kind = "PatchRollout",
+    plural = "patchrollouts",
+    shortname = "rollout",
+    shortname = "pr",
+    category = "automend",
+    namespaced,
+    status = "PatchRolloutStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Release","type":"date","jsonPath":".spec.releaseTime"}"#,
+    printcolumn = r#"{"name":"Ring","type":"string","jsonPath":".status.currentRing"}"#,
+    printcolumn = r#"{"name":"Patched","type":"integer","jsonPath":".status.slo.onManifest"}"#,
+    printcolumn = r#"{"name":"Eligible","type":"integer","jsonPath":".status.slo.eligible"}"#,
+    printcolumn = r#"{"name":"Paused","type":"boolean","jsonPath":".spec.paused"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchRolloutSpec {
+    /// When the release was published (RFC 3339). Patches published after it are not part of this
+    /// release; ring deferrals count from it. Cannot change.
+    #[x_kube(validation = schema::immutable("releaseTime"))]
+    pub release_time: Time,
+
+    /// Classifications installed (default Critical and Security); the rest are counted as not
+    /// selected. Cannot change.
+    #[serde(default = "default_classifications")]
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = schema::immutable("classifications"))]
+    pub classifications: Vec<Classification>,
+
+    /// Skip ring deferrals (an expedited release); health gates still apply.
+    #[serde(default)]
+    pub expedite: bool,
+
+    /// A paused rollout starts no new installations; those running finish.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// When a ring's failures exceed its health gate, the failed wave's guests return their packages
+    /// to the versions recorded before installing.
+    #[serde(default)]
+    pub rollback_on_failure: bool,
+
+    /// Package names (Linux) or KB ids (Windows, e.g. "KB5034441") that are never installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "set"))]
+    pub exclude: Vec<String>,
+
+    /// The service level objective the rollout is measured against.
+    #[serde(default)]
+    pub slo: SloTarget,
+}
+
+/// A service level objective: this share of eligible VMs on the release within this time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloTarget {
+    /// Percentage of eligible VMs, 1 to 100 (default 95).
+    #[serde(default = "SloTarget::default_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_percent: i32,
+    /// Time from release, 1h to 2160h (default 504h, 21 days).
+    #[serde(default = "SloTarget::default_within")]
+    #[x_kube(validation = schema::duration_between("1h", "2160h"))]
+    pub within: String,
+}
+
+impl SloTarget {
+    fn default_percent() -> i32 {
+        95
+    }
+    fn default_within() -> String {
+        "504h".into()
+    }
+}
+
+impl Default for SloTarget {
+    fn default() -> Self {
+        Self {
+            target_percent: Self::default_percent(),
+            within: Self::default_within(),
+        }
+    }
+}
+
+/// The phase of a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutPhase {
+    Pending,
+    Progressing,
+    Paused,
+    Halted,
+    Succeeded,
+    RolledBack,
+}
+
+/// The phase of one ring within a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RingPhase {
+    /// Waiting for its deferral or for the previous ring.
+    Waiting,
+    Progressing,
+    /// The last wave finished; waiting out the bake time.
+    Baking,
+    Paused,
+    Halted,
+    Succeeded,
+    RolledBack,
+}
+
+/// Observed state of a PatchRollout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchRolloutStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// The ring currently receiving the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_ring: Option<String>,
+    /// The pinned release manifest, frozen when the first ring started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ReleaseManifest>,
+    /// Per ring progress, in ring order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub rings: Vec<RingProgress>,
+    /// Progress against the service level objective.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<SloStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The approved set of a release, per image family.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseManifest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_time: Option<Time>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["imageFamily"]))]
+    pub families: Vec<ManifestFamily>,
+}
+
+/// The packages of one image family (e.g. "Canonical/UbuntuServer/22.04-LTS").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestFamily {
+    pub image_family: String,
+    #[serde(default)]
+    pub packages: Vec<PinnedPackage>,
+}
+
+/// One ring's progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RingProgress {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RingPhase>,
+    /// The ring does not start before this time (release time plus deferral, unless expedited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_not_before: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_time: Option<Time>,
+    #[serde(default)]
+    pub total: i32,
+    #[serde(default)]
+    pub succeeded: i32,
+    #[serde(default)]
+    pub failed: i32,
+    #[serde(default)]
+    pub in_progress: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Wave>,
+}
+
+/// One wave of installations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Wave {
+    pub index: i32,
+    /// Member VM names.
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_time: Option<Time>,
+    #[serde(default)]
+    pub succeeded: i32,
+    #[serde(default)]
+    pub failed: i32,
+}
+
+/// Progress against the SLO.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloStatus {
+    /// Eligible VMs: heartbeat within 5 days, supported image, AutomaticByPlatform.
+    #[serde(default)]
+    pub eligible: i32,
+    /// Eligible VMs on the release's manifest.
+    #[serde(default)]
+    pub on_manifest: i32,
+    /// on_manifest / eligible, as a percentage with one decimal ("96.4").
+    #[serde(default)]
+    pub percent: String,
+    /// The deadline: release time plus `spec.slo.within`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Whether the projection says the target will be met.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_to_meet: Option<bool>,
+}
