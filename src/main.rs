@@ -15,9 +15,9 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions, or write them one file each into a folder.
     Crds {
-        /// Write `<name>.yaml` files into this folder instead of printing one stream.
+        /// Write `<name>.yaml` files into this folder instead of printing one stream (repeatable).
         #[arg(long)]
-        out_dir: Option<PathBuf>,
+        out_dir: Vec<PathBuf>,
     },
 }
 

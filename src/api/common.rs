@@ -8,7 +8,7 @@ use super::schema;
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-/// A day of the week.
+// A day of the week.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -22,7 +22,7 @@ pub enum DayOfWeek {
     Sunday,
 }
 
-/// An update classification, as the seed's patch classifications.
+// An update classification, as the seed's patch classifications.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]

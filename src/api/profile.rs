@@ -53,7 +53,7 @@ pub struct ConfigurationProfileSpec {
     pub assignment: Option<Assignment>,
 }
 
-/// The environment of a profile.
+// The environment of a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Environment {
     /// Production: every best-practice service, including daily backup with 180 days of retention.
@@ -124,7 +124,7 @@ pub struct UpdateManagementPreferences {
     pub hotpatch: Option<bool>,
 }
 
-/// When a guest reboots after installing patches.
+// When a guest reboots after installing patches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RebootSetting {
     /// Reboot only when an installed patch requires it.
@@ -172,7 +172,7 @@ pub struct BackupSchedule {
     pub time: String,
 }
 
-/// How often backups run.
+// How often backups run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum BackupFrequency {
     Daily,
@@ -285,7 +285,7 @@ impl Default for Remediation {
     }
 }
 
-/// What happens on drift.
+// What happens on drift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RemediationMode {
     /// Drift is corrected automatically, with backoff, up to maxAttempts.

@@ -99,7 +99,7 @@ impl Default for SloTarget {
     }
 }
 
-/// The phase of a rollout.
+// The phase of a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RolloutPhase {
     Pending,
@@ -110,7 +110,7 @@ pub enum RolloutPhase {
     RolledBack,
 }
 
-/// The phase of one ring within a rollout.
+// The phase of one ring within a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RingPhase {
     /// Waiting for its deferral or for the previous ring.

@@ -164,7 +164,7 @@ pub struct OsProfile {
     pub image: ImageReference,
 }
 
-/// An operating system family.
+// An operating system family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum OsType {
     Linux,
@@ -245,7 +245,7 @@ pub struct PatchSettings {
     pub enable_automatic_updates: Option<bool>,
 }
 
-/// A patch mode of the seed.
+// A patch mode of the seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum PatchMode {
     /// Patched by Automend rollouts, availability-first. The only mode that joins rollouts.
@@ -328,7 +328,7 @@ fn default_scheme() -> HttpScheme {
     HttpScheme::HTTP
 }
 
-/// Scheme of an HTTP health check.
+// Scheme of an HTTP health check.
 #[allow(clippy::upper_case_acronyms)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum HttpScheme {
@@ -336,7 +336,7 @@ pub enum HttpScheme {
     HTTPS,
 }
 
-/// The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
+// The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum VmPhase {
     /// The VM is not running (no heartbeat); onboarding or remediation waits until it runs.
@@ -509,7 +509,7 @@ pub struct PatchStatus {
     pub last_patch_installation_summary: Option<LastPatchInstallationSummary>,
 }
 
-/// Outcome of an operation on the guest.
+// Outcome of an operation on the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum OperationStatus {
     Unknown,

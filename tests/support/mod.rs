@@ -1,0 +1,193 @@
+//! Test support for the end-to-end suites: one real control plane per test binary, and a namespace
+//! per test.
+//!
+//! With `KUBECONFIG` set, the tests use that cluster (kind, for instance) instead of starting one.
+//! Otherwise the first test to ask starts etcd + kube-apiserver + kube-controller-manager with
+//! `hack/cluster.sh up` in `target/e2e/<binary>-<pid>`, and a detached reaper stops them and removes
+//! the folder when the test process exits, however it exits.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub bindir: PathBuf,
+}
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo().join("hack/cluster.sh")
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The shared control plane of this test binary, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let bindir = run_checked(
+            Command::new("bash").arg(script()).arg("bindir"),
+            "hack/cluster.sh bindir",
+        );
+        let bindir = PathBuf::from(String::from_utf8_lossy(&bindir.stdout).trim());
+        run_checked(
+            Command::new("bash").arg(script()).arg("build"),
+            "hack/cluster.sh build",
+        );
+        let kubeconfig = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            Some(kc) => PathBuf::from(kc),
+            None => start_local(),
+        };
+        let cluster = Cluster { kubeconfig, bindir };
+        // Every suite works against the CRDs of this tree.
+        cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/virtualmachines.automend.io",
+            "crd/configurationprofiles.automend.io",
+            "crd/updaterings.automend.io",
+            "crd/patchrollouts.automend.io",
+        ]);
+        cluster
+    })
+}
+
+fn start_local() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    let name = exe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("e2e")
+        .to_string();
+    let dir = repo()
+        .join("target/e2e")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating the cluster folder");
+    // The reaper: detached (its own session) so that Ctrl-C on the tests does not kill it first.
+    let reaper = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash {script} down --purge >/dev/null 2>&1",
+        pid = std::process::id(),
+        script = script().display()
+    );
+    Command::new("setsid")
+        .args(["bash", "-c", &reaper])
+        .env("AUTOMEND_CLUSTER_DIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the cluster reaper");
+    run_checked(
+        Command::new("bash")
+            .arg(script())
+            .arg("up")
+            .env("AUTOMEND_CLUSTER_DIR", &dir),
+        "hack/cluster.sh up",
+    );
+    dir.join("kubeconfig")
+}
+
+impl Cluster {
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.bindir.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .expect("running kubectl")
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn helm(&self, args: &[&str]) -> Output {
+        Command::new(self.bindir.join("helm"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .current_dir(repo())
+            .env("HELM_CACHE_HOME", repo().join("target/helm/cache"))
+            .env("HELM_CONFIG_HOME", repo().join("target/helm/config"))
+            .env("HELM_DATA_HOME", repo().join("target/helm/data"))
+            .output()
+            .expect("running helm")
+    }
+
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading the kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig to client config");
+        Client::try_from(config).expect("building the client")
+    }
+}
+
+/// A fresh namespace for one test, labelled so that leftovers are easy to find.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "automend.io/e2e": "true" } }
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    /// Delete the namespace (the control plane's namespace controller removes what is in it).
+    pub async fn delete(self) {
+        let _ = Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+}
