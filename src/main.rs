@@ -1,48 +1,73 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Automend keeps fleets of virtual machines on best-practice configuration and patches them safely.
 #[derive(Parser)]
 #[command(name = "automend", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Print the CustomResourceDefinitions, or write them one file each into a folder.
+    /// Print the CustomResourceDefinitions, or write them one file each into folders.
     Crds {
         /// Write `<name>.yaml` files into this folder instead of printing one stream (repeatable).
         #[arg(long)]
         out_dir: Vec<PathBuf>,
     },
+    /// Run the controller.
+    Controller(automend::controller::Settings),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn write_crds(out_dirs: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = automend::api::crds_yaml().context("serializing the CRDs")?;
+    if out_dirs.is_empty() {
+        for (_, body) in &files {
+            print!("{body}");
+        }
+    }
+    for dir in out_dirs {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, body) in &files {
+            let path = dir.join(name);
+            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds { out_dir } => {
-            let files = automend::api::crds_yaml().context("serializing the CRDs")?;
-            match out_dir {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    for (name, body) in files {
-                        let path = dir.join(name);
-                        std::fs::write(&path, body)
-                            .with_context(|| format!("writing {}", path.display()))?;
-                    }
-                }
-                None => {
-                    for (_, body) in files {
-                        print!("{body}");
-                    }
-                }
-            }
+        Command::Crds { out_dir } => write_crds(out_dir),
+        Command::Controller(settings) => {
+            init_logging(cli.log_format);
+            tokio::runtime::Runtime::new()?.block_on(automend::controller::run(settings))
         }
     }
-    Ok(())
 }

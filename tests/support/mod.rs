@@ -94,13 +94,14 @@ fn start_local() -> PathBuf {
         pid = std::process::id(),
         script = script().display()
     );
+    // `setsid -f` forks: the command returns at once and the reaper lives on in its own session.
     Command::new("setsid")
-        .args(["bash", "-c", &reaper])
+        .args(["-f", "bash", "-c", &reaper])
         .env("AUTOMEND_CLUSTER_DIR", &dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("starting the cluster reaper");
     run_checked(
         Command::new("bash")
