@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run every test: formatting, lints, unit tests, and the end-to-end suites against a real control
+# plane that each test binary starts on loopback (built once by hack/cluster.sh).
+#
+#   hack/test.sh                    everything, on local control planes
+#   hack/test.sh --use-kubeconfig   the same suites against the cluster in $KUBECONFIG (e.g. kind)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "${1:-}" != "--use-kubeconfig" ]; then
+  # Never touch whatever cluster the caller's KUBECONFIG points at.
+  unset KUBECONFIG
+fi
+
+echo "==> building the control plane binaries (first run only)"
+bash hack/cluster.sh build
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --locked --no-fail-fast
