@@ -13,10 +13,10 @@ eval "$(bash hack/cluster.sh env)"
 kubectl version
 
 step "building automend"
-cargo build --release --locked
+cargo build --locked
 
-step "installing the CRDs from the types: ./target/release/automend crds | kubectl apply"
-./target/release/automend crds | kubectl apply --server-side -f -
+step "installing the CRDs from the types: ./target/debug/automend crds | kubectl apply"
+./target/debug/automend crds | kubectl apply --server-side -f -
 kubectl wait --for=condition=Established --timeout=60s \
   crd/virtualmachines.automend.io crd/configurationprofiles.automend.io \
   crd/updaterings.automend.io crd/patchrollouts.automend.io

@@ -192,6 +192,9 @@ async fn rendered_chart_passes_restricted_pod_security_on_the_server() {
         &version,
         "--set",
         "image.tag=test",
+        // Profiles are not workloads, and the install test owns them in this cluster.
+        "--set",
+        "defaultProfiles.create=false",
     ]);
     assert!(
         out.status.success(),
