@@ -21,8 +21,9 @@ kubectl wait --for=condition=Established --timeout=60s \
   crd/virtualmachines.automend.io crd/configurationprofiles.automend.io \
   crd/updaterings.automend.io crd/patchrollouts.automend.io
 
-step "applying the example fleet into namespace demo"
-kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f -
+step "applying the example fleet into a fresh namespace demo"
+kubectl delete namespace demo --ignore-not-found --wait --timeout=120s
+kubectl create namespace demo
 kubectl apply -n demo -f examples/
 
 step "kubectl get automend -n demo"

@@ -107,7 +107,15 @@ async fn every_example_applies_and_lists_under_the_category() {
         "jsonpath={.spec.healthGate.bakeTime}/{.spec.maxUnavailable}",
     ]);
     assert_eq!(gate, "1h/20%");
+    // The control plane's controller manager empties and removes deleted namespaces.
+    let name = ns.name.clone();
     ns.delete().await;
+    c.kubectl_ok(&[
+        "wait",
+        "--for=delete",
+        &format!("namespace/{name}"),
+        "--timeout=120s",
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------------
