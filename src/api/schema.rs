@@ -93,8 +93,3 @@ pub fn label_selector(_: &mut SchemaGenerator) -> Schema {
         }
     })
 }
-
-/// Like [`label_selector`], optional.
-pub fn optional_label_selector(generator: &mut SchemaGenerator) -> Schema {
-    label_selector(generator)
-}
