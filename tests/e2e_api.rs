@@ -3,8 +3,8 @@
 
 mod support;
 
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use automend::api::{ConfigurationProfile, PatchRollout, UpdateRing, VirtualMachine};
@@ -930,6 +930,10 @@ async fn allowed_transitions_are_accepted() {
         got.data["spec"]["timeZone"], "UTC",
         "timeZone defaults to UTC"
     );
-    assert_eq!(VirtualMachine::group(&()), "automend.io");
+    let win = vms.get("win").await.expect("reading the Windows VM back");
+    assert_eq!(
+        win.data["spec"]["patchSettings"]["patchMode"],
+        "AutomaticByPlatform"
+    );
     ns.delete().await;
 }
