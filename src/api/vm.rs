@@ -50,6 +50,9 @@ fn windows_auto_updates_rule() -> Rule {
     category = "automend",
     namespaced,
     status = "VirtualMachineStatus",
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-'): it names the VM's guest identity and heartbeat Lease")
+        .field_path(".metadata.name"),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Profile","type":"string","jsonPath":".status.profile"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.placement.region"}"#,
@@ -371,7 +374,7 @@ pub struct VirtualMachineStatus {
     /// The effective patch mode, defaults applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_mode: Option<PatchMode>,
-    /// Conditions: Ready, Onboarded, Compliant, Heartbeat, ImageSupported, Drifted.
+    /// Conditions: Ready (Configured), ProfileResolved, ImageSupported, Heartbeat (the guest renews its Lease), Drifted, Onboarded (configured at least once with this profile).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// What the controller asks of the guest.
@@ -383,6 +386,24 @@ pub struct VirtualMachineStatus {
     /// Patch status, with the names of the seed's instance view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_status: Option<PatchStatus>,
+    /// The current drift episode and its remediation attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<RemediationStatus>,
+}
+
+/// A drift episode: when it started and the remediation attempts made so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStatus {
+    /// When the guest first reported this drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_since: Option<Time>,
+    /// Remediation attempts in this episode.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the last attempt was asked of the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
 }
 
 /// The controller's half of the guest protocol.
