@@ -1,3 +1,6 @@
 pub mod api;
 pub mod controller;
+pub mod guest;
+pub mod identity;
+pub mod kubeconfig;
 pub mod logic;

@@ -30,6 +30,12 @@ enum Command {
     },
     /// Run the controller.
     Controller(automend::controller::Settings),
+    /// Simulate the guests of a namespace's VirtualMachines (demo, tests, benchmarks).
+    Sim(automend::guest::sim::SimSettings),
+    /// Print a kubeconfig for one VM's guest agent, with a short-lived token of its own identity.
+    GuestKubeconfig(automend::kubeconfig::Args),
+    /// Print the built-in image catalog (the format --image-catalog and the chart accept).
+    Catalog,
 }
 
 fn init_logging(format: LogFormat) {
@@ -68,6 +74,31 @@ fn main() -> anyhow::Result<()> {
         Command::Controller(settings) => {
             init_logging(cli.log_format);
             tokio::runtime::Runtime::new()?.block_on(automend::controller::run(settings))
+        }
+        Command::Sim(settings) => {
+            init_logging(cli.log_format);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let config = kube::Config::infer().await?;
+                let client = kube::Client::try_from(config.clone())?;
+                let stats = automend::guest::sim::Stats::default();
+                let stop = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                automend::guest::sim::run(client, config, settings, stats, stop).await;
+                Ok(())
+            })
+        }
+        Command::GuestKubeconfig(args) => {
+            let yaml = tokio::runtime::Runtime::new()?.block_on(automend::kubeconfig::run(args))?;
+            print!("{yaml}");
+            Ok(())
+        }
+        Command::Catalog => {
+            print!(
+                "{}",
+                serde_norway::to_string(&automend::logic::catalog::ImageCatalog::default())?
+            );
+            Ok(())
         }
     }
 }

@@ -51,8 +51,7 @@ fn windows_auto_updates_rule() -> Rule {
     namespaced,
     status = "VirtualMachineStatus",
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-'): it names the VM's guest identity and heartbeat Lease")
-        .field_path(".metadata.name"),
+        .message("metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-'): it names the VM's guest identity and heartbeat Lease"),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Profile","type":"string","jsonPath":".status.profile"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.placement.region"}"#,

@@ -18,6 +18,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone)]
 pub struct State {
     inner: Arc<Inner>,
+    /// The controller's metrics, registered in this server's registry.
+    pub metrics: super::metrics::Metrics,
 }
 
 struct Inner {
@@ -46,7 +48,9 @@ impl State {
             "1 when the controller is ready",
             ready_gauge.clone(),
         );
+        let metrics = super::metrics::Metrics::register(&mut registry);
         State {
+            metrics,
             inner: Arc::new(Inner {
                 ready: AtomicBool::new(false),
                 ready_gauge,

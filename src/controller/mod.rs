@@ -1,17 +1,29 @@
 //! `automend controller`: the operator process.
 //!
-//! Today it serves `/healthz`, `/readyz` and `/metrics` and checks that the Automend API is installed;
-//! the reconcilers, leader election and Events arrive with the controller work (see ARCHITECTURE.md).
+//! One replica at a time is the leader (a `coordination.k8s.io` Lease); the leader runs the
+//! ConfigurationProfile and VirtualMachine controllers. Every replica serves `/healthz`, `/readyz`
+//! and `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
 
 mod http;
+pub mod metrics;
+mod profile;
+mod vm;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use futures::FutureExt;
 use kube::Client;
 use kube::discovery::ApiGroup;
-use tracing::{info, warn};
+use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{error, info, warn};
 
 pub use http::State;
+
+use crate::logic::catalog::ImageCatalog;
 
 /// Settings of the controller process.
 #[derive(Clone, Debug, clap::Args)]
@@ -22,44 +34,188 @@ pub struct Settings {
     /// Namespace of the leader-election Lease (the Helm release's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "automend-system")]
     pub leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "automend-controller")]
+    pub leader_election_id: String,
+    /// This replica's identity in the election and in Events (default: $POD_NAME, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Manage only the VirtualMachines of this namespace (default: every namespace).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Manage only the ConfigurationProfiles matching this label selector (default: all).
+    #[arg(long)]
+    pub profile_selector: Option<String>,
+    /// A VM whose guest has not renewed its Lease for this long is not running (Pending).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub heartbeat_grace: Duration,
+    /// A YAML image catalog that replaces the built-in one (see `automend catalog`).
+    #[arg(long)]
+    pub image_catalog: Option<std::path::PathBuf>,
+    /// How many reconciles run at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
 }
 
-/// Run until SIGTERM or Ctrl-C.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::logic::duration::parse(s)
+}
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub catalog: ImageCatalog,
+    pub metrics: metrics::Metrics,
+    pub settings: Settings,
+}
+
+fn identity(settings: &Settings) -> String {
+    settings.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "automend".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Run until SIGTERM or Ctrl-C, or until leadership is lost (an error, so the Pod restarts).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let catalog = match &settings.image_catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the image catalog {}", path.display()))?;
+            ImageCatalog::from_yaml(&text).map_err(anyhow::Error::msg)?
+        }
+        None => ImageCatalog::default(),
+    };
     let client = Client::try_default().await?;
     let state = State::new();
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
     info!(addr = %settings.http_addr, leader_elect = settings.leader_elect, "serving /metrics, /healthz and /readyz");
-    let server = http::serve(listener, state.clone(), shutdown_signal());
-
-    let readiness = async {
-        // Ready once the API server answers and serves our group.
-        loop {
-            match api_group(&client).await {
-                Ok(group) => {
-                    info!(
-                        version = group.preferred_version_or_latest(),
-                        "the automend.io API is installed"
-                    );
-                    state.set_ready(true);
-                    break;
-                }
-                Err(e) => {
-                    warn!(error = %e, "waiting for the automend.io API (are the CRDs installed?)")
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
+        .shared()
     };
-    tokio::select! {
-        r = server => r?,
-        _ = async { readiness.await; std::future::pending::<()>().await } => {}
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let server = tokio::spawn(http::serve(listener, state.clone(), stopped.clone()));
+
+    // Ready once the API server answers and serves our group.
+    loop {
+        match api_group(&client).await {
+            Ok(group) => {
+                info!(
+                    version = group.preferred_version_or_latest(),
+                    "the automend.io API is installed"
+                );
+                state.set_ready(true);
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "waiting for the automend.io API (are the CRDs installed?)")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stopped.clone() => { let _ = server.await; return Ok(()); }
+        }
+    }
+
+    let me = identity(&settings);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: crate::identity::CONTROLLER_MANAGER.into(),
+                instance: Some(me.clone()),
+            },
+        ),
+        client: client.clone(),
+        catalog,
+        metrics: state.metrics.clone(),
+        settings: settings.clone(),
+    });
+
+    let result = if settings.leader_elect {
+        let manager = LeaseManagerBuilder::new(client.clone(), &settings.leader_election_id)
+            .with_namespace(&settings.leader_election_namespace)
+            .with_identity(&me)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut leader, handle) = manager.watch().await;
+        info!(identity = %me, lease = %settings.leader_election_id, "waiting to be elected leader");
+        let elected = tokio::select! {
+            r = leader.wait_for(|l| *l) => r.is_ok(),
+            _ = stopped.clone() => false,
+        };
+        let result = if elected {
+            info!(identity = %me, "elected leader; starting the controllers");
+            ctx.metrics.leader.set(1);
+            let mut lost_rx = leader.clone();
+            let lost = async move {
+                let _ = lost_rx.wait_for(|l| !*l).await;
+            }
+            .shared();
+            let stop = futures::future::select(stopped.clone(), lost.clone())
+                .map(|_| ())
+                .shared();
+            run_controllers(ctx.clone(), stop).await;
+            ctx.metrics.leader.set(0);
+            if lost.now_or_never().is_some() {
+                Err(anyhow::anyhow!(
+                    "lost the leader election Lease; exiting so that a fresh replica takes over"
+                ))
+            } else {
+                Ok(())
+            }
+        } else {
+            Ok(())
+        };
+        // Dropping the receiver makes the manager release the Lease, so another replica takes
+        // over at once instead of after the Lease expires.
+        drop(leader);
+        match tokio::time::timeout(Duration::from_secs(5), handle).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader Lease"),
+            Err(_) => warn!("timed out releasing the leader Lease"),
+            _ => info!("released the leader Lease"),
+        }
+        result
+    } else {
+        run_controllers(ctx.clone(), stopped.clone()).await;
+        Ok(())
+    };
+    state.set_ready(false);
+    let _ = server.await;
+    if let Err(e) = &result {
+        error!(error = %e, "controller stopped");
     }
     info!("shut down");
-    Ok(())
+    result
+}
+
+async fn run_controllers(
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let shared = vm::Shared::start(&ctx);
+    let vm_controller = vm::run(ctx.clone(), shared.clone(), stop.clone());
+    let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
+    let gauges = vm::phase_gauges(ctx.clone(), shared, stop);
+    tokio::join!(vm_controller, profile_controller, gauges);
 }
 
 async fn api_group(client: &Client) -> Result<ApiGroup, kube::Error> {

@@ -60,13 +60,21 @@ mod tests {
 
     fn sel(pairs: &[(&str, &str)]) -> LabelSelector {
         LabelSelector {
-            match_labels: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_labels: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             match_expressions: None,
         }
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn assignment(s: LabelSelector, ns: Option<LabelSelector>, priority: i32) -> Assignment {
@@ -85,19 +93,38 @@ mod tests {
         let vm = labels(&[("env", "prod")]);
         let got = choose(
             [
-                Candidate { name: "zeta", assignment: &a },
-                Candidate { name: "alpha", assignment: &b },
-                Candidate { name: "mid", assignment: &c },
+                Candidate {
+                    name: "zeta",
+                    assignment: &a,
+                },
+                Candidate {
+                    name: "alpha",
+                    assignment: &b,
+                },
+                Candidate {
+                    name: "mid",
+                    assignment: &c,
+                },
             ],
             &vm,
             &BTreeMap::new(),
         );
         assert_eq!(
             got,
-            Some(Choice { winner: "mid".into(), others: vec!["alpha".into(), "zeta".into()] })
+            Some(Choice {
+                winner: "mid".into(),
+                others: vec!["alpha".into(), "zeta".into()]
+            })
         );
         let other = labels(&[("env", "dev")]);
-        let got = choose([Candidate { name: "zeta", assignment: &a }], &other, &BTreeMap::new());
+        let got = choose(
+            [Candidate {
+                name: "zeta",
+                assignment: &a,
+            }],
+            &other,
+            &BTreeMap::new(),
+        );
         assert_eq!(got, None);
     }
 
@@ -105,8 +132,28 @@ mod tests {
     fn namespace_selector_filters() {
         let a = assignment(sel(&[]), Some(sel(&[("team", "web")])), 0);
         let vm = labels(&[]);
-        assert!(choose([Candidate { name: "a", assignment: &a }], &vm, &labels(&[("team", "db")])).is_none());
-        assert!(choose([Candidate { name: "a", assignment: &a }], &vm, &labels(&[("team", "web")])).is_some());
+        assert!(
+            choose(
+                [Candidate {
+                    name: "a",
+                    assignment: &a
+                }],
+                &vm,
+                &labels(&[("team", "db")])
+            )
+            .is_none()
+        );
+        assert!(
+            choose(
+                [Candidate {
+                    name: "a",
+                    assignment: &a
+                }],
+                &vm,
+                &labels(&[("team", "web")])
+            )
+            .is_some()
+        );
     }
 
     proptest! {

@@ -87,8 +87,20 @@ impl Default for ImageCatalog {
         ImageCatalog {
             images: vec![
                 entry("Canonical", "UbuntuServer", "18.04-LTS", Linux, &[]),
-                entry("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts*", Linux, &[]),
-                entry("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts*", Linux, &[]),
+                entry(
+                    "Canonical",
+                    "0001-com-ubuntu-server-focal",
+                    "20_04-lts*",
+                    Linux,
+                    &[],
+                ),
+                entry(
+                    "Canonical",
+                    "0001-com-ubuntu-server-jammy",
+                    "22_04-lts*",
+                    Linux,
+                    &[],
+                ),
                 entry("Canonical", "ubuntu-24_04-lts", "server*", Linux, &[]),
                 entry("RedHat", "RHEL", "7*", Linux, &[]),
                 entry("RedHat", "RHEL", "8*", Linux, &[]),
@@ -101,7 +113,13 @@ impl Default for ImageCatalog {
                 entry(w, ws, "2019-Datacenter-Core", Windows, &[]),
                 entry(w, ws, "2022-datacenter", Windows, &[]),
                 entry(w, ws, "2022-datacenter-core", Windows, &[]),
-                entry(w, ws, "2019-datacenter-azure-edition-core", Windows, &[Hotpatch]),
+                entry(
+                    w,
+                    ws,
+                    "2019-datacenter-azure-edition-core",
+                    Windows,
+                    &[Hotpatch],
+                ),
                 entry(
                     w,
                     ws,
@@ -146,7 +164,9 @@ impl ImageCatalog {
                 ("sku", &image.sku),
             ] {
                 if value.trim().is_empty() {
-                    return Err(format!("image catalog: images[{i}].{field} must not be empty"));
+                    return Err(format!(
+                        "image catalog: images[{i}].{field} must not be empty"
+                    ));
                 }
             }
         }
@@ -240,8 +260,18 @@ mod tests {
         for (p, o, s, os) in [
             ("Canonical", "UbuntuServer", "18.04-LTS", OsType::Linux),
             ("Redhat", "RHEL", "7.9", OsType::Linux),
-            ("MicrosoftWindowsServer", "WindowsServer", "2012-R2-Datacenter", OsType::Windows),
-            ("MicrosoftWindowsServer", "WindowsServer", "2019-Datacenter-Core", OsType::Windows),
+            (
+                "MicrosoftWindowsServer",
+                "WindowsServer",
+                "2012-R2-Datacenter",
+                OsType::Windows,
+            ),
+            (
+                "MicrosoftWindowsServer",
+                "WindowsServer",
+                "2019-Datacenter-Core",
+                OsType::Windows,
+            ),
         ] {
             assert_eq!(c.check(&vm(p, o, s, os)), vec![], "{p}/{o}/{s}");
         }
@@ -252,7 +282,11 @@ mod tests {
         let c = ImageCatalog::default();
         let problems = c.check(&vm("Example", "Custom", "1", OsType::Linux));
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].to_string().contains("AutomaticByPlatform is not supported on image Example/Custom/1"));
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("AutomaticByPlatform is not supported on image Example/Custom/1")
+        );
         // The same image with the Linux default mode is fine.
         let mut spec = vm("Example", "Custom", "1", OsType::Linux);
         spec.patch_settings.patch_mode = None;
@@ -265,10 +299,26 @@ mod tests {
         let c = ImageCatalog::default();
         let w = "MicrosoftWindowsServer";
         let cases = [
-            ("2019-datacenter-azure-edition-core", vec![Hotpatch], vec![SmbOverQuic, ExtendedNetwork]),
-            ("2022-datacenter-azure-edition", vec![SmbOverQuic, ExtendedNetwork], vec![Hotpatch]),
-            ("2022-datacenter-azure-edition-core", vec![Hotpatch, SmbOverQuic, ExtendedNetwork], vec![]),
-            ("2019-Datacenter", vec![], vec![Hotpatch, SmbOverQuic, ExtendedNetwork]),
+            (
+                "2019-datacenter-azure-edition-core",
+                vec![Hotpatch],
+                vec![SmbOverQuic, ExtendedNetwork],
+            ),
+            (
+                "2022-datacenter-azure-edition",
+                vec![SmbOverQuic, ExtendedNetwork],
+                vec![Hotpatch],
+            ),
+            (
+                "2022-datacenter-azure-edition-core",
+                vec![Hotpatch, SmbOverQuic, ExtendedNetwork],
+                vec![],
+            ),
+            (
+                "2019-Datacenter",
+                vec![],
+                vec![Hotpatch, SmbOverQuic, ExtendedNetwork],
+            ),
         ];
         for (sku, has, lacks) in cases {
             let mut spec = vm(w, "WindowsServer", sku, OsType::Windows);
@@ -279,7 +329,10 @@ mod tests {
                 let p = c.check(&spec);
                 assert_eq!(
                     p,
-                    vec![ImageProblem::CapabilityMissing { image: format!("{w}/WindowsServer/{sku}"), missing: vec![cap] }]
+                    vec![ImageProblem::CapabilityMissing {
+                        image: format!("{w}/WindowsServer/{sku}"),
+                        missing: vec![cap]
+                    }]
                 );
             }
         }
@@ -291,12 +344,18 @@ mod tests {
             "images:\n- publisher: Example\n  offer: Custom\n  sku: '1*'\n  os: Linux\n  automaticByPlatform: true\n",
         )
         .expect("parses");
-        assert_eq!(c.check(&vm("example", "custom", "1.2", OsType::Linux)), vec![]);
-        let err = ImageCatalog::from_yaml("images:\n- publisher: X\n  offer: Y\n  sku: Z\n  os: Plan9\n")
-            .expect_err("bad os");
+        assert_eq!(
+            c.check(&vm("example", "custom", "1.2", OsType::Linux)),
+            vec![]
+        );
+        let err =
+            ImageCatalog::from_yaml("images:\n- publisher: X\n  offer: Y\n  sku: Z\n  os: Plan9\n")
+                .expect_err("bad os");
         assert!(err.contains("os") && err.contains("Linux"), "{err}");
-        let err = ImageCatalog::from_yaml("images:\n- publisher: ''\n  offer: Y\n  sku: Z\n  os: Linux\n")
-            .expect_err("empty");
+        let err = ImageCatalog::from_yaml(
+            "images:\n- publisher: ''\n  offer: Y\n  sku: Z\n  os: Linux\n",
+        )
+        .expect_err("empty");
         assert!(err.contains("images[0].publisher"), "{err}");
     }
 }

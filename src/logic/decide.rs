@@ -25,6 +25,7 @@ pub const ONBOARDED: &str = "Onboarded";
 
 /// The profile the VM resolves to.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per reconcile, never stored
 pub enum ProfileChoice {
     /// Found and resolved. `via_assignment` is set when no profile was named and an assignment
     /// chose it; `also_matched` lists other profiles whose assignment matched (overlap).
@@ -189,8 +190,14 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         Heartbeat::Alive { renewed } => {
             let expires = *renewed + input.grace;
             let left = expires.duration_since(input.now);
-            requeue_after = Some(Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_secs(1));
-            b.set(HEARTBEAT, true, "LeaseRenewed", "the guest renews its heartbeat Lease");
+            requeue_after =
+                Some(Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_secs(1));
+            b.set(
+                HEARTBEAT,
+                true,
+                "LeaseRenewed",
+                "the guest renews its heartbeat Lease",
+            );
             true
         }
         Heartbeat::Missing { last } => {
@@ -199,7 +206,10 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
                     "no heartbeat since {t} (grace period {}): the VM is not running",
                     super::duration::format(input.grace)
                 ),
-                None => "the guest has never renewed its Lease: the VM is not running or has no agent".into(),
+                None => {
+                    "the guest has never renewed its Lease: the VM is not running or has no agent"
+                        .into()
+                }
             };
             b.set(HEARTBEAT, false, "NoHeartbeat", msg);
             false
@@ -281,27 +291,66 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
                     also_matched.join(", ")
                 ));
             }
-            let reason = if also_matched.is_empty() { "Resolved" } else { "ResolvedWithOverlap" };
+            let reason = if also_matched.is_empty() {
+                "Resolved"
+            } else {
+                "ResolvedWithOverlap"
+            };
             b.set(PROFILE_RESOLVED, true, reason, msg);
             (name, generation, configuration, remediation)
         }
         ProfileChoice::Missing { name } => {
-            b.set(PROFILE_RESOLVED, false, "ProfileNotFound", format!("ConfigurationProfile {name} (spec.management.profile) does not exist"));
+            b.set(
+                PROFILE_RESOLVED,
+                false,
+                "ProfileNotFound",
+                format!("ConfigurationProfile {name} (spec.management.profile) does not exist"),
+            );
             b.keep(ONBOARDED);
-            let msg = format!("ConfigurationProfile {name} named in spec.management.profile does not exist; create it or name another profile");
+            let msg = format!(
+                "ConfigurationProfile {name} named in spec.management.profile does not exist; create it or name another profile"
+            );
             if was != Some(VmPhase::Failed) {
-                events.push(EventSpec { warning: true, reason: "ProfileNotFound", action: "Onboard", note: msg.clone() });
+                events.push(EventSpec {
+                    warning: true,
+                    reason: "ProfileNotFound",
+                    action: "Onboard",
+                    note: msg.clone(),
+                });
             }
-            return finish(status, b, VmPhase::Failed, "ProfileNotFound", msg, events, None, false);
+            return finish(
+                status,
+                b,
+                VmPhase::Failed,
+                "ProfileNotFound",
+                msg,
+                events,
+                None,
+                false,
+            );
         }
         ProfileChoice::Unassigned => {
             b.set(PROFILE_RESOLVED, false, "NoProfile", "spec.management.profile is unset and no ConfigurationProfile assignment matches the VM");
             b.keep(ONBOARDED);
             let msg = "no profile: set spec.management.profile, or give a ConfigurationProfile an assignment that matches this VM".to_string();
             if was != Some(VmPhase::Failed) {
-                events.push(EventSpec { warning: true, reason: "NoProfile", action: "Onboard", note: msg.clone() });
+                events.push(EventSpec {
+                    warning: true,
+                    reason: "NoProfile",
+                    action: "Onboard",
+                    note: msg.clone(),
+                });
             }
-            return finish(status, b, VmPhase::Failed, "NoProfile", msg, events, None, false);
+            return finish(
+                status,
+                b,
+                VmPhase::Failed,
+                "NoProfile",
+                msg,
+                events,
+                None,
+                false,
+            );
         }
     };
     let profile_changed = status.profile.as_deref() != Some(profile_name.as_str());
@@ -321,16 +370,32 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         };
         b.set(IMAGE_SUPPORTED, false, reason, msg.clone());
         b.keep(ONBOARDED);
-        if !(was == Some(VmPhase::Failed) && old.conditions.iter().any(|c| c.type_ == IMAGE_SUPPORTED && c.status == "False")) {
-            events.push(EventSpec { warning: true, reason: "UnsupportedImage", action: "Onboard", note: msg.clone() });
+        if !(was == Some(VmPhase::Failed)
+            && old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == IMAGE_SUPPORTED && c.status == "False"))
+        {
+            events.push(EventSpec {
+                warning: true,
+                reason: "UnsupportedImage",
+                action: "Onboard",
+                note: msg.clone(),
+            });
         }
         return finish(status, b, VmPhase::Failed, reason, msg, events, None, false);
     }
-    b.set(IMAGE_SUPPORTED, true, "Supported", "the image supports the patch mode and the capabilities asked for");
+    b.set(
+        IMAGE_SUPPORTED,
+        true,
+        "Supported",
+        "the image supports the patch mode and the capabilities asked for",
+    );
 
     // 4. What the guest should apply. A new configuration starts a new remediation count.
     let prev = status.desired.clone().unwrap_or_default();
-    let config_changed = prev.configuration.as_ref().map(|c| c.hash.as_str()) != Some(configuration.hash.as_str());
+    let config_changed =
+        prev.configuration.as_ref().map(|c| c.hash.as_str()) != Some(configuration.hash.as_str());
     let desired = DesiredState {
         profile: profile_name.clone(),
         profile_generation: generation,
@@ -347,7 +412,12 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
     status.desired = Some(desired);
     if profile_changed {
         // A (re-)onboarding: Onboarded must be earned again.
-        b.set(ONBOARDED, false, "Onboarding", format!("configuring with ConfigurationProfile {profile_name}"));
+        b.set(
+            ONBOARDED,
+            false,
+            "Onboarding",
+            format!("configuring with ConfigurationProfile {profile_name}"),
+        );
     } else {
         b.keep(ONBOARDED);
     }
@@ -357,24 +427,52 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         b.keep(DRIFTED);
         let msg = "the VM is not running (no heartbeat); onboarding or remediation continues when it runs".to_string();
         if was != Some(VmPhase::Pending) && was.is_some() {
-            events.push(EventSpec { warning: true, reason: "HeartbeatLost", action: "Heartbeat", note: msg.clone() });
+            events.push(EventSpec {
+                warning: true,
+                reason: "HeartbeatLost",
+                action: "Heartbeat",
+                note: msg.clone(),
+            });
         }
-        return finish(status, b, VmPhase::Pending, "NoHeartbeat", msg, events, None, false);
+        return finish(
+            status,
+            b,
+            VmPhase::Pending,
+            "NoHeartbeat",
+            msg,
+            events,
+            None,
+            false,
+        );
     }
 
     let desired_attempt = status.desired.as_ref().map_or(0, |d| d.remediation_attempt);
     let guest = old.guest.clone().unwrap_or_default();
-    let applied = guest.applied_hash.as_deref() == Some(hash.as_str()) && guest.applied_attempt == desired_attempt;
+    let applied = guest.applied_hash.as_deref() == Some(hash.as_str())
+        && guest.applied_attempt == desired_attempt;
 
     // 6. The guest has not applied what is asked yet.
     if !applied {
         b.keep(DRIFTED);
         let msg = if status.remediation.as_ref().is_some_and(|r| r.attempts > 0) {
-            format!("remediating: waiting for the guest to re-apply configuration {hash} (attempt {desired_attempt})")
+            format!(
+                "remediating: waiting for the guest to re-apply configuration {hash} (attempt {desired_attempt})"
+            )
         } else {
-            format!("configuring: waiting for the guest to apply configuration {hash} of ConfigurationProfile {profile_name}")
+            format!(
+                "configuring: waiting for the guest to apply configuration {hash} of ConfigurationProfile {profile_name}"
+            )
         };
-        return finish(status, b, VmPhase::InProgress, "Configuring", msg, events, requeue_after, false);
+        return finish(
+            status,
+            b,
+            VmPhase::InProgress,
+            "Configuring",
+            msg,
+            events,
+            requeue_after,
+            false,
+        );
     }
 
     let drift: Vec<String> = guest
@@ -393,7 +491,12 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
 
     // 7. Compliant.
     if drift.is_empty() {
-        b.set(DRIFTED, false, "Compliant", "every service matches the profile");
+        b.set(
+            DRIFTED,
+            false,
+            "Compliant",
+            "every service matches the profile",
+        );
         if was_drifted {
             let attempts = old.remediation.as_ref().map_or(0, |r| r.attempts);
             events.push(EventSpec {
@@ -404,17 +507,33 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
             });
         }
         if !is_true(&b.conditions, ONBOARDED) {
-            b.set(ONBOARDED, true, "Configured", format!("configured with ConfigurationProfile {profile_name}"));
+            b.set(
+                ONBOARDED,
+                true,
+                "Configured",
+                format!("configured with ConfigurationProfile {profile_name}"),
+            );
             events.push(EventSpec {
                 warning: false,
                 reason: "Onboarded",
                 action: "Onboard",
-                note: format!("configured with ConfigurationProfile {profile_name} (configuration {hash})"),
+                note: format!(
+                    "configured with ConfigurationProfile {profile_name} (configuration {hash})"
+                ),
             });
         }
         status.remediation = None;
         let msg = format!("configured with ConfigurationProfile {profile_name}; no drift");
-        return finish(status, b, VmPhase::Configured, "Configured", msg, events, requeue_after, false);
+        return finish(
+            status,
+            b,
+            VmPhase::Configured,
+            "Configured",
+            msg,
+            events,
+            requeue_after,
+            false,
+        );
     }
 
     // 8. Drift.
@@ -435,18 +554,46 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
 
     if policy.mode == RemediationMode::ReportOnly {
         status.remediation = Some(rem);
-        let msg = format!("drift is reported and not corrected (spec.remediation.mode=ReportOnly): {summary}");
-        return finish(status, b, VmPhase::Failed, "DriftNotRemediated", msg, events, requeue_after, false);
+        let msg = format!(
+            "drift is reported and not corrected (spec.remediation.mode=ReportOnly): {summary}"
+        );
+        return finish(
+            status,
+            b,
+            VmPhase::Failed,
+            "DriftNotRemediated",
+            msg,
+            events,
+            requeue_after,
+            false,
+        );
     }
 
     // Auto: the guest has acted on every attempt so far and is still drifted.
     if rem.attempts >= policy.max_attempts {
-        let msg = format!("remediation failed after {} attempt(s): {summary}", rem.attempts);
+        let msg = format!(
+            "remediation failed after {} attempt(s): {summary}",
+            rem.attempts
+        );
         if was != Some(VmPhase::Failed) {
-            events.push(EventSpec { warning: true, reason: "RemediationFailed", action: "Remediate", note: msg.clone() });
+            events.push(EventSpec {
+                warning: true,
+                reason: "RemediationFailed",
+                action: "Remediate",
+                note: msg.clone(),
+            });
         }
         status.remediation = Some(rem);
-        return finish(status, b, VmPhase::Failed, "RemediationFailed", msg, events, requeue_after, false);
+        return finish(
+            status,
+            b,
+            VmPhase::Failed,
+            "RemediationFailed",
+            msg,
+            events,
+            requeue_after,
+            false,
+        );
     }
     let due = match (&rem.last_attempt_time, rem.attempts) {
         (_, 0) | (None, _) => input.now,
@@ -463,7 +610,16 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
             rem.attempts, policy.max_attempts
         );
         status.remediation = Some(rem);
-        return finish(status, b, VmPhase::InProgress, "Remediating", msg, events, requeue_after, true);
+        return finish(
+            status,
+            b,
+            VmPhase::InProgress,
+            "Remediating",
+            msg,
+            events,
+            requeue_after,
+            true,
+        );
     }
     let wait = Duration::try_from(due.duration_since(input.now)).unwrap_or(Duration::ZERO);
     let msg = format!(
@@ -474,7 +630,16 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
     );
     status.remediation = Some(rem);
     let requeue = Some(requeue_after.map_or(wait, |r| r.min(wait)));
-    finish(status, b, VmPhase::InProgress, "RemediationBackoff", msg, events, requeue, false)
+    finish(
+        status,
+        b,
+        VmPhase::InProgress,
+        "RemediationBackoff",
+        msg,
+        events,
+        requeue,
+        false,
+    )
 }
 
 #[cfg(test)]
@@ -526,7 +691,13 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).expect("ts")
     }
 
-    fn run(spec: &VirtualMachineSpec, status: Option<&VirtualMachineStatus>, now: i64, alive: bool, mode: RemediationMode) -> Outcome {
+    fn run(
+        spec: &VirtualMachineSpec,
+        status: Option<&VirtualMachineStatus>,
+        now: i64,
+        alive: bool,
+        mode: RemediationMode,
+    ) -> Outcome {
         decide(Inputs {
             now: t(now),
             generation: Some(1),
@@ -534,7 +705,11 @@ mod tests {
             status,
             profile: resolved(mode),
             image_problems: vec![],
-            heartbeat: if alive { Heartbeat::Alive { renewed: t(now) } } else { Heartbeat::Missing { last: None } },
+            heartbeat: if alive {
+                Heartbeat::Alive { renewed: t(now) }
+            } else {
+                Heartbeat::Missing { last: None }
+            },
             grace: Duration::from_secs(300),
         })
     }
@@ -550,7 +725,11 @@ mod tests {
                 .map(|n| ServiceObservation {
                     name: n.to_string(),
                     compliant: !drifted.contains(n),
-                    differences: if drifted.contains(n) { vec!["running: want true, have false".into()] } else { vec![] },
+                    differences: if drifted.contains(n) {
+                        vec!["running: want true, have false".into()]
+                    } else {
+                        vec![]
+                    },
                 })
                 .collect(),
             ..Default::default()
@@ -577,7 +756,11 @@ mod tests {
         let mut st2 = o.status.clone();
         st2.guest = st.guest.clone();
         let again = run(&s, Some(&st2), 20, true, RemediationMode::Auto);
-        assert!(again.events.is_empty(), "no repeated events: {:?}", again.events);
+        assert!(
+            again.events.is_empty(),
+            "no repeated events: {:?}",
+            again.events
+        );
         // Same decision again: conditions keep their transition times.
         assert_eq!(again.status.conditions, o.status.conditions);
     }
@@ -587,7 +770,12 @@ mod tests {
         let o = run(&spec(), None, 0, false, RemediationMode::Auto);
         assert_eq!(o.status.phase, Some(VmPhase::Pending));
         assert!(o.status.desired.is_some());
-        assert!(o.status.conditions.iter().any(|c| c.type_ == HEARTBEAT && c.status == "False"));
+        assert!(
+            o.status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == HEARTBEAT && c.status == "False")
+        );
     }
 
     #[test]
@@ -603,7 +791,10 @@ mod tests {
         assert_eq!(reasons(&o), vec!["DriftDetected"]);
         assert!(o.remediation_attempted);
         assert_eq!(o.status.phase, Some(VmPhase::InProgress));
-        assert_eq!(o.status.desired.as_ref().map(|d| d.remediation_attempt), Some(1));
+        assert_eq!(
+            o.status.desired.as_ref().map(|d| d.remediation_attempt),
+            Some(1)
+        );
         let mut st = o.status;
         // Waiting for the guest: nothing new.
         let o = run(&s, Some(&st), 101, true, RemediationMode::Auto);
@@ -626,7 +817,12 @@ mod tests {
         let o = run(&s, Some(&st), 500, true, RemediationMode::Auto);
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
         assert_eq!(reasons(&o), vec!["RemediationFailed"]);
-        assert!(o.status.message.as_deref().is_some_and(|m| m.contains("after 3 attempt(s)") && m.contains("monitoring")));
+        assert!(
+            o.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("after 3 attempt(s)") && m.contains("monitoring"))
+        );
         // Fixed by hand later: Configured and Remediated.
         let mut st = o.status;
         guest_acts(&mut st, &[]);
@@ -642,7 +838,14 @@ mod tests {
         guest_acts(&mut st, &["timeSync"]);
         let o = run(&s, Some(&st), 10, true, RemediationMode::ReportOnly);
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
-        assert_eq!(o.status.conditions.iter().find(|c| c.type_ == READY).map(|c| c.reason.as_str()), Some("DriftNotRemediated"));
+        assert_eq!(
+            o.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .map(|c| c.reason.as_str()),
+            Some("DriftNotRemediated")
+        );
         assert!(!o.remediation_attempted);
         assert_eq!(o.status.desired.map(|d| d.remediation_attempt), Some(0));
     }
@@ -668,19 +871,48 @@ mod tests {
     fn unsupported_image_and_missing_profile_fail_with_the_reason() {
         let s = spec();
         let o = decide(Inputs {
-            now: t(0), generation: Some(1), spec: &s, status: None, profile: resolved(RemediationMode::Auto),
-            image_problems: vec![ImageProblem::CapabilityMissing { image: "a/b/c".into(), missing: vec![Capability::Hotpatch] }],
-            heartbeat: Heartbeat::Alive { renewed: t(0) }, grace: Duration::from_secs(300),
+            now: t(0),
+            generation: Some(1),
+            spec: &s,
+            status: None,
+            profile: resolved(RemediationMode::Auto),
+            image_problems: vec![ImageProblem::CapabilityMissing {
+                image: "a/b/c".into(),
+                missing: vec![Capability::Hotpatch],
+            }],
+            heartbeat: Heartbeat::Alive { renewed: t(0) },
+            grace: Duration::from_secs(300),
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
-        assert!(o.status.message.as_deref().is_some_and(|m| m.contains("Hotpatch")));
-        assert!(o.status.desired.is_none(), "nothing is configured on an unsupported image");
+        assert!(
+            o.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("Hotpatch"))
+        );
+        assert!(
+            o.status.desired.is_none(),
+            "nothing is configured on an unsupported image"
+        );
         let o = decide(Inputs {
-            now: t(0), generation: Some(1), spec: &s, status: None, profile: ProfileChoice::Missing { name: "gone".into() },
-            image_problems: vec![], heartbeat: Heartbeat::Alive { renewed: t(0) }, grace: Duration::from_secs(300),
+            now: t(0),
+            generation: Some(1),
+            spec: &s,
+            status: None,
+            profile: ProfileChoice::Missing {
+                name: "gone".into(),
+            },
+            image_problems: vec![],
+            heartbeat: Heartbeat::Alive { renewed: t(0) },
+            grace: Duration::from_secs(300),
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
-        assert!(o.status.message.as_deref().is_some_and(|m| m.contains("gone")));
+        assert!(
+            o.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("gone"))
+        );
     }
 
     proptest! {

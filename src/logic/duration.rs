@@ -20,9 +20,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
             i += 1;
         }
-        let number: f64 = s[start..i]
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"10m\" or \"1h30m\""))?;
+        let number: f64 = s[start..i].parse().map_err(|_| {
+            format!("{text:?} is not a duration such as \"30s\", \"10m\" or \"1h30m\"")
+        })?;
         let ustart = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;

@@ -237,7 +237,10 @@ mod tests {
         let c = resolve(&sp);
         assert_eq!(c.services.backup.retention_days, 30);
         let sched = c.services.backup.schedule.expect("schedule");
-        assert_eq!(sched.days_of_week, vec![DayOfWeek::Monday, DayOfWeek::Sunday]);
+        assert_eq!(
+            sched.days_of_week,
+            vec![DayOfWeek::Monday, DayOfWeek::Sunday]
+        );
         assert!(!c.services.monitoring.enabled);
         assert_eq!(c.services.time_sync.servers, vec!["a.example", "b.example"]);
     }
@@ -262,7 +265,10 @@ mod tests {
     #[test]
     fn the_hash_is_stable_across_releases() {
         // A changed hash re-configures every VM of every profile: it must only change on purpose.
-        assert_eq!(resolve(&spec(Environment::Production)).hash, "80b23682ff7308e4");
+        assert_eq!(
+            resolve(&spec(Environment::Production)).hash,
+            "80b23682ff7308e4"
+        );
     }
 
     fn arb_servers() -> impl Strategy<Value = Vec<String>> {

@@ -1,0 +1,116 @@
+//! The controller's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabel, Counter>,
+    pub reconcile_errors: Family<ControllerLabel, Counter>,
+    pub reconcile_duration: Family<ControllerLabel, Histogram>,
+    pub status_writes: Family<ControllerLabel, Counter>,
+    pub vms: Family<PhaseLabel, Gauge>,
+    pub drift_detected: Counter,
+    pub remediation_attempts: Counter,
+    pub remediated: Counter,
+    pub remediation_failed: Counter,
+    pub events: Family<EventLabel, Counter>,
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+            status_writes: Family::default(),
+            vms: Family::default(),
+            drift_detected: Counter::default(),
+            remediation_attempts: Counter::default(),
+            remediated: Counter::default(),
+            remediation_failed: Counter::default(),
+            events: Family::default(),
+            leader: Gauge::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by controller",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile, by controller",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status updates written (reconciles that changed nothing write nothing), by controller",
+            m.status_writes.clone(),
+        );
+        registry.register(
+            "virtual_machines",
+            "Managed VirtualMachines by phase",
+            m.vms.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Drift episodes detected",
+            m.drift_detected.clone(),
+        );
+        registry.register(
+            "remediation_attempts",
+            "Remediation attempts asked of guests",
+            m.remediation_attempts.clone(),
+        );
+        registry.register(
+            "remediated",
+            "Drift episodes corrected",
+            m.remediated.clone(),
+        );
+        registry.register(
+            "remediation_failed",
+            "VMs that failed remediation after maxAttempts",
+            m.remediation_failed.clone(),
+        );
+        registry.register("events", "Events published, by reason", m.events.clone());
+        registry.register(
+            "leader",
+            "1 while this replica is the elected leader",
+            m.leader.clone(),
+        );
+        m
+    }
+
+    pub fn label(controller: &str) -> ControllerLabel {
+        ControllerLabel {
+            controller: controller.into(),
+        }
+    }
+}

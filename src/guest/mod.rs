@@ -1,0 +1,250 @@
+//! The guest side of the protocol (DESIGN.md §4), shared by the agent and the simulator.
+//!
+//! A guest acts only as its VM's own identity: it watches its VirtualMachine, renews its heartbeat
+//! Lease, applies the desired configuration when the controller asks (a new configuration hash or
+//! a new remediation attempt, and only while `enforce` is on), re-observes on an interval and
+//! reports `status.guest` with server-side apply as the `automend-guest` field manager. It writes
+//! only when what it reports has changed.
+
+pub mod sim;
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    DesiredState, EffectiveConfiguration, GuestOs, GuestState, ServiceObservation, VirtualMachine,
+};
+use crate::identity::{self, GUEST_MANAGER};
+
+/// What a guest does on its machine: the agent's backends do it for real, the simulator in memory.
+pub trait Backend: Send {
+    /// OS facts.
+    fn os(&self) -> GuestOs;
+    /// Apply a configuration (idempotent).
+    fn apply(
+        &mut self,
+        config: &EffectiveConfiguration,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Observe every service against a configuration; never changes the machine.
+    fn observe(
+        &mut self,
+        config: &EffectiveConfiguration,
+    ) -> impl Future<Output = Vec<ServiceObservation>> + Send;
+    /// The VM's annotations changed (the simulator reads its controls from them).
+    fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
+    /// Whether the machine is running; a powered-off guest neither heartbeats nor reports.
+    fn powered_on(&self) -> bool {
+        true
+    }
+}
+
+/// Timing of a guest.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// How often the Lease is renewed.
+    pub heartbeat: Duration,
+    /// How often the machine is re-observed for drift.
+    pub observe: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_secs(60),
+            observe: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One guest, bound to its VM.
+pub struct Guest<B: Backend> {
+    vms: Api<VirtualMachine>,
+    leases: Api<Lease>,
+    name: String,
+    backend: B,
+    timing: Timing,
+    desired: Option<DesiredState>,
+    /// What was last reported (and acknowledged by the API server).
+    reported: Option<GuestState>,
+    /// What the guest has applied.
+    applied_hash: Option<String>,
+    applied_attempt: i32,
+    apply_error: Option<String>,
+    acquired: bool,
+}
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+impl<B: Backend> Guest<B> {
+    pub fn new(client: Client, namespace: &str, vm: &str, backend: B, timing: Timing) -> Self {
+        Guest {
+            vms: Api::namespaced(client.clone(), namespace),
+            leases: Api::namespaced(client, namespace),
+            name: vm.to_string(),
+            backend,
+            timing,
+            desired: None,
+            reported: None,
+            applied_hash: None,
+            applied_attempt: 0,
+            apply_error: None,
+            acquired: false,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Run until `stop` resolves; gives the backend back.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> B {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut stream = std::pin::pin!(
+            watcher(self.vms.clone(), config)
+                .default_backoff()
+                .applied_objects()
+        );
+        let mut stop = std::pin::pin!(stop);
+        let mut heartbeat = tokio::time::interval(self.timing.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut observe = tokio::time::interval(self.timing.observe);
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_on = true;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                item = stream.next() => match item {
+                    Some(Ok(vm)) => {
+                        self.backend.annotations(&vm.metadata.annotations.clone().unwrap_or_default());
+                        self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
+                        if self.reported.is_none() {
+                            self.reported = vm.status.as_ref().and_then(|s| s.guest.clone());
+                            if let Some(r) = &self.reported {
+                                self.applied_hash = r.applied_hash.clone();
+                                self.applied_attempt = r.applied_attempt;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => { warn!(vm = %self.name, error = %e, "watching the VirtualMachine"); continue; }
+                    None => break,
+                },
+                _ = heartbeat.tick() => {
+                    if self.backend.powered_on() {
+                        self.renew().await;
+                    }
+                    continue;
+                }
+                _ = observe.tick() => {}
+            }
+            let on = self.backend.powered_on();
+            if on && !was_on {
+                info!(vm = %self.name, "powered on");
+                self.renew().await;
+            }
+            was_on = on;
+            if on {
+                self.step().await;
+            }
+        }
+        self.backend
+    }
+
+    async fn renew(&mut self) {
+        let now = MicroTime(Timestamp::now());
+        let mut spec = serde_json::json!({
+            "holderIdentity": identity::guest_name(&self.name),
+            "leaseDurationSeconds": self.timing.heartbeat.as_secs().max(1) * 3,
+            "renewTime": now,
+        });
+        if !self.acquired {
+            spec["acquireTime"] = serde_json::json!(now);
+        }
+        let patch = serde_json::json!({ "spec": spec });
+        match self
+            .leases
+            .patch(
+                &identity::lease_name(&self.name),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => self.acquired = true,
+            Err(e) => debug!(vm = %self.name, error = %e, "renewing the heartbeat Lease"),
+        }
+    }
+
+    /// Apply if asked, observe, and report if anything changed.
+    async fn step(&mut self) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let Some(config) = desired.configuration.clone() else {
+            return;
+        };
+        let asked = (Some(config.hash.clone()), desired.remediation_attempt);
+        if desired.enforce && (self.applied_hash.clone(), self.applied_attempt) != asked {
+            match self.backend.apply(&config).await {
+                Ok(()) => self.apply_error = None,
+                Err(e) => {
+                    warn!(vm = %self.name, error = %e, "applying the configuration");
+                    self.apply_error = Some(e);
+                }
+            }
+            self.applied_hash = Some(config.hash.clone());
+            self.applied_attempt = desired.remediation_attempt;
+        }
+        let mut services = self.backend.observe(&config).await;
+        if let Some(e) = &self.apply_error {
+            for s in services.iter_mut().filter(|s| !s.compliant) {
+                s.differences.push(format!("apply failed: {e}"));
+            }
+        }
+        let mut state = GuestState {
+            agent_version: Some(AGENT_VERSION.into()),
+            os: Some(self.backend.os()),
+            applied_hash: self.applied_hash.clone(),
+            applied_attempt: self.applied_attempt,
+            services,
+            reboot_pending: false,
+            healthy: Some(true),
+            last_observed_time: None,
+        };
+        let unchanged = self.reported.as_ref().is_some_and(|r| {
+            let mut r = r.clone();
+            r.last_observed_time = None;
+            r == state
+        });
+        if unchanged {
+            return;
+        }
+        state.last_observed_time = Some(Time(Timestamp::now()));
+        let body = serde_json::json!({
+            "apiVersion": VirtualMachine::api_version(&()),
+            "kind": VirtualMachine::kind(&()),
+            "metadata": { "name": self.name },
+            "status": { "guest": state },
+        });
+        match self
+            .vms
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(GUEST_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+        {
+            Ok(_) => self.reported = Some(state),
+            Err(e) => warn!(vm = %self.name, error = %e, "reporting status.guest"),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! `automend sim`: simulated guests for every VirtualMachine of a namespace, each speaking the
+//! guest protocol through the API with its VM's own identity (a TokenRequest token of the VM's
+//! guest ServiceAccount). Machines are kept in memory.
+//!
+//! Controls, set as annotations on a VirtualMachine (so `kubectl annotate` drives them):
+//! - `sim.automend.io/drift`: drift to inject, once per distinct value; `;`-separated items, each
+//!   `service` (the service stops running) or `service.setting=value` (a setting changed; the value
+//!   is JSON or a plain string), e.g. `monitoring` or `timeSync.servers=["rogue.example"]`.
+//! - `sim.automend.io/fail-remediation: "true"`: applying does not correct injected drift.
+//! - `sim.automend.io/power: "off"`: the VM stops (no heartbeat, no reports); `"on"` starts it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use super::{Backend, Guest, Timing};
+use crate::api::{EffectiveConfiguration, GuestOs, ServiceObservation, VirtualMachine};
+use crate::identity;
+use crate::logic::resolve::SERVICE_NAMES;
+
+pub const DRIFT: &str = "sim.automend.io/drift";
+pub const FAIL_REMEDIATION: &str = "sim.automend.io/fail-remediation";
+pub const POWER: &str = "sim.automend.io/power";
+
+/// Counters per simulated VM, for tests and the demo.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    /// Configurations applied (onboarding, profile changes and remediation attempts).
+    pub applies: u64,
+    /// Drift items injected.
+    pub injected: u64,
+}
+
+pub type Stats = Arc<Mutex<HashMap<String, GuestStats>>>;
+
+/// An in-memory machine.
+pub struct SimBackend {
+    name: String,
+    os: GuestOs,
+    /// Service settings in place, as JSON objects (absent until first applied).
+    actual: BTreeMap<String, Value>,
+    stopped: BTreeSet<String>,
+    last_drift: Option<String>,
+    fail_remediation: bool,
+    powered_on: bool,
+    stats: Stats,
+}
+
+impl SimBackend {
+    pub fn new(name: &str, linux: bool, stats: Stats) -> Self {
+        SimBackend {
+            name: name.into(),
+            os: if linux {
+                GuestOs {
+                    id: "ubuntu".into(),
+                    version: "24.04".into(),
+                    kernel: Some("6.8.0-sim".into()),
+                }
+            } else {
+                GuestOs {
+                    id: "windows".into(),
+                    version: "2022".into(),
+                    kernel: None,
+                }
+            },
+            actual: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            last_drift: None,
+            fail_remediation: false,
+            powered_on: true,
+            stats,
+        }
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut GuestStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(s.entry(self.name.clone()).or_default());
+        }
+    }
+
+    /// Inject one drift item; errors name what is wrong.
+    pub fn inject(&mut self, item: &str) -> Result<(), String> {
+        let item = item.trim();
+        let (path, value) = match item.split_once('=') {
+            Some((p, v)) => (p.trim(), Some(v.trim())),
+            None => (item, None),
+        };
+        let (service, setting) = match path.split_once('.') {
+            Some((s, k)) => (s, Some(k)),
+            None => (path, None),
+        };
+        if !SERVICE_NAMES.contains(&service) {
+            return Err(format!(
+                "unknown service {service:?}; one of {}",
+                SERVICE_NAMES.join(", ")
+            ));
+        }
+        match (setting, value) {
+            (None, None) => {
+                self.stopped.insert(service.into());
+            }
+            (Some(k), Some(v)) => {
+                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.into()));
+                let obj = self
+                    .actual
+                    .entry(service.into())
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(m) = obj {
+                    m.insert(k.into(), v);
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{item:?}: use \"service\" or \"service.setting=value\""
+                ));
+            }
+        }
+        self.bump(|s| s.injected += 1);
+        Ok(())
+    }
+}
+
+fn service_json(config: &EffectiveConfiguration) -> BTreeMap<String, Value> {
+    match serde_json::to_value(&config.services) {
+        Ok(Value::Object(m)) => m.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Backend for SimBackend {
+    fn os(&self) -> GuestOs {
+        self.os.clone()
+    }
+
+    async fn apply(&mut self, config: &EffectiveConfiguration) -> Result<(), String> {
+        self.bump(|s| s.applies += 1);
+        let drifted = !self.stopped.is_empty() || !self.actual.is_empty();
+        if self.fail_remediation && drifted {
+            return Err(
+                "simulated failure: the change did not take (sim.automend.io/fail-remediation)"
+                    .into(),
+            );
+        }
+        self.actual = service_json(config);
+        self.stopped.clear();
+        Ok(())
+    }
+
+    async fn observe(&mut self, config: &EffectiveConfiguration) -> Vec<ServiceObservation> {
+        let desired = service_json(config);
+        SERVICE_NAMES
+            .iter()
+            .map(|name| {
+                let want = desired.get(*name).cloned().unwrap_or(Value::Null);
+                let mut differences = Vec::new();
+                match self.actual.get(*name) {
+                    None => differences.push("not configured".to_string()),
+                    Some(have) => {
+                        if let (Value::Object(w), Value::Object(h)) = (&want, have) {
+                            for (k, wv) in w {
+                                let hv = h.get(k).unwrap_or(&Value::Null);
+                                if hv != wv {
+                                    differences.push(format!(
+                                        "{k}: want {}, have {}",
+                                        show(wv),
+                                        show(hv)
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                let enabled = want
+                    .get("enabled")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if enabled && self.stopped.contains(*name) {
+                    differences.push("running: want true, have false".into());
+                }
+                ServiceObservation {
+                    name: name.to_string(),
+                    compliant: differences.is_empty(),
+                    differences,
+                }
+            })
+            .collect()
+    }
+
+    fn annotations(&mut self, annotations: &BTreeMap<String, String>) {
+        self.fail_remediation = annotations
+            .get(FAIL_REMEDIATION)
+            .is_some_and(|v| v == "true");
+        let on = annotations.get(POWER).is_none_or(|v| v != "off");
+        if on != self.powered_on {
+            info!(vm = %self.name, on, "simulated power change");
+        }
+        self.powered_on = on;
+        let drift = annotations.get(DRIFT).cloned();
+        if drift != self.last_drift {
+            if let Some(d) = &drift {
+                // Drift needs a configured machine; before that there is nothing to drift from.
+                if !self.actual.is_empty() {
+                    for item in d.split(';').filter(|i| !i.trim().is_empty()) {
+                        match self.inject(item) {
+                            Ok(()) => info!(vm = %self.name, drift = item, "injected drift"),
+                            Err(e) => warn!(vm = %self.name, error = %e, "ignoring {DRIFT}"),
+                        }
+                    }
+                } else {
+                    return;
+                }
+            }
+            self.last_drift = drift;
+        }
+    }
+
+    fn powered_on(&self) -> bool {
+        self.powered_on
+    }
+}
+
+/// Settings of a simulated fleet.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimSettings {
+    /// Namespace whose VirtualMachines are simulated.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Only VMs matching this label selector.
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// How often each guest renews its heartbeat Lease.
+    #[arg(long, default_value = "10s", value_parser = crate::controller::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// How often each guest re-observes its machine.
+    #[arg(long, default_value = "5s", value_parser = crate::controller::parse_duration)]
+    pub observe_interval: Duration,
+    /// Lifetime of each guest's token (renewed before it ends).
+    #[arg(long, default_value = "1h", value_parser = crate::controller::parse_duration)]
+    pub token_ttl: Duration,
+}
+
+/// A client that acts as the VM's guest ServiceAccount, with a fresh TokenRequest token.
+pub async fn guest_client(
+    admin: &Client,
+    base: &kube::Config,
+    namespace: &str,
+    vm: &str,
+    ttl: Duration,
+) -> Result<Client, kube::Error> {
+    let token = request_token(admin, namespace, vm, ttl).await?;
+    let mut config = base.clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(secrecy::SecretString::from(token)),
+        ..Default::default()
+    };
+    config.default_namespace = namespace.into();
+    Client::try_from(config)
+}
+
+/// A TokenRequest for the VM's guest ServiceAccount.
+pub async fn request_token(
+    admin: &Client,
+    namespace: &str,
+    vm: &str,
+    ttl: Duration,
+) -> Result<String, kube::Error> {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(ttl.as_secs().max(600) as i64),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let resp = sas
+        .create_token_request(&identity::guest_name(vm), &PostParams::default(), &tr)
+        .await?;
+    Ok(resp.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// Play every VM of the namespace until `stop` resolves.
+pub async fn run(
+    admin: Client,
+    base: kube::Config,
+    settings: SimSettings,
+    stats: Stats,
+    stop: impl Future<Output = ()>,
+) {
+    let api: Api<VirtualMachine> = Api::namespaced(admin.clone(), &settings.namespace);
+    let config = match &settings.selector {
+        Some(s) => watcher::Config::default().labels(s),
+        None => watcher::Config::default(),
+    };
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut guests: HashMap<String, tokio::sync::oneshot::Sender<()>> = HashMap::new();
+    let mut stop = std::pin::pin!(stop);
+    info!(namespace = %settings.namespace, "simulating the namespace's VirtualMachines");
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => break,
+            e = events.next() => e,
+        };
+        let vms: Vec<VirtualMachine> = match event {
+            Some(Ok(watcher::Event::Apply(vm) | watcher::Event::InitApply(vm))) => vec![vm],
+            Some(Ok(watcher::Event::Delete(vm))) => {
+                if let Some(tx) = guests.remove(&vm.name_any()) {
+                    let _ = tx.send(());
+                }
+                vec![]
+            }
+            Some(Ok(_)) => vec![],
+            Some(Err(e)) => {
+                warn!(error = %e, "watching VirtualMachines");
+                vec![]
+            }
+            None => break,
+        };
+        for vm in vms {
+            let name = vm.name_any();
+            if guests.contains_key(&name) {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            guests.insert(name.clone(), tx);
+            let linux = vm.spec.os.os_type == crate::api::OsType::Linux;
+            tokio::spawn(play(
+                admin.clone(),
+                base.clone(),
+                settings.clone(),
+                name,
+                linux,
+                stats.clone(),
+                rx,
+            ));
+        }
+    }
+    for (_, tx) in guests.drain() {
+        let _ = tx.send(());
+    }
+    info!("simulator stopped");
+}
+
+async fn play(
+    admin: Client,
+    base: kube::Config,
+    settings: SimSettings,
+    name: String,
+    linux: bool,
+    stats: Stats,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let stop = futures::FutureExt::shared(async move {
+        let _ = stop.await;
+    });
+    let timing = Timing {
+        heartbeat: settings.heartbeat_interval,
+        observe: settings.observe_interval,
+    };
+    let mut backend = Some(SimBackend::new(&name, linux, stats));
+    loop {
+        // The controller creates the guest identity; wait for it.
+        let client = loop {
+            match guest_client(
+                &admin,
+                &base,
+                &settings.namespace,
+                &name,
+                settings.token_ttl,
+            )
+            .await
+            {
+                Ok(c) => break c,
+                Err(e) => {
+                    debug!(vm = %name, error = %e, "waiting for the guest identity");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.clone() => return,
+                    }
+                }
+            }
+        };
+        let Some(b) = backend.take() else { return };
+        let guest = Guest::new(client, &settings.namespace, &name, b, timing.clone());
+        // Run until the token is close to expiring, then carry the machine over to a fresh token.
+        let renew_at = settings
+            .token_ttl
+            .max(Duration::from_secs(600))
+            .mul_f64(0.8);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runner = guest.run(async move {
+            let _ = done_rx.await;
+        });
+        let mut runner = std::pin::pin!(runner);
+        tokio::select! {
+            _ = &mut runner => return,
+            _ = stop.clone() => { let _ = done_tx.send(()); let _ = runner.await; return; }
+            _ = tokio::time::sleep(renew_at) => { let _ = done_tx.send(()); backend = Some(runner.await); }
+        }
+    }
+}

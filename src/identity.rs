@@ -1,0 +1,130 @@
+//! Names and objects of a VM's guest identity: a ServiceAccount, a Role that lets it read its own
+//! VirtualMachine, write that VM's status and renew its own heartbeat Lease, the RoleBinding, and
+//! the Lease. The ValidatingAdmissionPolicy in the chart narrows status writes to `status.guest`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::api::VirtualMachine;
+
+/// Every guest ServiceAccount's name starts with this; the admission policy keys on it.
+pub const GUEST_PREFIX: &str = "automend-guest-";
+/// Field manager of the controller's writes.
+pub const CONTROLLER_MANAGER: &str = "automend-controller";
+/// Field manager of the guest's writes (agent and simulator).
+pub const GUEST_MANAGER: &str = "automend-guest";
+/// Label on everything the controller creates for a VM: the VM's name.
+pub const VM_LABEL: &str = "automend.io/virtual-machine";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "automend";
+/// The label selector of objects the controller created for VMs.
+pub const OWNED_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=automend,automend.io/virtual-machine";
+
+/// The guest ServiceAccount (and Role, RoleBinding) of a VM.
+pub fn guest_name(vm: &str) -> String {
+    format!("{GUEST_PREFIX}{vm}")
+}
+
+/// The guest's user name as the API server sees it.
+pub fn guest_username(namespace: &str, vm: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{}", guest_name(vm))
+}
+
+/// The heartbeat Lease of a VM has the VM's name, in the VM's namespace (like a Node's Lease).
+pub fn lease_name(vm: &str) -> String {
+    vm.to_string()
+}
+
+fn meta(vm: &VirtualMachine, name: String) -> ObjectMeta {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
+    let owner = vm.controller_owner_ref(&()).map(|o| OwnerReference {
+        block_owner_deletion: Some(false),
+        ..o
+    });
+    ObjectMeta {
+        name: Some(name),
+        namespace: vm.meta().namespace.clone(),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+            (VM_LABEL.to_string(), vm_name),
+        ])),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+pub fn service_account(vm: &VirtualMachine) -> ServiceAccount {
+    let name = guest_name(&vm.meta().name.clone().unwrap_or_default());
+    ServiceAccount {
+        metadata: meta(vm, name),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+pub fn role(vm: &VirtualMachine) -> Role {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
+    let rule = |group: &str, resource: &str, name: &str, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(vec![resource.to_string()]),
+        resource_names: Some(vec![name.to_string()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        non_resource_urls: None,
+    };
+    Role {
+        metadata: meta(vm, guest_name(&vm_name)),
+        rules: Some(vec![
+            rule(
+                crate::api::GROUP,
+                "virtualmachines",
+                &vm_name,
+                &["get", "list", "watch"],
+            ),
+            rule(
+                crate::api::GROUP,
+                "virtualmachines/status",
+                &vm_name,
+                &["get", "patch", "update"],
+            ),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &lease_name(&vm_name),
+                &["get", "patch", "update"],
+            ),
+        ]),
+    }
+}
+
+pub fn role_binding(vm: &VirtualMachine) -> RoleBinding {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
+    let name = guest_name(&vm_name);
+    RoleBinding {
+        metadata: meta(vm, name.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: vm.meta().namespace.clone(),
+            api_group: None,
+        }]),
+    }
+}
+
+pub fn lease(vm: &VirtualMachine) -> Lease {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
+    Lease {
+        metadata: meta(vm, lease_name(&vm_name)),
+        spec: Some(LeaseSpec::default()),
+    }
+}
