@@ -54,8 +54,10 @@ pub async fn run(args: Args) -> anyhow::Result<String> {
     // The guest runs elsewhere: carry the CA inline, never as a path on this machine.
     if let Some(path) = cluster.certificate_authority.take() {
         let pem = std::fs::read(&path).with_context(|| format!("reading the cluster CA {path}"))?;
-        cluster.certificate_authority_data =
-            Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem));
+        cluster.certificate_authority_data = Some(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            pem,
+        ));
     }
     let client = Client::try_default().await?;
     let token = request_token(&client, &args.namespace, &args.vm, args.duration)

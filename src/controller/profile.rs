@@ -95,12 +95,7 @@ async fn reconcile(
     async move {
         let label = Metrics::label("configurationprofile");
         ctx.metrics.reconciles.get_or_create(&label).inc();
-        let _ = futures::try_join!(
-            shared.vms.wait_until_ready(),
-            shared.profiles.wait_until_ready(),
-            shared.namespaces.wait_until_ready()
-        )
-        .map_err(|_| Error::CachesStopped)?;
+        shared.ready().await?;
         let effective = resolve::resolve(&p.spec);
         let mut counts = PhaseCounts::default();
         let mut vm_count = 0;

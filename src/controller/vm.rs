@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -39,6 +39,8 @@ pub enum Error {
     Finalizer(String),
     #[error("the caches stopped")]
     CachesStopped,
+    #[error("the {0} cache has not synced within a minute (is the list/watch permission missing?)")]
+    CacheNotReady(&'static str),
 }
 
 /// Caches the two controllers share (read side).
@@ -52,6 +54,8 @@ pub struct Shared {
     pub roles: Store<PartialObjectMeta<Role>>,
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
     writers: Arc<Mutex<Option<Writers>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    waiting_on: Arc<Mutex<&'static str>>,
 }
 
 struct Writers {
@@ -73,7 +77,10 @@ impl Shared {
         let (service_accounts, sw) = reflector::store();
         let (roles, rw) = reflector::store();
         let (role_bindings, bw) = reflector::store();
-        Shared {
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let shared = Shared {
+            ready,
+            waiting_on: Arc::new(Mutex::new("virtualmachines")),
             vms,
             profiles,
             namespaces,
@@ -90,20 +97,52 @@ impl Shared {
                 roles: rw,
                 role_bindings: bw,
             }))),
+        };
+        shared.watch_readiness(ready_tx);
+        shared
+    }
+
+    /// Wait until every cache has listed once. One task waits on the stores and publishes the
+    /// result on a watch channel, because a store wakes only one of several concurrent waiters.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let mut rx = self.ready.clone();
+        match tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::CachesStopped),
+            Err(_) => Err(Error::CacheNotReady(
+                self.waiting_on.lock().map(|w| *w).unwrap_or("?"),
+            )),
         }
     }
 
-    async fn ready(&self) -> Result<(), Error> {
-        let r = futures::try_join!(
-            self.vms.wait_until_ready(),
-            self.profiles.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-            self.leases.wait_until_ready(),
-            self.service_accounts.wait_until_ready(),
-            self.roles.wait_until_ready(),
-            self.role_bindings.wait_until_ready(),
-        );
-        r.map(|_| ()).map_err(|_| Error::CachesStopped)
+    fn watch_readiness(&self, tx: tokio::sync::watch::Sender<bool>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Poll rather than await: a store wakes only one of its concurrent waiters, and the
+            // Controller waits on the VM store too.
+            macro_rules! wait {
+                ($store:expr, $what:expr) => {
+                    if let Ok(mut w) = me.waiting_on.lock() {
+                        *w = $what;
+                    }
+                    loop {
+                        match $store.wait_until_ready().now_or_never() {
+                            Some(Ok(())) => break,
+                            Some(Err(_)) => return,
+                            None => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                };
+            }
+            wait!(me.vms, "virtualmachines");
+            wait!(me.profiles, "configurationprofiles");
+            wait!(me.namespaces, "namespaces");
+            wait!(me.leases, "leases");
+            wait!(me.service_accounts, "serviceaccounts");
+            wait!(me.roles, "roles");
+            wait!(me.role_bindings, "rolebindings");
+            let _ = tx.send(true);
+        });
     }
 }
 
@@ -299,8 +338,12 @@ async fn reconcile(
 ) -> Result<Action, Error> {
     let span = info_span!("reconcile", kind = "VirtualMachine", namespace = %vm.namespace().unwrap_or_default(), name = %vm.name_any());
     async move {
-        shared.ready().await?;
         let started = std::time::Instant::now();
+        shared.ready().await?;
+        tracing::debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "caches ready"
+        );
         let label = Metrics::label("virtualmachine");
         ctx.metrics.reconciles.get_or_create(&label).inc();
         let ns = vm.namespace().unwrap_or_default();
@@ -311,12 +354,21 @@ async fn reconcile(
                 Finalizer::Cleanup(vm) => cleanup(vm, ctx).await,
             }
         })
-        .await
-        .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
-        });
+        .await;
+        use kube::runtime::finalizer::Error as F;
+        let result = match result {
+            Ok(a) => Ok(a),
+            Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+            // The cached VM predates our own finalizer patch (its JSON-patch test failed): the
+            // watch brings the fresh object in a moment.
+            Err(F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)))
+                if s.code == 422 || s.code == 409 =>
+            {
+                tracing::debug!("stale cache while patching the finalizer; retrying");
+                Ok(Action::requeue(Duration::from_millis(500)))
+            }
+            Err(other) => Err(Error::Finalizer(other.to_string())),
+        };
         ctx.metrics
             .reconcile_duration
             .get_or_create(&label)

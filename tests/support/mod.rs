@@ -192,3 +192,173 @@ impl TestNamespace {
             .await;
     }
 }
+
+impl Cluster {
+    /// The client configuration of the admin kubeconfig.
+    pub async fn config(&self) -> Config {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading the kubeconfig");
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig to client config")
+    }
+
+    /// Install the chart's guest ValidatingAdmissionPolicy (once per test binary).
+    pub fn install_guest_policy(&self) {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let version = self.kubectl_ok(&["version", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&version).expect("version json");
+            let server = v["serverVersion"]["gitVersion"]
+                .as_str()
+                .unwrap_or("v1.36.0")
+                .to_string();
+            let out = self.helm(&[
+                "template",
+                "e2e",
+                "charts/automend",
+                "--kube-version",
+                &server,
+                "-s",
+                "templates/guest-admission.yaml",
+            ]);
+            assert!(
+                out.status.success(),
+                "helm template: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let path = repo().join("target/e2e-guest-admission.yaml");
+            std::fs::write(&path, &out.stdout).expect("writing the policy");
+            self.kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                path.to_str().unwrap_or_default(),
+            ]);
+            // The policy takes effect once the API server's admission plugin has loaded it.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        });
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `automend controller` as a child process, killed on drop.
+pub struct ControllerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Start the controller scoped to one namespace and the profiles labelled for it.
+    pub fn start(cluster: &Cluster, namespace: &str, extra: &[&str]) -> ControllerProcess {
+        let port = free_port();
+        let logdir = repo().join("target/e2e-logs");
+        std::fs::create_dir_all(&logdir).expect("log folder");
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let log = logdir.join(format!(
+            "controller-{namespace}-{}.log",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_automend"))
+            .args([
+                "controller",
+                "--namespace",
+                namespace,
+                "--profile-selector",
+                &format!("automend.io/e2e={namespace}"),
+                "--heartbeat-grace",
+                "6s",
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting the controller");
+        ControllerProcess { child, port, log }
+    }
+
+    /// The controller's /metrics text ("" while it is not serving).
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return String::new();
+        };
+        let req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf).await;
+        buf
+    }
+
+    /// The value of a metric line (exact series name with labels), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` until it returns Some, or panic after `timeout` naming what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

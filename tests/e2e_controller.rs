@@ -1,0 +1,800 @@
+//! End to end: the controller (a child process) and simulated guests (in process, each with its
+//! own identity) against a real API server. Each test has its own namespace, profiles and
+//! controller.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use automend::api::{ConfigurationProfile, VirtualMachine, VmPhase};
+use automend::guest::sim::{self, SimSettings, Stats};
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::{ControllerProcess, TestNamespace, cluster, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+struct Env {
+    ns: TestNamespace,
+    client: Client,
+    vms: Api<VirtualMachine>,
+    profiles: Api<ConfigurationProfile>,
+    stats: Stats,
+    sim_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Env {
+    async fn new(prefix: &str) -> Env {
+        let c = cluster();
+        c.install_guest_policy();
+        let client = c.client().await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        Env {
+            vms: Api::namespaced(client.clone(), &ns.name),
+            profiles: Api::all(client.clone()),
+            client,
+            ns,
+            stats: Stats::default(),
+            sim_stop: None,
+        }
+    }
+
+    fn controller(&self, extra: &[&str]) -> ControllerProcess {
+        ControllerProcess::start(cluster(), &self.ns.name, extra)
+    }
+
+    /// A profile of this test (labelled so that only this test's controller manages it).
+    async fn profile(&self, name: &str, spec: serde_json::Value) -> String {
+        let full = format!("{}-{name}", self.ns.name);
+        let obj: ConfigurationProfile = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "ConfigurationProfile",
+            "metadata": { "name": full, "labels": { "automend.io/e2e": self.ns.name } },
+            "spec": spec,
+        }))
+        .expect("profile");
+        self.profiles
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the profile");
+        full
+    }
+
+    async fn vm(
+        &self,
+        name: &str,
+        profile: Option<&str>,
+        labels: BTreeMap<&str, &str>,
+        annotations: BTreeMap<&str, &str>,
+    ) {
+        let mut management = json!({ "enabled": true });
+        if let Some(p) = profile {
+            management["profile"] = json!(p);
+        }
+        let obj: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": name, "labels": labels, "annotations": annotations },
+            "spec": {
+                "management": management,
+                "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                "placement": { "region": "westeurope", "zone": "1" },
+            },
+        }))
+        .expect("vm");
+        self.vms
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the VM");
+    }
+
+    fn start_sim(&mut self, config: kube::Config) {
+        let settings = SimSettings {
+            namespace: self.ns.name.clone(),
+            selector: None,
+            heartbeat_interval: Duration::from_secs(1),
+            observe_interval: Duration::from_secs(1),
+            token_ttl: Duration::from_secs(3600),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.sim_stop = Some(tx);
+        tokio::spawn(sim::run(
+            self.client.clone(),
+            config,
+            settings,
+            self.stats.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+    }
+
+    async fn sim(&mut self) {
+        let config = cluster().config().await;
+        self.start_sim(config);
+    }
+
+    async fn get(&self, name: &str) -> VirtualMachine {
+        self.vms.get(name).await.expect("get VM")
+    }
+
+    async fn wait_phase(&self, name: &str, phase: VmPhase) -> VirtualMachine {
+        let vms = self.vms.clone();
+        wait_for(&format!("{name} to be {phase:?}"), LONG, || {
+            let vms = vms.clone();
+            async move {
+                let vm = vms.get(name).await.ok()?;
+                (vm.status.as_ref()?.phase? == phase).then_some(vm)
+            }
+        })
+        .await
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: &str) {
+        self.vms
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { key: value } } })),
+            )
+            .await
+            .expect("annotating");
+    }
+
+    /// Event reasons about one VM, oldest first.
+    async fn events(&self, name: &str) -> Vec<String> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let mut list = api
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    fn applies(&self, name: &str) -> u64 {
+        self.stats
+            .lock()
+            .map(|s| s.get(name).map_or(0, |g| g.applies))
+            .unwrap_or(0)
+    }
+
+    /// Delete the VMs while the controller still runs (so finalizers are honoured), then the namespace.
+    async fn finish(mut self, controller: ControllerProcess) {
+        let _ = self
+            .vms
+            .delete_collection(&Default::default(), &ListParams::default())
+            .await;
+        let vms = self.vms.clone();
+        wait_for("the VMs to be deleted", LONG, || {
+            let vms = vms.clone();
+            async move {
+                vms.list(&ListParams::default())
+                    .await
+                    .ok()
+                    .filter(|l| l.items.is_empty())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        if let Some(tx) = self.sim_stop.take() {
+            let _ = tx.send(());
+        }
+        drop(controller);
+        let profiles = self.profiles.clone();
+        let _ = profiles
+            .delete_collection(
+                &Default::default(),
+                &ListParams::default().labels(&format!("automend.io/e2e={}", self.ns.name)),
+            )
+            .await;
+        self.ns.delete().await;
+    }
+}
+
+fn fast_remediation() -> serde_json::Value {
+    json!({ "mode": "Auto", "maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "2s" })
+}
+
+fn no_labels() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
+    let mut env = Env::new("onboard").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile(
+            "prod",
+            json!({ "environment": "Production", "remediation": fast_remediation() }),
+        )
+        .await;
+    let dev = env
+        .profile("dev", json!({ "environment": "DevTest" }))
+        .await;
+    for vm in ["web-1", "web-2", "web-3"] {
+        env.vm(vm, Some(&prod), no_labels(), no_labels()).await;
+    }
+    env.vm("build-1", Some(&dev), no_labels(), no_labels())
+        .await;
+    env.sim().await;
+    for vm in ["web-1", "web-2", "web-3", "build-1"] {
+        let v = env.wait_phase(vm, VmPhase::Configured).await;
+        let st = v.status.expect("status");
+        assert_eq!(st.observed_generation, v.metadata.generation);
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            "{:?}",
+            st.conditions
+        );
+        assert_eq!(env.applies(vm), 1, "{vm} applied once");
+    }
+    let events = env.events("web-1").await;
+    assert_eq!(
+        events.iter().filter(|e| *e == "Onboarded").count(),
+        1,
+        "{events:?}"
+    );
+
+    // The profile's status is resolved and counted.
+    let profiles = env.profiles.clone();
+    let prod_name = prod.clone();
+    let p = wait_for("the profile to count its 3 configured VMs", LONG, || {
+        let profiles = profiles.clone();
+        let prod_name = prod_name.clone();
+        async move {
+            let p = profiles.get(&prod_name).await.ok()?;
+            (p.status.as_ref()?.phase_counts.configured == 3).then_some(p)
+        }
+    })
+    .await;
+    let st = p.status.expect("status");
+    assert_eq!(st.vm_count, 3);
+    let old_hash = st.effective_configuration.expect("effective").hash;
+    assert_eq!(st.observed_generation, p.metadata.generation);
+
+    // Edit the profile: its VMs get the new configuration; the other profile's VM is untouched.
+    env.profiles
+        .patch(
+            &prod,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "preferences": { "backup": { "retentionDays": 30 } } } }),
+            ),
+        )
+        .await
+        .expect("editing the profile");
+    for vm in ["web-1", "web-2", "web-3"] {
+        let vms = env.vms.clone();
+        let old = old_hash.clone();
+        wait_for(
+            &format!("{vm} to apply the new configuration"),
+            LONG,
+            || {
+                let vms = vms.clone();
+                let old = old.clone();
+                async move {
+                    let v = vms.get(vm).await.ok()?;
+                    let s = v.status?;
+                    let g = s.guest?;
+                    let d = s.desired?;
+                    let hash = d.configuration?.hash;
+                    (hash != old
+                        && g.applied_hash.as_deref() == Some(hash.as_str())
+                        && s.phase == Some(VmPhase::Configured))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+        let v = env.get(vm).await;
+        let backup = v
+            .status
+            .and_then(|s| s.desired)
+            .and_then(|d| d.configuration)
+            .map(|c| c.services.backup);
+        assert_eq!(backup.map(|b| b.retention_days), Some(30));
+        assert_eq!(env.applies(vm), 2, "{vm} applied the edit once");
+    }
+    assert_eq!(
+        env.applies("build-1"),
+        1,
+        "the DevTest VM was not re-configured"
+    );
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_remediated_and_failing_remediation_ends_failed() {
+    let mut env = Env::new("drift").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile(
+            "prod",
+            json!({ "environment": "Production", "remediation": fast_remediation() }),
+        )
+        .await;
+    env.vm("ok-1", Some(&prod), no_labels(), no_labels()).await;
+    env.vm(
+        "bad-1",
+        Some(&prod),
+        no_labels(),
+        BTreeMap::from([(sim::FAIL_REMEDIATION, "true")]),
+    )
+    .await;
+    env.sim().await;
+    env.wait_phase("ok-1", VmPhase::Configured).await;
+    env.wait_phase("bad-1", VmPhase::Configured).await;
+
+    env.annotate("ok-1", sim::DRIFT, "monitoring").await;
+    env.annotate("bad-1", sim::DRIFT, r#"timeSync.servers=["rogue.example"]"#)
+        .await;
+
+    let vms = env.vms.clone();
+    wait_for("ok-1 to be remediated", LONG, || {
+        let vms = vms.clone();
+        async move {
+            let v = vms.get("ok-1").await.ok()?;
+            let s = v.status?;
+            let remediated = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Drifted" && c.status == "False");
+            (s.phase == Some(VmPhase::Configured)
+                && remediated
+                && s.desired?.remediation_attempt >= 1)
+                .then_some(())
+        }
+    })
+    .await;
+    let events = env.events("ok-1").await;
+    let detected = events
+        .iter()
+        .position(|e| e == "DriftDetected")
+        .expect("DriftDetected event");
+    let remediated = events
+        .iter()
+        .position(|e| e == "Remediated")
+        .expect("Remediated event");
+    assert!(detected < remediated, "{events:?}");
+
+    let bad = env.wait_phase("bad-1", VmPhase::Failed).await;
+    let st = bad.status.expect("status");
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "RemediationFailed");
+    let msg = st.message.unwrap_or_default();
+    assert!(
+        msg.contains("after 2 attempt(s)")
+            && msg.contains("timeSync")
+            && msg.contains("rogue.example"),
+        "{msg}"
+    );
+    assert!(
+        env.events("bad-1")
+            .await
+            .contains(&"RemediationFailed".to_string())
+    );
+    // Onboarding plus two attempts, and nothing after Failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.applies("bad-1"), 3);
+
+    let metrics = ctl.metrics().await;
+    assert!(
+        ctl.metric("automend_drift_detected_total").await >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        ctl.metric("automend_remediation_failed_total").await >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        ctl.metric("automend_remediated_total").await >= 1.0,
+        "{metrics}"
+    );
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_heartbeat_is_pending_until_the_vm_runs() {
+    let mut env = Env::new("pending").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    env.vm(
+        "off-1",
+        Some(&prod),
+        no_labels(),
+        BTreeMap::from([(sim::POWER, "off")]),
+    )
+    .await;
+    env.sim().await;
+    let v = env.wait_phase("off-1", VmPhase::Pending).await;
+    let st = v.status.expect("status");
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Heartbeat" && c.status == "False")
+    );
+    assert!(
+        st.desired.is_some(),
+        "the configuration waits for the guest"
+    );
+    assert_eq!(env.applies("off-1"), 0);
+    env.annotate("off-1", sim::POWER, "on").await;
+    env.wait_phase("off-1", VmPhase::Configured).await;
+    // Power off again: Pending once the grace period (6 s) passes.
+    env.annotate("off-1", sim::POWER, "off").await;
+    env.wait_phase("off-1", VmPhase::Pending).await;
+    assert!(
+        env.events("off-1")
+            .await
+            .contains(&"HeartbeatLost".to_string())
+    );
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_stops_drift_handling_and_changes_nothing_on_the_guest() {
+    let mut env = Env::new("disable").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile(
+            "prod",
+            json!({ "environment": "Production", "remediation": fast_remediation() }),
+        )
+        .await;
+    let other = env
+        .profile("other", json!({ "environment": "DevTest" }))
+        .await;
+    env.vm("vm-1", Some(&prod), no_labels(), no_labels()).await;
+    env.sim().await;
+    env.wait_phase("vm-1", VmPhase::Configured).await;
+
+    // The profile cannot change while management stays enabled.
+    let err = env
+        .vms
+        .patch(
+            "vm-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "management": { "profile": other } } })),
+        )
+        .await
+        .expect_err("changing the profile while enabled");
+    assert!(
+        err.to_string()
+            .contains("cannot change while management is enabled"),
+        "{err}"
+    );
+
+    env.vms
+        .patch(
+            "vm-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "management": { "enabled": false } } })),
+        )
+        .await
+        .expect("disabling");
+    let v = env.wait_phase("vm-1", VmPhase::NotManaged).await;
+    let d = v.status.and_then(|s| s.desired).expect("desired kept");
+    assert!(!d.enforce);
+    assert!(
+        d.configuration.is_some(),
+        "the configuration is kept, not undone"
+    );
+    let applies = env.applies("vm-1");
+    env.annotate("vm-1", sim::DRIFT, "backup").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v = env.get("vm-1").await;
+    let st = v.status.expect("status");
+    assert_eq!(st.phase, Some(VmPhase::NotManaged));
+    assert!(
+        st.guest
+            .expect("guest")
+            .services
+            .iter()
+            .any(|s| s.name == "backup" && !s.compliant),
+        "the guest still reports"
+    );
+    assert_eq!(
+        env.applies("vm-1"),
+        applies,
+        "nothing applied on the guest after disabling"
+    );
+    let events = env.events("vm-1").await;
+    assert!(!events.contains(&"DriftDetected".to_string()), "{events:?}");
+    assert!(
+        events.contains(&"ManagementDisabled".to_string()),
+        "{events:?}"
+    );
+
+    // Re-enable with the other profile: allowed after disabling, and it onboards again.
+    env.vms
+        .patch(
+            "vm-1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "spec": { "management": { "enabled": true, "profile": other } } }),
+            ),
+        )
+        .await
+        .expect("re-enabling with another profile");
+    let v = env.wait_phase("vm-1", VmPhase::Configured).await;
+    assert_eq!(v.status.and_then(|s| s.profile), Some(other));
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_selectors_onboard_vms_that_name_no_profile() {
+    let mut env = Env::new("assign").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let web = env
+        .profile("web", json!({ "environment": "Production", "assignment": { "selector": { "matchLabels": { "tier": "web" } }, "priority": 10 } }))
+        .await;
+    let all = env
+        .profile(
+            "all",
+            json!({ "environment": "DevTest", "assignment": { "selector": {} } }),
+        )
+        .await;
+    env.vm("w-1", None, BTreeMap::from([("tier", "web")]), no_labels())
+        .await;
+    env.vm("d-1", None, BTreeMap::from([("tier", "db")]), no_labels())
+        .await;
+    env.sim().await;
+    let w = env.wait_phase("w-1", VmPhase::Configured).await;
+    let st = w.status.expect("status");
+    assert_eq!(st.profile.as_deref(), Some(web.as_str()));
+    let resolved = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ProfileResolved")
+        .expect("condition");
+    assert_eq!(resolved.reason, "ResolvedWithOverlap");
+    assert!(resolved.message.contains(&all), "{}", resolved.message);
+    let d = env.wait_phase("d-1", VmPhase::Configured).await;
+    assert_eq!(
+        d.status.and_then(|s| s.profile).as_deref(),
+        Some(all.as_str())
+    );
+    // The losing profile reports the overlap.
+    let profiles = env.profiles.clone();
+    let all2 = all.clone();
+    wait_for(
+        "the overlap condition on the lower-priority profile",
+        LONG,
+        || {
+            let profiles = profiles.clone();
+            let all2 = all2.clone();
+            async move {
+                let p = profiles.get(&all2).await.ok()?;
+                p.status?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Overlapping" && c.status == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_may_write_only_its_own_status_guest() {
+    let mut env = Env::new("identity").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    env.vm("a", Some(&prod), no_labels(), no_labels()).await;
+    env.vm("b", Some(&prod), no_labels(), no_labels()).await;
+    env.sim().await;
+    env.wait_phase("a", VmPhase::Configured).await;
+    env.wait_phase("b", VmPhase::Configured).await;
+
+    let c = cluster();
+    let config = c.config().await;
+    let guest = sim::guest_client(
+        &env.client,
+        &config,
+        &env.ns.name,
+        "a",
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("guest client");
+    let mine: Api<VirtualMachine> = Api::namespaced(guest.clone(), &env.ns.name);
+    mine.get("a").await.expect("a guest reads its own VM");
+    let forbidden = |r: Result<VirtualMachine, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{what}: {s:?}"),
+        other => panic!("{what} should be forbidden: {other:?}"),
+    };
+    forbidden(mine.get("b").await, "reading another VM");
+    let pp = PatchParams::default();
+    forbidden(
+        mine.patch_status(
+            "b",
+            &pp,
+            &Patch::Merge(json!({ "status": { "guest": { "healthy": false } } })),
+        )
+        .await,
+        "writing another VM's status",
+    );
+    forbidden(
+        mine.patch_status(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "status": { "phase": "Failed" } })),
+        )
+        .await,
+        "writing the controller's phase",
+    );
+    forbidden(
+        mine.patch_status(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "status": { "desired": { "enforce": false } } })),
+        )
+        .await,
+        "writing the controller's directives",
+    );
+    forbidden(
+        mine.patch(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "spec": { "management": { "enabled": false } } })),
+        )
+        .await,
+        "writing its spec",
+    );
+    let err = mine
+        .patch_status(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "status": { "message": "all good" } })),
+        )
+        .await
+        .expect_err("message is the controller's");
+    assert!(
+        err.to_string().contains("may write only status.guest"),
+        "{err}"
+    );
+    mine.patch_status(
+        "a",
+        &pp,
+        &Patch::Merge(json!({ "status": { "guest": { "agentVersion": "test" } } })),
+    )
+    .await
+    .expect("a guest writes its own status.guest");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(guest, &env.ns.name);
+    match leases
+        .patch(
+            "b",
+            &pp,
+            &Patch::Merge(json!({ "spec": { "holderIdentity": "a" } })),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("renewing another VM's Lease should be forbidden: {other:?}"),
+    }
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_converges_without_repeating_actions() {
+    let mut env = Env::new("restart").await;
+    let mut ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    let names: Vec<String> = (0..8).map(|i| format!("vm-{i}")).collect();
+    for n in &names {
+        env.vm(n, Some(&prod), no_labels(), no_labels()).await;
+    }
+    env.sim().await;
+    // Kill the controller as soon as onboarding is under way.
+    let vms = env.vms.clone();
+    wait_for("some VM to be onboarding", LONG, || {
+        let vms = vms.clone();
+        async move {
+            let l = vms.list(&ListParams::default()).await.ok()?;
+            l.items
+                .iter()
+                .any(|v| v.status.as_ref().is_some_and(|s| s.desired.is_some()))
+                .then_some(())
+        }
+    })
+    .await;
+    ctl.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    for n in &names {
+        env.wait_phase(n, VmPhase::Configured).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in &names {
+        assert_eq!(env.applies(n), 1, "{n} was configured exactly once");
+        let events = env.events(n).await;
+        assert_eq!(
+            events.iter().filter(|e| *e == "Onboarded").count(),
+            1,
+            "{n}: {events:?}"
+        );
+    }
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_only_the_leader_acts() {
+    let mut env = Env::new("leader").await;
+    let ns = env.ns.name.clone();
+    let args = [
+        "--leader-elect=true",
+        "--leader-election-namespace",
+        &ns,
+        "--leader-election-id",
+        "automend-e2e",
+    ];
+    let mut a = env.controller(&[&args[..], &["--identity", "replica-a"]].concat());
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    env.vm("vm-1", Some(&prod), no_labels(), no_labels()).await;
+    env.sim().await;
+    env.wait_phase("vm-1", VmPhase::Configured).await;
+    let b = env.controller(&[&args[..], &["--identity", "replica-b"]].concat());
+    wait_for("replica b to serve metrics", LONG, || async {
+        (!b.metrics().await.is_empty()).then_some(())
+    })
+    .await;
+    env.vm("vm-2", Some(&prod), no_labels(), no_labels()).await;
+    env.wait_phase("vm-2", VmPhase::Configured).await;
+    assert_eq!(a.metric("automend_leader").await, 1.0);
+    assert_eq!(b.metric("automend_leader").await, 0.0);
+    assert!(
+        a.metric(r#"automend_reconciles_total{controller="virtualmachine"}"#)
+            .await
+            > 0.0
+    );
+    assert_eq!(
+        b.metric(r#"automend_reconciles_total{controller="virtualmachine"}"#)
+            .await,
+        0.0,
+        "the follower never reconciles"
+    );
+    assert_eq!(
+        b.metric(r#"automend_status_writes_total{controller="virtualmachine"}"#)
+            .await,
+        0.0
+    );
+
+    // The leader stops gracefully and releases the Lease: the follower takes over at once.
+    a.terminate();
+    wait_for("replica b to lead", LONG, || async {
+        (b.metric("automend_leader").await == 1.0).then_some(())
+    })
+    .await;
+    env.vm("vm-3", Some(&prod), no_labels(), no_labels()).await;
+    env.wait_phase("vm-3", VmPhase::Configured).await;
+    assert!(
+        b.metric(r#"automend_status_writes_total{controller="virtualmachine"}"#)
+            .await
+            > 0.0
+    );
+    env.finish(b).await;
+}
