@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# The demo: a real Kubernetes control plane on loopback, Automend's CRDs, and a small fleet.
-# Leaves the control plane running; stop it with `hack/cluster.sh down`.
+# The demo: a real Kubernetes control plane on loopback, the Automend controller, and a simulated
+# fleet of 55 VMs that onboard to their profiles, drift, get remediated, and one that fails.
+# Leaves everything running for exploration; `hack/demo.sh down` stops it all.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 unset KUBECONFIG
+DEMO_DIR=.local/demo
+mkdir -p "$DEMO_DIR"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+stop_processes() {
+  for p in controller sim; do
+    if [[ -f "$DEMO_DIR/$p.pid" ]]; then
+      kill "$(cat "$DEMO_DIR/$p.pid")" 2>/dev/null || true
+      rm -f "$DEMO_DIR/$p.pid"
+    fi
+  done
+}
+
+if [[ "${1:-}" == "down" ]]; then
+  stop_processes
+  bash hack/cluster.sh down
+  exit 0
+fi
 
 step "starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (builds them the first time)"
 bash hack/cluster.sh up
@@ -15,19 +33,105 @@ kubectl version
 step "building automend"
 cargo build --locked
 
-step "installing the CRDs from the types: ./target/debug/automend crds | kubectl apply"
+step "installing the CRDs from the types and the chart's guest admission policy"
 ./target/debug/automend crds | kubectl apply --server-side -f -
 kubectl wait --for=condition=Established --timeout=60s \
   crd/virtualmachines.automend.io crd/configurationprofiles.automend.io \
   crd/updaterings.automend.io crd/patchrollouts.automend.io
+helm template automend charts/automend --kube-version "$(kubectl version -o json | jq -r .serverVersion.gitVersion)" \
+  -s templates/guest-admission.yaml | kubectl apply --server-side -f -
 
-step "applying the example fleet into a fresh namespace demo"
+step "starting the controller (logs: $DEMO_DIR/controller.log)"
+stop_processes
+RUST_LOG=info,kube=warn ./target/debug/automend controller --leader-elect=false \
+  --heartbeat-grace 20s --http-addr 127.0.0.1:0 >"$DEMO_DIR/controller.log" 2>&1 &
+echo $! >"$DEMO_DIR/controller.pid"
+
+step "a fresh namespace demo with the example fleet (25 VMs) and 30 more generated VMs"
 kubectl delete namespace demo --ignore-not-found --wait --timeout=120s
 kubectl create namespace demo
+kubectl apply -f examples/profiles.yaml
+# Remediation retries quickly in the demo (the default waits 30s, doubling).
+kubectl patch configurationprofile production --type merge \
+  -p '{"spec":{"remediation":{"initialBackoff":"3s","maxBackoff":"6s"}}}'
 kubectl apply -n demo -f examples/
+for i in $(seq -w 1 30); do
+  region=$([[ $((10#$i % 2)) == 0 ]] && echo westeurope || echo northeurope)
+  cat <<YAML
+---
+apiVersion: automend.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: app-$i
+  labels: { app: api }
+spec:
+  management: { profile: $([[ $((10#$i % 5)) == 0 ]] && echo dev-test || echo production) }
+  os: { type: Linux, image: { publisher: Canonical, offer: ubuntu-24_04-lts, sku: server } }
+  placement: { region: $region, zone: "$(( (10#$i % 3) + 1 ))" }
+  patchSettings: { patchMode: AutomaticByPlatform }
+YAML
+done | kubectl apply -n demo -f - >/dev/null
+echo "$(kubectl get virtualmachines -n demo --no-headers | wc -l) VirtualMachines in namespace demo"
 
-step "kubectl get automend -n demo"
-kubectl get automend -n demo
+step "starting the simulated guests, each with its own identity (logs: $DEMO_DIR/sim.log)"
+RUST_LOG=info,kube=warn ./target/debug/automend sim -n demo --heartbeat-interval 5s --observe-interval 3s \
+  >"$DEMO_DIR/sim.log" 2>&1 &
+echo $! >"$DEMO_DIR/sim.pid"
+
+phases() {
+  kubectl get virtualmachines -n demo -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' \
+    | sed 's/^$/(none)/' | sort | uniq -c | awk '{printf "%s=%s  ", $2, $1}'
+}
+
+wait_until() { # description, timeout seconds, condition command
+  local what=$1 timeout=$2; shift 2
+  local start=$SECONDS
+  until "$@"; do
+    if (( SECONDS - start > timeout )); then echo; echo "timed out waiting for $what" >&2; return 1; fi
+    printf '\r  %3ss  %s' $((SECONDS - start)) "$(phases)"
+    sleep 2
+  done
+  printf '\r  %3ss  %s\n' $((SECONDS - start)) "$(phases)"
+}
+
+all_configured() {
+  local total configured
+  total=$(kubectl get virtualmachines -n demo --no-headers | wc -l)
+  configured=$(kubectl get virtualmachines -n demo -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c '^Configured$' || true)
+  [[ "$total" == "$configured" ]]
+}
+
+step "onboarding: every VM goes InProgress -> Configured"
+wait_until "the fleet to be Configured" 240 all_configured
+listing=$(kubectl get automend -n demo)
+echo "$listing" | head -24
+echo "... ($(echo "$listing" | wc -l) lines)"
+
+step "drift: app-07 loses its monitoring agent, app-11's time servers are changed by hand"
+kubectl annotate -n demo virtualmachine app-07 sim.automend.io/drift=monitoring --overwrite
+kubectl annotate -n demo virtualmachine app-11 'sim.automend.io/drift=timeSync.servers=["rogue.example"]' --overwrite
+step "app-13 drifts too, but on it every fix fails (sim.automend.io/fail-remediation)"
+kubectl annotate -n demo virtualmachine app-13 sim.automend.io/fail-remediation=true --overwrite
+kubectl annotate -n demo virtualmachine app-13 sim.automend.io/drift=securityBaseline.enabled=false --overwrite
+
+remediated() {
+  [[ "$(kubectl get events -n demo --field-selector reason=Remediated -o name | wc -l)" -ge 2 ]] &&
+    [[ "$(kubectl get virtualmachine -n demo app-13 -o jsonpath='{.status.phase}')" == Failed ]]
+}
+wait_until "drift to be remediated and app-13 to fail" 180 remediated
+
+step "kubectl get virtualmachines -n demo app-07 app-11 app-13"
+kubectl get virtualmachines -n demo app-07 app-11 app-13
+echo
+kubectl get virtualmachine -n demo app-13 -o jsonpath='app-13: {.status.message}{"\n"}'
+
+step "Events: kubectl get events -n demo (drift and remediation)"
+kubectl get events -n demo --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message \
+  | grep -E 'TYPE|DriftDetected|Remediated|RemediationFailed'
+
+step "kubectl get configurationprofiles"
+kubectl get configurationprofiles
 
 step "admission at work: a Linux VM asking for Windows' AutomaticByOS mode is rejected"
 cat <<'YAML' | kubectl apply -n demo -f - || true
@@ -41,18 +145,16 @@ spec:
   patchSettings: { patchMode: AutomaticByOS }
 YAML
 
-step "admission at work: a DevTest profile cannot enable backup"
-kubectl patch configurationprofile dev-test --type merge \
-  -p '{"spec":{"preferences":{"backup":{"enabled":true}}}}' || true
-
-step "kubectl explain virtualmachine.spec.patchSettings"
-kubectl explain virtualmachine.spec.patchSettings
+step "admission at work: the profile cannot change while management is enabled"
+kubectl patch virtualmachine -n demo app-01 --type merge -p '{"spec":{"management":{"profile":"dev-test"}}}' || true
 
 cat <<EOF2
 
-The control plane keeps running. Try:
+The control plane, the controller and the simulated fleet keep running. Try:
   eval "\$(hack/cluster.sh env)"
   kubectl get automend -n demo
-  kubectl explain configurationprofile.spec.preferences
-Stop it with: hack/cluster.sh down
+  kubectl describe virtualmachine -n demo app-13
+  kubectl annotate -n demo virtualmachine app-02 sim.automend.io/power=off   # Pending after 20s
+  ./target/debug/automend guest-kubeconfig -n demo app-02 > guest.kubeconfig  # a guest's own identity
+Stop everything with: hack/demo.sh down
 EOF2
