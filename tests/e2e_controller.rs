@@ -244,6 +244,20 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
         "{events:?}"
     );
 
+    // Steady state: guests renew their Leases every second, yet nothing is written and the VMs
+    // are not reconciled once per renewal (at most once per grace period, to catch expiry).
+    let reconciles = r#"automend_reconciles_total{controller="virtualmachine"}"#;
+    let writes = r#"automend_status_writes_total{controller="virtualmachine"}"#;
+    let (r0, w0) = (ctl.metric(reconciles).await, ctl.metric(writes).await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (r1, w1) = (ctl.metric(reconciles).await, ctl.metric(writes).await);
+    assert_eq!(w1, w0, "no status writes in steady state");
+    assert!(
+        r1 - r0 <= 8.0,
+        "4 VMs x 5 renewals caused {} reconciles",
+        r1 - r0
+    );
+
     // The profile's status is resolved and counted.
     let profiles = env.profiles.clone();
     let prod_name = prod.clone();
@@ -797,4 +811,93 @@ async fn with_two_replicas_only_the_leader_acts() {
             > 0.0
     );
     env.finish(b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_catalog_decides_patch_modes_and_capabilities() {
+    let mut env = Env::new("catalog").await;
+    let catalog = support::repo().join(format!("target/e2e-catalog-{}.yaml", env.ns.name));
+    std::fs::write(
+        &catalog,
+        "images:\n- {publisher: Example, offer: Custom, sku: 'v1*', os: Linux, automaticByPlatform: true}\n",
+    )
+    .expect("writing the catalog");
+    let catalog_arg = catalog.to_string_lossy().to_string();
+    let ctl = env.controller(&["--leader-elect=false", "--image-catalog", &catalog_arg]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    let mk = |name: &str, publisher: &str, offer: &str, sku: &str, caps: Vec<&str>| {
+        serde_json::from_value::<VirtualMachine>(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": name },
+            "spec": {
+                "management": { "profile": prod },
+                "os": { "type": "Linux", "image": { "publisher": publisher, "offer": offer, "sku": sku } },
+                "placement": { "region": "westeurope" },
+                "patchSettings": { "patchMode": "AutomaticByPlatform" },
+                "capabilities": caps,
+            },
+        }))
+        .expect("vm")
+    };
+    let pp = PostParams::default();
+    env.vms
+        .create(&pp, &mk("custom", "Example", "Custom", "v1.2", vec![]))
+        .await
+        .expect("create");
+    // Ubuntu is in the built-in catalog, but this catalog replaces it.
+    env.vms
+        .create(
+            &pp,
+            &mk("ubuntu", "Canonical", "ubuntu-24_04-lts", "server", vec![]),
+        )
+        .await
+        .expect("create");
+    env.vms
+        .create(
+            &pp,
+            &mk("hotpatch", "Example", "Custom", "v1.2", vec!["Hotpatch"]),
+        )
+        .await
+        .expect("create");
+    env.sim().await;
+    env.wait_phase("custom", VmPhase::Configured).await;
+    for (vm, reason, text) in [
+        (
+            "ubuntu",
+            "PatchModeUnsupported",
+            "AutomaticByPlatform is not supported on image Canonical/ubuntu-24_04-lts/server",
+        ),
+        (
+            "hotpatch",
+            "CapabilityMissing",
+            "lacks the requested capabilities Hotpatch",
+        ),
+    ] {
+        let v = env.wait_phase(vm, VmPhase::Failed).await;
+        let st = v.status.expect("status");
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ImageSupported")
+            .expect("ImageSupported");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason),
+            "{vm}"
+        );
+        assert!(c.message.contains(text), "{vm}: {}", c.message);
+        assert_eq!(
+            env.applies(vm),
+            0,
+            "{vm}: nothing configured on an unsupported image"
+        );
+        assert!(
+            env.events(vm)
+                .await
+                .contains(&"UnsupportedImage".to_string())
+        );
+    }
+    env.finish(ctl).await;
 }

@@ -70,6 +70,67 @@ fn values_schema_rejects_bad_values_naming_them() {
     }
 }
 
+#[test]
+fn image_catalog_value_replaces_the_built_in_catalog() {
+    let c = cluster();
+    let version = server_version(c);
+    let out = c.helm(&[
+        "template",
+        "x",
+        CHART,
+        "--kube-version",
+        &version,
+        "--set",
+        "imageCatalog[0].publisher=Example",
+        "--set",
+        "imageCatalog[0].offer=Custom",
+        "--set",
+        "imageCatalog[0].sku=v1*",
+        "--set",
+        "imageCatalog[0].os=Linux",
+        "--set",
+        "imageCatalog[0].automaticByPlatform=true",
+    ]);
+    let rendered = text(&out);
+    assert!(out.status.success(), "{rendered}");
+    assert!(
+        rendered.contains("--image-catalog=/etc/automend/catalog/images.yaml"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("name: x-automend-image-catalog"),
+        "{rendered}"
+    );
+    // The ConfigMap holds a catalog the controller parses.
+    let start = rendered.find("images.yaml: |").expect("catalog data");
+    let body: String = rendered[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+        .collect();
+    let catalog = automend::logic::catalog::ImageCatalog::from_yaml(&body)
+        .expect("the rendered catalog parses");
+    assert_eq!(catalog.images.len(), 1);
+    assert_eq!(catalog.images[0].publisher, "Example");
+    let bad = c.helm(&[
+        "template",
+        "x",
+        CHART,
+        "--kube-version",
+        &version,
+        "--set",
+        "imageCatalog[0].publisher=Example",
+    ]);
+    assert!(
+        !bad.status.success(),
+        "an entry without offer/sku/os was accepted"
+    );
+    // Without the value, no ConfigMap and no flag: the built-in catalog.
+    let plain = text(&c.helm(&["template", "x", CHART, "--kube-version", &version]));
+    assert!(!plain.contains("--image-catalog"));
+}
+
 #[tokio::test]
 async fn helm_install_creates_the_controller_and_default_profiles() {
     let c = cluster();
