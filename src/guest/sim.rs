@@ -416,3 +416,128 @@ async fn play(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConfigurationProfileSpec, Environment, Preferences, Remediation};
+    use crate::logic::resolve::resolve;
+
+    fn config() -> EffectiveConfiguration {
+        resolve(&ConfigurationProfileSpec {
+            environment: Environment::Production,
+            preferences: Preferences::default(),
+            remediation: Remediation::default(),
+            assignment: None,
+        })
+    }
+
+    fn differences(obs: &[ServiceObservation], name: &str) -> Vec<String> {
+        obs.iter()
+            .find(|o| o.name == name)
+            .map(|o| o.differences.clone())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn observation_reports_the_exact_difference_and_apply_fixes_it() {
+        let stats = Stats::default();
+        let mut b = SimBackend::new("vm", true, stats.clone());
+        let c = config();
+        let before = b.observe(&c).await;
+        assert!(
+            before
+                .iter()
+                .all(|o| !o.compliant && o.differences == vec!["not configured"])
+        );
+        b.apply(&c).await.expect("apply");
+        assert!(b.observe(&c).await.iter().all(|o| o.compliant));
+
+        b.inject("monitoring").expect("inject");
+        b.inject(r#"timeSync.servers=["rogue.example"]"#)
+            .expect("inject");
+        b.inject("backup.retentionDays=7").expect("inject");
+        let obs = b.observe(&c).await;
+        assert_eq!(
+            differences(&obs, "monitoring"),
+            vec!["running: want true, have false"]
+        );
+        assert_eq!(
+            differences(&obs, "timeSync"),
+            vec![r#"servers: want [], have ["rogue.example"]"#]
+        );
+        assert_eq!(
+            differences(&obs, "backup"),
+            vec!["retentionDays: want 180, have 7"]
+        );
+        assert!(obs.iter().filter(|o| o.compliant).count() == 4);
+
+        b.apply(&c).await.expect("re-apply");
+        assert!(b.observe(&c).await.iter().all(|o| o.compliant));
+        let s = stats
+            .lock()
+            .expect("stats")
+            .get("vm")
+            .cloned()
+            .expect("counted");
+        assert_eq!(
+            s,
+            GuestStats {
+                applies: 2,
+                injected: 3
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_remediation_keeps_the_drift() {
+        let mut b = SimBackend::new("vm", true, Stats::default());
+        let c = config();
+        b.apply(&c).await.expect("onboarding works");
+        b.annotations(&BTreeMap::from([
+            (FAIL_REMEDIATION.to_string(), "true".to_string()),
+            (DRIFT.to_string(), "antimalware".to_string()),
+        ]));
+        assert!(b.apply(&c).await.is_err());
+        assert!(
+            !b.observe(&c)
+                .await
+                .iter()
+                .find(|o| o.name == "antimalware")
+                .expect("obs")
+                .compliant
+        );
+        // The same annotation value is injected once.
+        b.annotations(&BTreeMap::from([(
+            DRIFT.to_string(),
+            "antimalware".to_string(),
+        )]));
+        assert!(b.apply(&c).await.is_ok());
+        assert!(b.observe(&c).await.iter().all(|o| o.compliant));
+    }
+
+    #[test]
+    fn bad_drift_items_are_named() {
+        let mut b = SimBackend::new("vm", true, Stats::default());
+        assert!(
+            b.inject("nosuch")
+                .unwrap_err()
+                .contains("unknown service \"nosuch\"")
+        );
+        assert!(
+            b.inject("backup=1")
+                .unwrap_err()
+                .contains("service.setting=value")
+        );
+    }
+
+    #[test]
+    fn power_follows_the_annotation() {
+        let mut b = SimBackend::new("vm", false, Stats::default());
+        assert!(b.powered_on());
+        b.annotations(&BTreeMap::from([(POWER.to_string(), "off".to_string())]));
+        assert!(!b.powered_on());
+        b.annotations(&BTreeMap::new());
+        assert!(b.powered_on());
+    }
+}
