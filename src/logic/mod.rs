@@ -5,4 +5,5 @@ pub mod assign;
 pub mod catalog;
 pub mod decide;
 pub mod duration;
+pub mod planner;
 pub mod resolve;
