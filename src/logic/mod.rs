@@ -7,3 +7,4 @@ pub mod decide;
 pub mod duration;
 pub mod planner;
 pub mod resolve;
+pub mod window;
