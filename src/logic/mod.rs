@@ -7,4 +7,5 @@ pub mod decide;
 pub mod duration;
 pub mod planner;
 pub mod resolve;
+pub mod rings;
 pub mod window;
