@@ -741,15 +741,20 @@ async fn a_restarted_controller_converges_without_repeating_actions() {
         env.wait_phase(n, VmPhase::Configured).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut onboarded = 0;
     for n in &names {
         assert_eq!(env.applies(n), 1, "{n} was configured exactly once");
+        // Events follow the status write they describe: at most once (a crash between the two
+        // loses the Event, never repeats it).
         let events = env.events(n).await;
-        assert_eq!(
-            events.iter().filter(|e| *e == "Onboarded").count(),
-            1,
-            "{n}: {events:?}"
-        );
+        let count = events.iter().filter(|e| *e == "Onboarded").count();
+        assert!(count <= 1, "{n}: {events:?}");
+        onboarded += count;
     }
+    assert!(
+        onboarded >= names.len() - 1,
+        "Onboarded events: {onboarded}"
+    );
     env.finish(ctl).await;
 }
 
@@ -899,5 +904,85 @@ async fn the_image_catalog_decides_patch_modes_and_capabilities() {
                 .contains(&"UnsupportedImage".to_string())
         );
     }
+    env.finish(ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assessment_on_demand_and_when_a_vm_returns() {
+    let mut env = Env::new("assess").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    let patches = "openssl=3.0.2-1:Security,linux-image=6.8.0-50:Critical,vim=9.1:Other";
+    env.vm(
+        "on-1",
+        Some(&prod),
+        no_labels(),
+        BTreeMap::from([(sim::PATCHES, patches)]),
+    )
+    .await;
+    env.vm(
+        "off-1",
+        Some(&prod),
+        no_labels(),
+        BTreeMap::from([(sim::POWER, "off")]),
+    )
+    .await;
+    env.sim().await;
+
+    let summary = |vms: Api<VirtualMachine>, name: &'static str, prefix: &'static str| async move {
+        let v = vms.get(name).await.ok()?;
+        let s = v.status?.patch_status?.available_patch_summary?;
+        s.assessment_activity_id
+            .as_deref()?
+            .starts_with(prefix)
+            .then_some(s)
+    };
+    let vms = env.vms.clone();
+    let s = wait_for("the first (periodic) assessment of on-1", LONG, || {
+        summary(vms.clone(), "on-1", "periodic-")
+    })
+    .await;
+    assert_eq!(
+        (s.critical_and_security_patch_count, s.other_patch_count),
+        (2, 1)
+    );
+    assert_eq!(s.status, automend::api::OperationStatus::Succeeded);
+
+    env.wait_phase("off-1", VmPhase::Pending).await;
+    let off = env.get("off-1").await;
+    assert!(
+        off.status.and_then(|s| s.patch_status).is_none(),
+        "a VM that is off is not assessed"
+    );
+
+    let applies = env.applies("on-1");
+    env.annotate("on-1", "automend.io/assess", "req-1").await;
+    let s = wait_for("the on-demand assessment", LONG, || {
+        summary(vms.clone(), "on-1", "ondemand-req-1")
+    })
+    .await;
+    assert_eq!(s.critical_and_security_patch_count, 2);
+    let v = env.get("on-1").await;
+    assert!(
+        v.status
+            .and_then(|s| s.desired)
+            .and_then(|d| d.installation)
+            .is_none(),
+        "assessment never installs"
+    );
+    assert_eq!(env.applies("on-1"), applies, "nothing applied on the guest");
+    assert!(
+        env.events("on-1")
+            .await
+            .contains(&"AssessmentRequested".to_string())
+    );
+
+    env.annotate("off-1", sim::POWER, "on").await;
+    wait_for("off-1 to be assessed once it runs", LONG, || {
+        summary(vms.clone(), "off-1", "periodic-")
+    })
+    .await;
     env.finish(ctl).await;
 }

@@ -435,7 +435,11 @@ pub struct DesiredState {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssessmentDirective {
+    /// The guest assesses when this changes ("periodic-<time>" or "ondemand-<request>").
     pub request_id: String,
+    /// The last on-demand request (annotation `automend.io/assess`) the controller took up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<String>,
 }
 
 /// Ask the guest to install a pinned set of packages.
@@ -494,6 +498,42 @@ pub struct GuestState {
     pub healthy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_observed_time: Option<Time>,
+    /// The latest patch assessment the guest ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<GuestAssessment>,
+}
+
+/// A patch assessment as the guest ran it. Assessing never installs anything.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestAssessment {
+    /// The directive's request id this answers.
+    pub request_id: String,
+    pub status: OperationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// Updates available, with their classification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<AvailablePackage>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An available update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailablePackage {
+    pub name: String,
+    /// The version available.
+    pub version: String,
+    /// The version installed now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_version: Option<String>,
+    pub classification: super::common::Classification,
 }
 
 /// Guest OS facts.

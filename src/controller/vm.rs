@@ -558,6 +558,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         image_problems,
         heartbeat: heartbeat(lease, now, grace),
         grace,
+        assess_request: vm.annotations().get(decide::ASSESS_ANNOTATION).cloned(),
     });
     let current = vm
         .status

@@ -21,7 +21,8 @@ use kube::{Client, Resource};
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    DesiredState, EffectiveConfiguration, GuestOs, GuestState, ServiceObservation, VirtualMachine,
+    AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment, GuestOs, GuestState,
+    OperationStatus, ServiceObservation, VirtualMachine,
 };
 use crate::identity::{self, GUEST_MANAGER};
 
@@ -39,12 +40,21 @@ pub trait Backend: Send {
         &mut self,
         config: &EffectiveConfiguration,
     ) -> impl Future<Output = Vec<ServiceObservation>> + Send;
+    /// List the updates available (never installs anything).
+    fn assess(&mut self) -> impl Future<Output = Result<Assessed, String>> + Send;
     /// The VM's annotations changed (the simulator reads its controls from them).
     fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
     /// Whether the machine is running; a powered-off guest neither heartbeats nor reports.
     fn powered_on(&self) -> bool {
         true
     }
+}
+
+/// What an assessment found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assessed {
+    pub packages: Vec<AvailablePackage>,
+    pub reboot_pending: bool,
 }
 
 /// Timing of a guest.
@@ -80,6 +90,7 @@ pub struct Guest<B: Backend> {
     applied_attempt: i32,
     apply_error: Option<String>,
     acquired: bool,
+    assessment: Option<GuestAssessment>,
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -98,6 +109,7 @@ impl<B: Backend> Guest<B> {
             applied_attempt: 0,
             apply_error: None,
             acquired: false,
+            assessment: None,
         }
     }
 
@@ -131,6 +143,7 @@ impl<B: Backend> Guest<B> {
                             if let Some(r) = &self.reported {
                                 self.applied_hash = r.applied_hash.clone();
                                 self.applied_attempt = r.applied_attempt;
+                                self.assessment = r.assessment.clone();
                             }
                         }
                     }
@@ -188,6 +201,36 @@ impl<B: Backend> Guest<B> {
         let Some(desired) = self.desired.clone() else {
             return;
         };
+        if let Some(request) = &desired.assessment
+            && self.assessment.as_ref().map(|a| &a.request_id) != Some(&request.request_id)
+        {
+            let start = Time(Timestamp::now());
+            let result = self.backend.assess().await;
+            let finish = Some(Time(Timestamp::now()));
+            self.assessment = Some(match result {
+                Ok(found) => GuestAssessment {
+                    request_id: request.request_id.clone(),
+                    status: OperationStatus::Succeeded,
+                    start_time: Some(start),
+                    finish_time: finish,
+                    packages: found.packages,
+                    reboot_pending: found.reboot_pending,
+                    error: None,
+                },
+                Err(e) => {
+                    warn!(vm = %self.name, error = %e, "assessing patches");
+                    GuestAssessment {
+                        request_id: request.request_id.clone(),
+                        status: OperationStatus::Failed,
+                        start_time: Some(start),
+                        finish_time: finish,
+                        packages: Vec::new(),
+                        reboot_pending: false,
+                        error: Some(e),
+                    }
+                }
+            });
+        }
         let Some(config) = desired.configuration.clone() else {
             return;
         };
@@ -218,6 +261,7 @@ impl<B: Backend> Guest<B> {
             reboot_pending: false,
             healthy: Some(true),
             last_observed_time: None,
+            assessment: self.assessment.clone(),
         };
         let unchanged = self.reported.as_ref().is_some_and(|r| {
             let mut r = r.clone();

@@ -8,6 +8,8 @@
 //!   is JSON or a plain string), e.g. `monitoring` or `timeSync.servers=["rogue.example"]`.
 //! - `sim.automend.io/fail-remediation: "true"`: applying does not correct injected drift.
 //! - `sim.automend.io/power: "off"`: the VM stops (no heartbeat, no reports); `"on"` starts it.
+//! - `sim.automend.io/patches`: the updates available, `name=version:Classification,...`
+//!   (default: a few of each classification, varying by VM).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -24,13 +26,74 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::{Backend, Guest, Timing};
-use crate::api::{EffectiveConfiguration, GuestOs, ServiceObservation, VirtualMachine};
+use crate::api::{
+    AvailablePackage, Classification, EffectiveConfiguration, GuestOs, ServiceObservation,
+    VirtualMachine,
+};
 use crate::identity;
 use crate::logic::resolve::SERVICE_NAMES;
 
 pub const DRIFT: &str = "sim.automend.io/drift";
 pub const FAIL_REMEDIATION: &str = "sim.automend.io/fail-remediation";
 pub const POWER: &str = "sim.automend.io/power";
+pub const PATCHES: &str = "sim.automend.io/patches";
+
+/// Parse `name=version:Classification,...` (the simulated updates available).
+pub fn parse_patches(spec: &str) -> Result<Vec<AvailablePackage>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(|item| {
+            let (name, rest) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
+            let (version, class) = rest
+                .split_once(':')
+                .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
+            let classification = match class {
+                "Critical" => Classification::Critical,
+                "Security" => Classification::Security,
+                "Other" => Classification::Other,
+                other => {
+                    return Err(format!(
+                        "{item:?}: classification {other:?} is not Critical, Security or Other"
+                    ));
+                }
+            };
+            Ok(AvailablePackage {
+                name: name.into(),
+                version: version.into(),
+                installed_version: None,
+                classification,
+            })
+        })
+        .collect()
+}
+
+/// The updates a simulated machine has available by default: a few of each classification,
+/// varying by VM.
+fn default_patches(name: &str) -> Vec<AvailablePackage> {
+    let h = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        name.as_bytes(),
+    ));
+    let (sec, crit, other) = (1 + h[0] % 3, h[1] % 2, h[2] % 4);
+    let mut out = Vec::new();
+    for (count, class, prefix) in [
+        (sec, Classification::Security, "libssl"),
+        (crit, Classification::Critical, "kernel-fix"),
+        (other, Classification::Other, "tool"),
+    ] {
+        for i in 0..count {
+            out.push(AvailablePackage {
+                name: format!("{prefix}{i}"),
+                version: "2.0.0".into(),
+                installed_version: Some("1.0.0".into()),
+                classification: class,
+            });
+        }
+    }
+    out
+}
 
 /// Counters per simulated VM, for tests and the demo.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +102,8 @@ pub struct GuestStats {
     pub applies: u64,
     /// Drift items injected.
     pub injected: u64,
+    /// Assessments run.
+    pub assessments: u64,
 }
 
 pub type Stats = Arc<Mutex<HashMap<String, GuestStats>>>;
@@ -53,6 +118,7 @@ pub struct SimBackend {
     last_drift: Option<String>,
     fail_remediation: bool,
     powered_on: bool,
+    available: Vec<AvailablePackage>,
     stats: Stats,
 }
 
@@ -78,6 +144,7 @@ impl SimBackend {
             last_drift: None,
             fail_remediation: false,
             powered_on: true,
+            available: default_patches(name),
             stats,
         }
     }
@@ -203,7 +270,21 @@ impl Backend for SimBackend {
             .collect()
     }
 
+    async fn assess(&mut self) -> Result<super::Assessed, String> {
+        self.bump(|s| s.assessments += 1);
+        Ok(super::Assessed {
+            packages: self.available.clone(),
+            reboot_pending: false,
+        })
+    }
+
     fn annotations(&mut self, annotations: &BTreeMap<String, String>) {
+        if let Some(spec) = annotations.get(PATCHES) {
+            match parse_patches(spec) {
+                Ok(p) => self.available = p,
+                Err(e) => warn!(vm = %self.name, error = %e, "ignoring {PATCHES}"),
+            }
+        }
         self.fail_remediation = annotations
             .get(FAIL_REMEDIATION)
             .is_some_and(|v| v == "true");
@@ -484,7 +565,8 @@ mod tests {
             s,
             GuestStats {
                 applies: 2,
-                injected: 3
+                injected: 3,
+                assessments: 0
             }
         );
     }
@@ -539,5 +621,29 @@ mod tests {
         assert!(!b.powered_on());
         b.annotations(&BTreeMap::new());
         assert!(b.powered_on());
+    }
+}
+
+#[cfg(test)]
+mod patch_tests {
+    use super::*;
+
+    #[test]
+    fn patches_annotation_parses_and_errors_name_the_item() {
+        let p = parse_patches("openssl=3.0.2-1:Security, vim=9.1:Other").expect("parses");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].classification, Classification::Security);
+        assert!(
+            parse_patches("openssl=3:Urgent")
+                .unwrap_err()
+                .contains("\"Urgent\" is not Critical, Security or Other")
+        );
+        assert!(
+            parse_patches("openssl")
+                .unwrap_err()
+                .contains("name=version:Classification")
+        );
+        assert!(!default_patches("vm-a").is_empty());
+        assert_eq!(default_patches("vm-a"), default_patches("vm-a"));
     }
 }

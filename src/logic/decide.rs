@@ -10,8 +10,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{
-    Condition, DesiredState, EffectiveConfiguration, PatchMode, RemediationMode,
-    VirtualMachineSpec, VirtualMachineStatus, VmPhase,
+    AssessmentDirective, AvailablePatchSummary, Classification, Condition, DesiredState,
+    EffectiveConfiguration, PatchMode, RemediationMode, VirtualMachineSpec, VirtualMachineStatus,
+    VmPhase,
 };
 
 use super::catalog::ImageProblem;
@@ -80,7 +81,12 @@ pub struct Inputs<'a> {
     pub image_problems: Vec<ImageProblem>,
     pub heartbeat: Heartbeat,
     pub grace: Duration,
+    /// The on-demand assessment request (annotation `automend.io/assess`), if any.
+    pub assess_request: Option<String>,
 }
+
+/// The annotation that asks for an on-demand assessment; any new value is a new request.
+pub const ASSESS_ANNOTATION: &str = "automend.io/assess";
 
 /// An Event to publish about the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,8 +162,99 @@ fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// Decide the VM's phase, conditions, desired state and Events.
+/// Decide the VM's phase, conditions, desired state, assessment directive, patch status and Events.
 pub fn decide(input: Inputs<'_>) -> Outcome {
+    let now = input.now;
+    let managed = input.spec.management.enabled;
+    let alive = matches!(input.heartbeat, Heartbeat::Alive { .. });
+    let request = input.assess_request.clone();
+    let guest_assessment = input
+        .status
+        .and_then(|s| s.guest.as_ref())
+        .and_then(|g| g.assessment.clone());
+    let mut out = decide_configuration(input);
+
+    // The seed's availablePatchSummary, from the guest's latest assessment.
+    if let Some(a) = &guest_assessment {
+        let critical_and_security = a
+            .packages
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.classification,
+                    Classification::Critical | Classification::Security
+                )
+            })
+            .count() as i32;
+        out.status
+            .patch_status
+            .get_or_insert_with(Default::default)
+            .available_patch_summary = Some(AvailablePatchSummary {
+            status: a.status,
+            assessment_activity_id: Some(a.request_id.clone()),
+            critical_and_security_patch_count: critical_and_security,
+            other_patch_count: a.packages.len() as i32 - critical_and_security,
+            reboot_pending: a.reboot_pending,
+            start_time: a.start_time.clone(),
+            last_modified_time: a.finish_time.clone(),
+            error: a.error.clone(),
+        });
+    }
+
+    // Assessment: on demand (never installs), and periodically while the VM runs; a VM that was
+    // off is assessed when it returns because its periodic assessment is then overdue.
+    let Some(desired) = out.status.desired.as_mut().filter(|_| managed) else {
+        return out;
+    };
+    let current = desired.assessment.clone();
+    let answered = |id: &str| {
+        guest_assessment
+            .as_ref()
+            .is_some_and(|a| a.request_id == id)
+    };
+    let in_flight = current.as_ref().is_some_and(|c| !answered(&c.request_id));
+    let on_demand_taken = current.as_ref().and_then(|c| c.on_demand.clone());
+    if let Some(req) = request.filter(|r| Some(r) != on_demand_taken.as_ref()) {
+        desired.assessment = Some(AssessmentDirective {
+            request_id: format!("ondemand-{req}"),
+            on_demand: Some(req.clone()),
+        });
+        out.events.push(EventSpec {
+            warning: false,
+            reason: "AssessmentRequested",
+            action: "Assess",
+            note: format!("on-demand patch assessment {req} requested (assessment never installs)"),
+        });
+        return out;
+    }
+    let um = desired
+        .configuration
+        .as_ref()
+        .map(|c| c.services.update_management.clone())
+        .unwrap_or_default();
+    if !alive || !um.enabled || in_flight {
+        return out;
+    }
+    let interval =
+        super::duration::parse(&um.assessment_interval).unwrap_or(Duration::from_secs(24 * 3600));
+    let last = guest_assessment
+        .as_ref()
+        .and_then(|a| a.finish_time.as_ref().or(a.start_time.as_ref()))
+        .map(|t| t.0);
+    let due = last.map_or(now, |l| l + interval);
+    if now >= due {
+        desired.assessment = Some(AssessmentDirective {
+            request_id: format!("periodic-{}", now.as_second()),
+            on_demand: on_demand_taken,
+        });
+    } else {
+        let wait = Duration::try_from(due.duration_since(now)).unwrap_or(Duration::ZERO);
+        out.requeue_after = Some(out.requeue_after.map_or(wait, |r| r.min(wait)));
+    }
+    out
+}
+
+fn decide_configuration(input: Inputs<'_>) -> Outcome {
     let empty = VirtualMachineStatus::default();
     let old = input.status.unwrap_or(&empty);
     let mut b = Builder {
@@ -711,6 +808,7 @@ mod tests {
                 Heartbeat::Missing { last: None }
             },
             grace: Duration::from_secs(300),
+            assess_request: None,
         })
     }
 
@@ -882,6 +980,7 @@ mod tests {
             }],
             heartbeat: Heartbeat::Alive { renewed: t(0) },
             grace: Duration::from_secs(300),
+            assess_request: None,
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
         assert!(
@@ -905,6 +1004,7 @@ mod tests {
             image_problems: vec![],
             heartbeat: Heartbeat::Alive { renewed: t(0) },
             grace: Duration::from_secs(300),
+            assess_request: None,
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
         assert!(
@@ -912,6 +1012,152 @@ mod tests {
                 .message
                 .as_deref()
                 .is_some_and(|m| m.contains("gone"))
+        );
+    }
+
+    fn assessed(status: &mut VirtualMachineStatus, at: i64, packages: Vec<(Classification, &str)>) {
+        let id = status
+            .desired
+            .as_ref()
+            .and_then(|d| d.assessment.as_ref())
+            .map(|a| a.request_id.clone())
+            .expect("a request");
+        let g = status.guest.get_or_insert_with(Default::default);
+        g.assessment = Some(GuestAssessment {
+            request_id: id,
+            status: OperationStatus::Succeeded,
+            start_time: Some(Time(t(at))),
+            finish_time: Some(Time(t(at))),
+            packages: packages
+                .into_iter()
+                .map(|(c, n)| AvailablePackage {
+                    name: n.into(),
+                    version: "2".into(),
+                    installed_version: None,
+                    classification: c,
+                })
+                .collect(),
+            reboot_pending: false,
+            error: None,
+        });
+    }
+
+    fn with_request(
+        spec: &VirtualMachineSpec,
+        status: Option<&VirtualMachineStatus>,
+        now: i64,
+        alive: bool,
+        request: Option<&str>,
+    ) -> Outcome {
+        decide(Inputs {
+            now: t(now),
+            generation: Some(1),
+            spec,
+            status,
+            profile: resolved(RemediationMode::Auto),
+            image_problems: vec![],
+            heartbeat: if alive {
+                Heartbeat::Alive { renewed: t(now) }
+            } else {
+                Heartbeat::Missing { last: None }
+            },
+            grace: Duration::from_secs(300),
+            assess_request: request.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn periodic_assessment_runs_when_due_and_only_while_running() {
+        let s = spec();
+        let o = with_request(&s, None, 0, false, None);
+        assert!(
+            o.status
+                .desired
+                .as_ref()
+                .and_then(|d| d.assessment.as_ref())
+                .is_none(),
+            "not while off"
+        );
+        let o = with_request(&s, None, 0, true, None);
+        let first = o
+            .status
+            .desired
+            .clone()
+            .and_then(|d| d.assessment)
+            .expect("assess at once");
+        assert!(first.request_id.starts_with("periodic-"));
+        let mut st = o.status;
+        // In flight: no new request.
+        let o = with_request(&s, Some(&st), 60, true, None);
+        assert_eq!(
+            o.status.desired.as_ref().and_then(|d| d.assessment.clone()),
+            Some(first.clone())
+        );
+        assessed(
+            &mut st,
+            100,
+            vec![
+                (Classification::Security, "openssl"),
+                (Classification::Critical, "kernel"),
+                (Classification::Other, "vim"),
+            ],
+        );
+        let o = with_request(&s, Some(&st), 200, true, None);
+        let sum = o
+            .status
+            .patch_status
+            .clone()
+            .and_then(|p| p.available_patch_summary)
+            .expect("summary");
+        assert_eq!(
+            (sum.critical_and_security_patch_count, sum.other_patch_count),
+            (2, 1)
+        );
+        assert_eq!(
+            sum.assessment_activity_id.as_deref(),
+            Some(first.request_id.as_str())
+        );
+        assert_eq!(
+            o.status.desired.as_ref().and_then(|d| d.assessment.clone()),
+            Some(first.clone()),
+            "not due yet"
+        );
+        assert_eq!(
+            o.requeue_after.map(|d| d.as_secs() <= 24 * 3600 - 100),
+            Some(true)
+        );
+        // 24h later it is due again.
+        let o = with_request(&s, Some(&st), 100 + 24 * 3600, true, None);
+        let next = o.status.desired.and_then(|d| d.assessment).expect("due");
+        assert_ne!(next.request_id, first.request_id);
+    }
+
+    #[test]
+    fn on_demand_assessment_is_taken_once_and_never_installs() {
+        let s = spec();
+        let mut st = with_request(&s, None, 0, true, None).status;
+        assessed(&mut st, 1, vec![]);
+        let o = with_request(&s, Some(&st), 10, true, Some("r1"));
+        let d = o.status.desired.clone().expect("desired");
+        assert_eq!(
+            d.assessment.as_ref().map(|a| a.request_id.as_str()),
+            Some("ondemand-r1")
+        );
+        assert!(d.installation.is_none());
+        assert_eq!(
+            o.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            vec!["AssessmentRequested"]
+        );
+        let mut st = o.status;
+        assessed(&mut st, 11, vec![]);
+        let o = with_request(&s, Some(&st), 12, true, Some("r1"));
+        assert!(o.events.is_empty(), "the same request is not taken twice");
+        assert_eq!(
+            o.status
+                .desired
+                .and_then(|d| d.assessment)
+                .and_then(|a| a.on_demand),
+            Some("r1".into())
         );
     }
 
