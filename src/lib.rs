@@ -1,4 +1,5 @@
 pub mod api;
+pub mod clock;
 pub mod controller;
 pub mod guest;
 pub mod identity;
