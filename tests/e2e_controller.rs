@@ -986,3 +986,101 @@ async fn assessment_on_demand_and_when_a_vm_returns() {
     .await;
     env.finish(ctl).await;
 }
+
+/// The guest half of installation (the rollout controller that issues directives is not built
+/// yet): directives written into `status.desired.installation` are installed exactly, the previous
+/// versions recorded, rolled back on request, and refused once the window has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_install_pinned_packages_roll_back_and_respect_the_window() {
+    let mut env = Env::new("install").await;
+    let mut ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    let patches = "openssl=3.0.2-2:Security,linux-image=6.8.0-51:Critical";
+    env.vm(
+        "vm-1",
+        Some(&prod),
+        no_labels(),
+        BTreeMap::from([(sim::PATCHES, patches)]),
+    )
+    .await;
+    env.sim().await;
+    env.wait_phase("vm-1", VmPhase::Configured).await;
+    // Directives come from the controller's field manager; stop the controller so that this
+    // test is the only writer of them.
+    ctl.terminate();
+
+    let directive = |d: serde_json::Value| {
+        let vms = env.vms.clone();
+        async move {
+            vms.patch_status(
+                "vm-1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "desired": { "installation": d } } })),
+            )
+            .await
+            .expect("writing the directive");
+        }
+    };
+    let result = |rollout: &'static str, rollback: bool| {
+        let vms = env.vms.clone();
+        async move {
+            let g = vms.get("vm-1").await.ok()?.status?.guest?;
+            let i = g.installation?;
+            (i.rollout == rollout && i.rollback == rollback).then_some(i)
+        }
+    };
+    let window_end = jiff::Timestamp::now() + Duration::from_secs(3600);
+    directive(json!({
+        "rollout": "r1", "wave": 0, "rebootSetting": "Never", "windowEnd": window_end.to_string(),
+        "packages": [ { "name": "openssl", "version": "3.0.2-2" }, { "name": "linux-image", "version": "6.8.0-51" } ],
+    }))
+    .await;
+    let i = wait_for("the installation", LONG, || result("r1", false)).await;
+    assert_eq!(i.status, automend::api::OperationStatus::Succeeded);
+    let names: Vec<(&str, &str)> = i
+        .installed
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("openssl", "3.0.2-2"), ("linux-image", "6.8.0-51")]
+    );
+    assert!(
+        i.reboot_pending,
+        "a kernel update with rebootSetting Never leaves a reboot pending"
+    );
+    assert!(!i.maintenance_window_exceeded);
+
+    // (A merge patch: fields not named keep their values.)
+    directive(json!({ "rollout": "r1", "wave": 0, "rollback": true, "packages": [] })).await;
+    let r = wait_for("the rollback", LONG, || result("r1", true)).await;
+    assert_eq!(r.status, automend::api::OperationStatus::Succeeded);
+    let installs = env
+        .stats
+        .lock()
+        .map(|s| s.get("vm-1").map_or(0, |g| g.installs))
+        .unwrap_or(0);
+
+    let past = jiff::Timestamp::now() - Duration::from_secs(60);
+    directive(json!({
+        "rollout": "r2", "wave": 1, "rollback": false, "windowEnd": past.to_string(),
+        "packages": [ { "name": "openssl", "version": "3.0.2-2" } ],
+    }))
+    .await;
+    let late = wait_for("the refused installation", LONG, || result("r2", false)).await;
+    assert!(late.maintenance_window_exceeded);
+    assert_eq!(late.status, automend::api::OperationStatus::Failed);
+    assert!(late.installed.is_empty());
+    let after = env
+        .stats
+        .lock()
+        .map(|s| s.get("vm-1").map_or(0, |g| g.installs))
+        .unwrap_or(0);
+    assert_eq!(after, installs, "nothing installed after the window");
+
+    let ctl = env.controller(&["--leader-elect=false"]);
+    env.finish(ctl).await;
+}

@@ -501,6 +501,41 @@ pub struct GuestState {
     /// The latest patch assessment the guest ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assessment: Option<GuestAssessment>,
+    /// The latest installation (or rollback) the guest ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<GuestInstallation>,
+}
+
+/// An installation (or rollback) as the guest ran it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInstallation {
+    /// The directive this answers: rollout, wave and whether it was a rollback.
+    pub rollout: String,
+    pub wave: i32,
+    #[serde(default)]
+    pub rollback: bool,
+    pub status: OperationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// Packages now at the pinned version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed: Vec<PinnedPackage>,
+    /// Packages that failed to install, with the reason in `error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<PinnedPackage>,
+    /// The versions in place before the install, for a rollback (absent: the package was not installed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_versions: Vec<PinnedPackage>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    /// The installation did not finish before the window's end.
+    #[serde(default)]
+    pub maintenance_window_exceeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A patch assessment as the guest ran it. Assessing never installs anything.

@@ -21,8 +21,9 @@ use kube::{Client, Resource};
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment, GuestOs, GuestState,
-    OperationStatus, ServiceObservation, VirtualMachine,
+    AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment, GuestInstallation,
+    GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage, RebootSetting,
+    ServiceObservation, VirtualMachine,
 };
 use crate::identity::{self, GUEST_MANAGER};
 
@@ -42,6 +43,13 @@ pub trait Backend: Send {
     ) -> impl Future<Output = Vec<ServiceObservation>> + Send;
     /// List the updates available (never installs anything).
     fn assess(&mut self) -> impl Future<Output = Result<Assessed, String>> + Send;
+    /// Put each package at exactly the given version and remove the named packages; report what
+    /// was in place before, so that a rollback can return to it.
+    fn install(
+        &mut self,
+        packages: &[PinnedPackage],
+        remove: &[String],
+    ) -> impl Future<Output = Installed> + Send;
     /// The VM's annotations changed (the simulator reads its controls from them).
     fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
     /// Whether the machine is running; a powered-off guest neither heartbeats nor reports.
@@ -55,6 +63,17 @@ pub trait Backend: Send {
 pub struct Assessed {
     pub packages: Vec<AvailablePackage>,
     pub reboot_pending: bool,
+}
+
+/// What an installation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub installed: Vec<PinnedPackage>,
+    pub failed: Vec<PinnedPackage>,
+    /// Versions before the install (packages that were absent are not listed).
+    pub previous_versions: Vec<PinnedPackage>,
+    pub reboot_required: bool,
+    pub error: Option<String>,
 }
 
 /// Timing of a guest.
@@ -91,6 +110,7 @@ pub struct Guest<B: Backend> {
     apply_error: Option<String>,
     acquired: bool,
     assessment: Option<GuestAssessment>,
+    installation: Option<GuestInstallation>,
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -110,6 +130,7 @@ impl<B: Backend> Guest<B> {
             apply_error: None,
             acquired: false,
             assessment: None,
+            installation: None,
         }
     }
 
@@ -144,6 +165,7 @@ impl<B: Backend> Guest<B> {
                                 self.applied_hash = r.applied_hash.clone();
                                 self.applied_attempt = r.applied_attempt;
                                 self.assessment = r.assessment.clone();
+                                self.installation = r.installation.clone();
                             }
                         }
                     }
@@ -169,6 +191,78 @@ impl<B: Backend> Guest<B> {
             }
         }
         self.backend
+    }
+
+    /// Run one installation directive: never past the window's end; a rollback returns the
+    /// packages to the versions recorded before this rollout's install.
+    async fn install(&mut self, d: &InstallationDirective) -> GuestInstallation {
+        let start = Timestamp::now();
+        let mut record = GuestInstallation {
+            rollout: d.rollout.clone(),
+            wave: d.wave,
+            rollback: d.rollback,
+            status: OperationStatus::Failed,
+            start_time: Some(Time(start)),
+            finish_time: None,
+            installed: Vec::new(),
+            failed: Vec::new(),
+            previous_versions: Vec::new(),
+            reboot_pending: false,
+            maintenance_window_exceeded: false,
+            error: None,
+        };
+        if d.window_end.as_ref().is_some_and(|end| end.0 <= start) {
+            record.maintenance_window_exceeded = true;
+            record.error =
+                Some("the maintenance window ended before the installation could start".into());
+            record.finish_time = Some(Time(start));
+            return record;
+        }
+        let (packages, remove) = if d.rollback {
+            let before = self
+                .installation
+                .as_ref()
+                .filter(|i| i.rollout == d.rollout && !i.rollback)
+                .map(|i| (i.previous_versions.clone(), i.installed.clone()));
+            let Some((previous, installed)) = before else {
+                record.error = Some(format!(
+                    "nothing of rollout {} was installed here to roll back",
+                    d.rollout
+                ));
+                record.finish_time = Some(Time(Timestamp::now()));
+                return record;
+            };
+            let remove: Vec<String> = installed
+                .iter()
+                .filter(|p| !previous.iter().any(|q| q.name == p.name))
+                .map(|p| p.name.clone())
+                .collect();
+            (previous, remove)
+        } else {
+            (d.packages.clone(), Vec::new())
+        };
+        let out = self.backend.install(&packages, &remove).await;
+        let finish = Timestamp::now();
+        record.finish_time = Some(Time(finish));
+        record.maintenance_window_exceeded =
+            d.window_end.as_ref().is_some_and(|end| end.0 < finish);
+        record.status = match (
+            out.failed.is_empty(),
+            out.installed.is_empty() && !packages.is_empty(),
+        ) {
+            (true, _) => OperationStatus::Succeeded,
+            (false, true) => OperationStatus::Failed,
+            (false, false) => OperationStatus::CompletedWithWarnings,
+        };
+        record.installed = out.installed;
+        record.failed = out.failed;
+        record.previous_versions = out.previous_versions;
+        record.error = out.error;
+        // Reboot per the directive: Never leaves it pending; the others reboot when needed
+        // (Always: regardless).
+        record.reboot_pending =
+            out.reboot_required && d.reboot_setting == Some(RebootSetting::Never);
+        record
     }
 
     async fn renew(&mut self) {
@@ -231,6 +325,15 @@ impl<B: Backend> Guest<B> {
                 }
             });
         }
+        if let Some(d) = &desired.installation {
+            let handled = self.installation.as_ref().is_some_and(|i| {
+                i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback
+            });
+            if !handled {
+                let result = self.install(d).await;
+                self.installation = Some(result);
+            }
+        }
         let Some(config) = desired.configuration.clone() else {
             return;
         };
@@ -262,6 +365,7 @@ impl<B: Backend> Guest<B> {
             healthy: Some(true),
             last_observed_time: None,
             assessment: self.assessment.clone(),
+            installation: self.installation.clone(),
         };
         let unchanged = self.reported.as_ref().is_some_and(|r| {
             let mut r = r.clone();

@@ -10,6 +10,7 @@
 //! - `sim.automend.io/power: "off"`: the VM stops (no heartbeat, no reports); `"on"` starts it.
 //! - `sim.automend.io/patches`: the updates available, `name=version:Classification,...`
 //!   (default: a few of each classification, varying by VM).
+//! - `sim.automend.io/install-fail: "true"`: every package installation fails.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -27,8 +28,8 @@ use tracing::{debug, info, warn};
 
 use super::{Backend, Guest, Timing};
 use crate::api::{
-    AvailablePackage, Classification, EffectiveConfiguration, GuestOs, ServiceObservation,
-    VirtualMachine,
+    AvailablePackage, Classification, EffectiveConfiguration, GuestOs, PinnedPackage,
+    ServiceObservation, VirtualMachine,
 };
 use crate::identity;
 use crate::logic::resolve::SERVICE_NAMES;
@@ -37,6 +38,7 @@ pub const DRIFT: &str = "sim.automend.io/drift";
 pub const FAIL_REMEDIATION: &str = "sim.automend.io/fail-remediation";
 pub const POWER: &str = "sim.automend.io/power";
 pub const PATCHES: &str = "sim.automend.io/patches";
+pub const INSTALL_FAIL: &str = "sim.automend.io/install-fail";
 
 /// Parse `name=version:Classification,...` (the simulated updates available).
 pub fn parse_patches(spec: &str) -> Result<Vec<AvailablePackage>, String> {
@@ -104,6 +106,8 @@ pub struct GuestStats {
     pub injected: u64,
     /// Assessments run.
     pub assessments: u64,
+    /// Installations (and rollbacks) run.
+    pub installs: u64,
 }
 
 pub type Stats = Arc<Mutex<HashMap<String, GuestStats>>>;
@@ -119,6 +123,9 @@ pub struct SimBackend {
     fail_remediation: bool,
     powered_on: bool,
     available: Vec<AvailablePackage>,
+    /// Package versions in place.
+    installed: BTreeMap<String, String>,
+    fail_install: bool,
     stats: Stats,
 }
 
@@ -144,7 +151,12 @@ impl SimBackend {
             last_drift: None,
             fail_remediation: false,
             powered_on: true,
+            installed: default_patches(name)
+                .into_iter()
+                .filter_map(|p| p.installed_version.map(|v| (p.name, v)))
+                .collect(),
             available: default_patches(name),
+            fail_install: false,
             stats,
         }
     }
@@ -278,7 +290,43 @@ impl Backend for SimBackend {
         })
     }
 
+    async fn install(&mut self, packages: &[PinnedPackage], remove: &[String]) -> super::Installed {
+        self.bump(|s| s.installs += 1);
+        let mut out = super::Installed::default();
+        for p in packages {
+            if self.fail_install {
+                out.failed.push(p.clone());
+                continue;
+            }
+            if let Some(v) = self.installed.insert(p.name.clone(), p.version.clone()) {
+                out.previous_versions.push(PinnedPackage {
+                    name: p.name.clone(),
+                    version: v,
+                    classification: p.classification,
+                });
+            }
+            out.installed.push(p.clone());
+            out.reboot_required |=
+                p.name.starts_with("linux-image") || p.name.starts_with("kernel");
+        }
+        for name in remove {
+            self.installed.remove(name);
+        }
+        if !out.failed.is_empty() {
+            out.error = Some(
+                "simulated failure: the package manager failed (sim.automend.io/install-fail)"
+                    .into(),
+            );
+        }
+        // What is now installed is no longer available.
+        let installed = &self.installed;
+        self.available
+            .retain(|a| installed.get(&a.name) != Some(&a.version));
+        out
+    }
+
     fn annotations(&mut self, annotations: &BTreeMap<String, String>) {
+        self.fail_install = annotations.get(INSTALL_FAIL).is_some_and(|v| v == "true");
         if let Some(spec) = annotations.get(PATCHES) {
             match parse_patches(spec) {
                 Ok(p) => self.available = p,
@@ -566,7 +614,8 @@ mod tests {
             GuestStats {
                 applies: 2,
                 injected: 3,
-                assessments: 0
+                assessments: 0,
+                installs: 0
             }
         );
     }
@@ -645,5 +694,56 @@ mod patch_tests {
         );
         assert!(!default_patches("vm-a").is_empty());
         assert_eq!(default_patches("vm-a"), default_patches("vm-a"));
+    }
+}
+
+#[cfg(test)]
+mod install_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn install_records_previous_versions_and_rollback_restores_them() {
+        let mut b = SimBackend::new("vm", true, Stats::default());
+        b.annotations(&BTreeMap::from([(
+            PATCHES.to_string(),
+            "openssl=3.0.2-2:Security".to_string(),
+        )]));
+        b.installed.insert("openssl".into(), "3.0.2-1".into());
+        let pin = |n: &str, v: &str| PinnedPackage {
+            name: n.into(),
+            version: v.into(),
+            classification: None,
+        };
+        let out = b
+            .install(&[pin("openssl", "3.0.2-2"), pin("newpkg", "1.0")], &[])
+            .await;
+        assert_eq!(out.installed.len(), 2);
+        assert_eq!(out.previous_versions, vec![pin("openssl", "3.0.2-1")]);
+        assert!(
+            b.assess().await.expect("assess").packages.is_empty(),
+            "installed updates are no longer available"
+        );
+        // Rollback: previous versions back, packages that were absent removed.
+        let back = b
+            .install(&out.previous_versions, &["newpkg".to_string()])
+            .await;
+        assert!(back.failed.is_empty());
+        assert_eq!(
+            b.installed.get("openssl").map(String::as_str),
+            Some("3.0.2-1")
+        );
+        assert!(!b.installed.contains_key("newpkg"));
+        b.annotations(&BTreeMap::from([(
+            INSTALL_FAIL.to_string(),
+            "true".to_string(),
+        )]));
+        let failed = b.install(&[pin("openssl", "3.0.2-2")], &[]).await;
+        assert_eq!(failed.failed.len(), 1);
+        assert!(
+            failed
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("install-fail"))
+        );
     }
 }
