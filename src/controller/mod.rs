@@ -211,7 +211,7 @@ async fn run_controllers(
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let shared = vm::Shared::start(&ctx);
+    let shared = vm::Shared::start();
     let vm_controller = vm::run(ctx.clone(), shared.clone(), stop.clone());
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
     let gauges = vm::phase_gauges(ctx.clone(), shared, stop);

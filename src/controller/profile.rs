@@ -10,19 +10,17 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Context;
 use super::metrics::Metrics;
-use super::vm::{Error, Shared, choose_profile};
+use super::vm::{Error, Shared, assigned_profile};
 use crate::api::{
     Condition, ConfigurationProfile, ConfigurationProfileStatus, PhaseCounts, VmPhase,
 };
 use crate::identity::CONTROLLER_MANAGER;
-use crate::logic::decide::ProfileChoice;
 use crate::logic::resolve;
 
 /// How often VM counts are refreshed.
@@ -115,9 +113,9 @@ async fn reconcile(
                 }
             } else if vm.spec.management.profile.is_none() && p.spec.assignment.is_some() {
                 // Matched by this profile's assignment but onboarded to another one?
-                if let ProfileChoice::Resolved { name: winner, also_matched, .. } = choose_profile(&vm, shared)
-                    && winner != name
-                    && also_matched.contains(&name)
+                if let Some(choice) = assigned_profile(&vm, shared)
+                    && choice.winner != name
+                    && choice.others.contains(&name)
                 {
                     overlapped += 1;
                 }
@@ -159,7 +157,6 @@ async fn reconcile(
             api.patch_status(&name, &PatchParams::apply(CONTROLLER_MANAGER).force(), &Patch::Apply(body)).await?;
             ctx.metrics.status_writes.get_or_create(&label).inc();
         }
-        let _ = ObjectRef::<ConfigurationProfile>::new(&name);
         Ok(Action::requeue(RECOUNT))
     }
     .instrument(span)

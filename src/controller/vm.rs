@@ -69,7 +69,7 @@ struct Writers {
 }
 
 impl Shared {
-    pub fn start(_ctx: &Context) -> Shared {
+    pub fn start() -> Shared {
         let (vms, vw) = reflector::store();
         let (profiles, pw) = reflector::store();
         let (namespaces, nw) = reflector::store();
@@ -474,23 +474,17 @@ fn resolved(
     }
 }
 
-/// The profile a VM uses: the one it names, else the one an assignment picks. A VM onboarded by
-/// assignment stays with its profile while that profile still matches (no churn when another
-/// matching profile appears).
-pub fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
-    if let Some(name) = &vm.spec.management.profile {
-        return match shared.profiles.get(&ObjectRef::new(name)) {
-            Some(p) => resolved(&p, false, Vec::new()),
-            None => ProfileChoice::Missing { name: name.clone() },
-        };
-    }
+/// The assignment choice for a VM that names no profile: the winner and the other matching
+/// profiles. A VM onboarded by assignment stays with its profile while that profile still matches
+/// (no churn when another matching profile appears).
+pub fn assigned_profile(vm: &VirtualMachine, shared: &Shared) -> Option<assign::Choice> {
     let ns_labels = vm
         .namespace()
         .and_then(|ns| shared.namespaces.get(&ObjectRef::new(&ns)))
         .map(|n| n.labels().clone())
         .unwrap_or_default();
     let profiles = shared.profiles.state();
-    let choice = assign::choose(
+    let mut choice = assign::choose(
         profiles.iter().filter_map(|p| {
             p.spec.assignment.as_ref().map(|a| Candidate {
                 name: p.metadata.name.as_deref().unwrap_or_default(),
@@ -499,10 +493,7 @@ pub fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
         }),
         vm.labels(),
         &ns_labels,
-    );
-    let Some(mut choice) = choice else {
-        return ProfileChoice::Unassigned;
-    };
+    )?;
     if let Some(current) = vm.status.as_ref().and_then(|s| s.profile.clone())
         && current != choice.winner
         && choice.others.contains(&current)
@@ -512,8 +503,22 @@ pub fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
             .others
             .insert(0, std::mem::replace(&mut choice.winner, current));
     }
-    match profiles.iter().find(|p| p.name_any() == choice.winner) {
-        Some(p) => resolved(p, true, choice.others),
+    Some(choice)
+}
+
+/// The profile a VM uses, resolved: the one it names, else the one an assignment picks.
+fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
+    if let Some(name) = &vm.spec.management.profile {
+        return match shared.profiles.get(&ObjectRef::new(name)) {
+            Some(p) => resolved(&p, false, Vec::new()),
+            None => ProfileChoice::Missing { name: name.clone() },
+        };
+    }
+    let Some(choice) = assigned_profile(vm, shared) else {
+        return ProfileChoice::Unassigned;
+    };
+    match shared.profiles.get(&ObjectRef::new(&choice.winner)) {
+        Some(p) => resolved(&p, true, choice.others),
         None => ProfileChoice::Unassigned,
     }
 }
