@@ -53,6 +53,18 @@ pub struct ConfigurationProfileSpec {
     pub assignment: Option<Assignment>,
 }
 
+impl ConfigurationProfileSpec {
+    /// A profile of the environment's defaults: no preferences, default remediation, no assignment.
+    pub fn with_defaults(environment: Environment) -> Self {
+        ConfigurationProfileSpec {
+            environment,
+            preferences: Preferences::default(),
+            remediation: Remediation::default(),
+            assignment: None,
+        }
+    }
+}
+
 // The environment of a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Environment {

@@ -549,16 +549,13 @@ async fn play(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ConfigurationProfileSpec, Environment, Preferences, Remediation};
+    use crate::api::{ConfigurationProfileSpec, Environment};
     use crate::logic::resolve::resolve;
 
     fn config() -> EffectiveConfiguration {
-        resolve(&ConfigurationProfileSpec {
-            environment: Environment::Production,
-            preferences: Preferences::default(),
-            remediation: Remediation::default(),
-            assignment: None,
-        })
+        resolve(&ConfigurationProfileSpec::with_defaults(
+            Environment::Production,
+        ))
     }
 
     fn differences(obs: &[ServiceObservation], name: &str) -> Vec<String> {

@@ -756,12 +756,9 @@ mod tests {
     }
 
     fn config() -> EffectiveConfiguration {
-        resolve(&ConfigurationProfileSpec {
-            environment: Environment::Production,
-            preferences: Preferences::default(),
-            remediation: Remediation::default(),
-            assignment: None,
-        })
+        resolve(&ConfigurationProfileSpec::with_defaults(
+            Environment::Production,
+        ))
     }
 
     fn policy(mode: RemediationMode) -> RemediationPolicy {

@@ -164,12 +164,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn spec(env: Environment) -> ConfigurationProfileSpec {
-        ConfigurationProfileSpec {
-            environment: env,
-            preferences: Preferences::default(),
-            remediation: Remediation::default(),
-            assignment: None,
-        }
+        ConfigurationProfileSpec::with_defaults(env)
     }
 
     #[test]
