@@ -742,10 +742,11 @@ mod tests {
             }
         }
 
-        /// With every VM ready and succeeding, the rollout always finishes, within a small factor of
-        /// the lower bound.
+        /// With every VM ready and succeeding, the rollout always finishes, and never in fewer steps
+        /// than the lower bound (which would make the bound wrong). Closeness to the bound is
+        /// checked on a large fleet below and reported by the benchmark.
         #[test]
-        fn all_ready_always_finishes_near_the_bound(case in arb_case()) {
+        fn all_ready_always_finishes_and_never_beats_the_bound(case in arb_case()) {
             let t = Topology::new(&case.vms, &case.pairs);
             let limits = Limits { max_unavailable: case.max_unavailable, max_failed: 0 };
             let steps = simulate(&t, limits, |_| State::Succeeded);
