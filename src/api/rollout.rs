@@ -57,6 +57,12 @@ pub struct PatchRolloutSpec {
     #[serde(default)]
     pub rollback_on_failure: bool,
 
+    /// Roll the release back: every VM this rollout installed on returns its packages to the
+    /// versions recorded before the install, and nothing more is installed (phase RolledBack).
+    /// `kubectl automend rollback` sets it.
+    #[serde(default)]
+    pub rollback: bool,
+
     /// Package names (Linux) or KB ids (Windows, e.g. "KB5034441") that are never installed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "set"))]
@@ -145,6 +151,10 @@ pub struct PatchRolloutStatus {
     /// Progress against the service level objective.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<SloStatus>,
+    /// The geo-pairs the controller was configured with ("region-a/region-b"): paired regions
+    /// are never patched in the same phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub region_pairs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -183,6 +193,12 @@ pub struct RingProgress {
     pub started_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_time: Option<Time>,
+    /// When the ring should have finished: its start-not-before plus the ring's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// The ring passed its deadline unfinished (an Event was recorded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_missed: bool,
     #[serde(default)]
     pub total: i32,
     #[serde(default)]
@@ -211,6 +227,9 @@ pub struct Wave {
     pub succeeded: i32,
     #[serde(default)]
     pub failed: i32,
+    /// Members that failed (install failed, or unhealthy before `healthyFor` passed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_members: Vec<String>,
 }
 
 /// Progress against the SLO.

@@ -8,4 +8,5 @@ pub mod duration;
 pub mod planner;
 pub mod resolve;
 pub mod rings;
+pub mod rollout;
 pub mod window;
