@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sim(settings) => {
             init_logging(cli.log_format);
+            automend::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
             tokio::runtime::Runtime::new()?.block_on(async {
                 let config = kube::Config::infer().await?;
                 let client = kube::Client::try_from(config.clone())?;

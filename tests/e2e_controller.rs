@@ -96,6 +96,7 @@ impl Env {
             heartbeat_interval: Duration::from_secs(1),
             observe_interval: Duration::from_secs(1),
             token_ttl: Duration::from_secs(3600),
+            clock: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.sim_stop = Some(tx);

@@ -58,6 +58,39 @@ pub struct Settings {
     /// How many reconciles run at once, per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Geo-paired regions, never patched in the same phase: "eastus=westus,northeurope=westeurope".
+    #[arg(long, value_parser = parse_pairs, default_value = "")]
+    pub region_pairs: RegionPairs,
+    /// How long an installation is expected to take: none starts with less maintenance window left.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub install_duration: Duration,
+    /// When PatchRollouts are created in namespaces with UpdateRings: "<nth> <weekday> <HH:MM>" in
+    /// UTC, e.g. "2 Tuesday 17:00" (Patch Tuesday), or "off".
+    #[arg(long, default_value = "2 Tuesday 17:00", value_parser = crate::logic::rings::Cadence::parse)]
+    pub release_cadence: crate::logic::rings::Cadence,
+    #[command(flatten)]
+    pub clock: crate::clock::ClockArgs,
+}
+
+/// Geo-pairs of regions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegionPairs(pub Vec<(String, String)>);
+
+pub fn parse_pairs(s: &str) -> Result<RegionPairs, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (a, b) = item
+            .split_once('=')
+            .ok_or_else(|| format!("region pair {item:?} must be \"region-a=region-b\""))?;
+        let (a, b) = (a.trim(), b.trim());
+        if a.is_empty() || b.is_empty() || a == b {
+            return Err(format!(
+                "region pair {item:?} must name two different regions, \"region-a=region-b\""
+            ));
+        }
+        out.push((a.to_string(), b.to_string()));
+    }
+    Ok(RegionPairs(out))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -71,6 +104,8 @@ pub struct Context {
     pub catalog: ImageCatalog,
     pub metrics: metrics::Metrics,
     pub settings: Settings,
+    /// The patching schedule's clock.
+    pub clock: crate::clock::Clock,
 }
 
 fn identity(settings: &Settings) -> String {
@@ -92,6 +127,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => ImageCatalog::default(),
     };
+    let clock = crate::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
     let client = Client::try_default().await?;
     let state = State::new();
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
@@ -145,6 +181,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         catalog,
         metrics: state.metrics.clone(),
         settings: settings.clone(),
+        clock,
     });
 
     let result = if settings.leader_elect {

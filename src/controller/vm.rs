@@ -564,6 +564,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         heartbeat: heartbeat(lease, now, grace),
         grace,
         assess_request: vm.annotations().get(decide::ASSESS_ANNOTATION).cloned(),
+        clock: ctx.clock,
     });
     let current = vm
         .status

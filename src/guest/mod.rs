@@ -53,6 +53,10 @@ pub trait Backend: Send {
     /// The VM's annotations changed (the simulator reads its controls from them).
     fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
     /// Whether the machine is running; a powered-off guest neither heartbeats nor reports.
+    /// The machine's own health (agent checks and the VM's `spec.healthCheck`).
+    fn healthy(&self) -> bool {
+        true
+    }
     fn powered_on(&self) -> bool {
         true
     }
@@ -83,6 +87,8 @@ pub struct Timing {
     pub heartbeat: Duration,
     /// How often the machine is re-observed for drift.
     pub observe: Duration,
+    /// The patching schedule's clock: assessment and installation times, window ends.
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for Timing {
@@ -90,6 +96,7 @@ impl Default for Timing {
         Timing {
             heartbeat: Duration::from_secs(60),
             observe: Duration::from_secs(60),
+            clock: crate::clock::Clock::real(),
         }
     }
 }
@@ -196,7 +203,8 @@ impl<B: Backend> Guest<B> {
     /// Run one installation directive: never past the window's end; a rollback returns the
     /// packages to the versions recorded before this rollout's install.
     async fn install(&mut self, d: &InstallationDirective) -> GuestInstallation {
-        let start = Timestamp::now();
+        let clock = self.timing.clock;
+        let start = clock.now();
         let mut record = GuestInstallation {
             rollout: d.rollout.clone(),
             wave: d.wave,
@@ -229,7 +237,7 @@ impl<B: Backend> Guest<B> {
                     "nothing of rollout {} was installed here to roll back",
                     d.rollout
                 ));
-                record.finish_time = Some(Time(Timestamp::now()));
+                record.finish_time = Some(Time(clock.now()));
                 return record;
             };
             let remove: Vec<String> = installed
@@ -242,7 +250,7 @@ impl<B: Backend> Guest<B> {
             (d.packages.clone(), Vec::new())
         };
         let out = self.backend.install(&packages, &remove).await;
-        let finish = Timestamp::now();
+        let finish = clock.now();
         record.finish_time = Some(Time(finish));
         record.maintenance_window_exceeded =
             d.window_end.as_ref().is_some_and(|end| end.0 < finish);
@@ -259,9 +267,10 @@ impl<B: Backend> Guest<B> {
         record.previous_versions = out.previous_versions;
         record.error = out.error;
         // Reboot per the directive: Never leaves it pending; the others reboot when needed
-        // (Always: regardless).
-        record.reboot_pending =
-            out.reboot_required && d.reboot_setting == Some(RebootSetting::Never);
+        // (Always: regardless). Hotpatch applies fixes to the running system: no reboot.
+        record.reboot_pending = out.reboot_required
+            && !d.hotpatch_only
+            && d.reboot_setting == Some(RebootSetting::Never);
         record
     }
 
@@ -298,9 +307,9 @@ impl<B: Backend> Guest<B> {
         if let Some(request) = &desired.assessment
             && self.assessment.as_ref().map(|a| &a.request_id) != Some(&request.request_id)
         {
-            let start = Time(Timestamp::now());
+            let start = Time(self.timing.clock.now());
             let result = self.backend.assess().await;
-            let finish = Some(Time(Timestamp::now()));
+            let finish = Some(Time(self.timing.clock.now()));
             self.assessment = Some(match result {
                 Ok(found) => GuestAssessment {
                     request_id: request.request_id.clone(),
@@ -362,7 +371,7 @@ impl<B: Backend> Guest<B> {
             applied_attempt: self.applied_attempt,
             services,
             reboot_pending: false,
-            healthy: Some(true),
+            healthy: Some(self.backend.healthy()),
             last_observed_time: None,
             assessment: self.assessment.clone(),
             installation: self.installation.clone(),

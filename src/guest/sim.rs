@@ -11,6 +11,8 @@
 //! - `sim.automend.io/patches`: the updates available, `name=version:Classification,...`
 //!   (default: a few of each classification, varying by VM).
 //! - `sim.automend.io/install-fail: "true"`: every package installation fails.
+//! - `sim.automend.io/unhealthy: "true"`: the guest reports itself unhealthy (a failing health
+//!   check), e.g. to show a bad patch halting a rollout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -39,6 +41,7 @@ pub const FAIL_REMEDIATION: &str = "sim.automend.io/fail-remediation";
 pub const POWER: &str = "sim.automend.io/power";
 pub const PATCHES: &str = "sim.automend.io/patches";
 pub const INSTALL_FAIL: &str = "sim.automend.io/install-fail";
+pub const UNHEALTHY: &str = "sim.automend.io/unhealthy";
 
 /// Parse `name=version:Classification,...` (the simulated updates available).
 pub fn parse_patches(spec: &str) -> Result<Vec<AvailablePackage>, String> {
@@ -126,6 +129,7 @@ pub struct SimBackend {
     /// Package versions in place.
     installed: BTreeMap<String, String>,
     fail_install: bool,
+    unhealthy: bool,
     stats: Stats,
 }
 
@@ -157,6 +161,7 @@ impl SimBackend {
                 .collect(),
             available: default_patches(name),
             fail_install: false,
+            unhealthy: false,
             stats,
         }
     }
@@ -327,6 +332,7 @@ impl Backend for SimBackend {
 
     fn annotations(&mut self, annotations: &BTreeMap<String, String>) {
         self.fail_install = annotations.get(INSTALL_FAIL).is_some_and(|v| v == "true");
+        self.unhealthy = annotations.get(UNHEALTHY).is_some_and(|v| v == "true");
         if let Some(spec) = annotations.get(PATCHES) {
             match parse_patches(spec) {
                 Ok(p) => self.available = p,
@@ -363,6 +369,10 @@ impl Backend for SimBackend {
     fn powered_on(&self) -> bool {
         self.powered_on
     }
+
+    fn healthy(&self) -> bool {
+        !self.unhealthy
+    }
 }
 
 /// Settings of a simulated fleet.
@@ -383,6 +393,8 @@ pub struct SimSettings {
     /// Lifetime of each guest's token (renewed before it ends).
     #[arg(long, default_value = "1h", value_parser = crate::controller::parse_duration)]
     pub token_ttl: Duration,
+    #[command(flatten)]
+    pub clock: crate::clock::ClockArgs,
 }
 
 /// A client that acts as the VM's guest ServiceAccount, with a fresh TokenRequest token.
@@ -499,9 +511,17 @@ async fn play(
     let stop = futures::FutureExt::shared(async move {
         let _ = stop.await;
     });
+    let clock = match crate::clock::Clock::from_args(&settings.clock) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(vm = %name, error = %e, "bad clock settings; using real time");
+            crate::clock::Clock::real()
+        }
+    };
     let timing = Timing {
         heartbeat: settings.heartbeat_interval,
         observe: settings.observe_interval,
+        clock,
     };
     let mut backend = Some(SimBackend::new(&name, linux, stats));
     loop {

@@ -83,6 +83,8 @@ pub struct Inputs<'a> {
     pub grace: Duration,
     /// The on-demand assessment request (annotation `automend.io/assess`), if any.
     pub assess_request: Option<String>,
+    /// The patching schedule's clock (assessment intervals run on it; `now` is real time).
+    pub clock: crate::clock::Clock,
 }
 
 /// The annotation that asks for an on-demand assessment; any new value is a new request.
@@ -114,10 +116,21 @@ fn time(t: Timestamp) -> Time {
 
 /// The controller-owned part of a status (everything but `guest`).
 pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
-    VirtualMachineStatus {
+    let mut s = VirtualMachineStatus {
         guest: None,
         ..status.clone()
+    };
+    // The rollout controller's fields (field manager `automend-rollout`).
+    if let Some(d) = s.desired.as_mut() {
+        d.installation = None;
     }
+    if let Some(p) = s.patch_status.as_mut() {
+        p.last_patch_installation_summary = None;
+        if p.available_patch_summary.is_none() {
+            s.patch_status = None;
+        }
+    }
+    s
 }
 
 struct Builder<'a> {
@@ -172,7 +185,9 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         .status
         .and_then(|s| s.guest.as_ref())
         .and_then(|g| g.assessment.clone());
+    let clock = input.clock;
     let mut out = decide_configuration(input);
+    out.status = controller_part(&out.status);
 
     // The seed's availablePatchSummary, from the guest's latest assessment.
     if let Some(a) = &guest_assessment {
@@ -241,14 +256,18 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         .as_ref()
         .and_then(|a| a.finish_time.as_ref().or(a.start_time.as_ref()))
         .map(|t| t.0);
-    let due = last.map_or(now, |l| l + interval);
-    if now >= due {
+    // Guests stamp assessments on the patching clock.
+    let patch_now = clock.at(now);
+    let due = last.map_or(patch_now, |l| l + interval);
+    if patch_now >= due {
         desired.assessment = Some(AssessmentDirective {
-            request_id: format!("periodic-{}", now.as_second()),
+            request_id: format!("periodic-{}", patch_now.as_second()),
             on_demand: on_demand_taken,
         });
     } else {
-        let wait = Duration::try_from(due.duration_since(now)).unwrap_or(Duration::ZERO);
+        let wait = clock.real_duration(
+            Duration::try_from(due.duration_since(patch_now)).unwrap_or(Duration::ZERO),
+        );
         out.requeue_after = Some(out.requeue_after.map_or(wait, |r| r.min(wait)));
     }
     out
@@ -500,7 +519,8 @@ fn decide_configuration(input: Inputs<'_>) -> Outcome {
         remediation_attempt: prev.remediation_attempt,
         enforce: true,
         assessment: prev.assessment.clone(),
-        installation: prev.installation.clone(),
+        // Written by the rollout controller (its own field manager), never here.
+        installation: None,
     };
     if config_changed {
         status.remediation = None;
@@ -806,6 +826,7 @@ mod tests {
             },
             grace: Duration::from_secs(300),
             assess_request: None,
+            clock: crate::clock::Clock::real(),
         })
     }
 
@@ -978,6 +999,7 @@ mod tests {
             heartbeat: Heartbeat::Alive { renewed: t(0) },
             grace: Duration::from_secs(300),
             assess_request: None,
+            clock: crate::clock::Clock::real(),
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
         assert!(
@@ -1002,6 +1024,7 @@ mod tests {
             heartbeat: Heartbeat::Alive { renewed: t(0) },
             grace: Duration::from_secs(300),
             assess_request: None,
+            clock: crate::clock::Clock::real(),
         });
         assert_eq!(o.status.phase, Some(VmPhase::Failed));
         assert!(
@@ -1060,6 +1083,7 @@ mod tests {
             },
             grace: Duration::from_secs(300),
             assess_request: request.map(Into::into),
+            clock: crate::clock::Clock::real(),
         })
     }
 

@@ -90,8 +90,157 @@ pub fn next_release(today: Date, weekday: Weekday, n: u8) -> Option<Date> {
     nth_weekday(next.year(), next.month(), weekday, n)
 }
 
+/// The release cadence: a monthly release on the `nth` `weekday` at a UTC time, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cadence {
+    Off,
+    Monthly {
+        nth: u8,
+        weekday: Weekday,
+        hour: i8,
+        minute: i8,
+    },
+}
+
+impl Cadence {
+    /// Parse "<nth> <weekday> <HH:MM>" (UTC), e.g. "2 Tuesday 17:00", or "off".
+    pub fn parse(text: &str) -> Result<Cadence, String> {
+        let err = || {
+            format!(
+                "release cadence {text:?} must be \"<nth 1-4> <weekday> <HH:MM>\" in UTC, e.g. \"2 Tuesday 17:00\", or \"off\""
+            )
+        };
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(Cadence::Off);
+        }
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let [nth, day, hhmm] = parts.as_slice() else {
+            return Err(err());
+        };
+        let nth: u8 = nth
+            .parse()
+            .ok()
+            .filter(|n| (1..=4).contains(n))
+            .ok_or_else(err)?;
+        let weekday = match day.to_ascii_lowercase().as_str() {
+            "monday" => Weekday::Monday,
+            "tuesday" => Weekday::Tuesday,
+            "wednesday" => Weekday::Wednesday,
+            "thursday" => Weekday::Thursday,
+            "friday" => Weekday::Friday,
+            "saturday" => Weekday::Saturday,
+            "sunday" => Weekday::Sunday,
+            _ => return Err(err()),
+        };
+        let (h, m) = hhmm.split_once(':').ok_or_else(err)?;
+        let hour: i8 = h
+            .parse()
+            .ok()
+            .filter(|h| (0..24).contains(h))
+            .ok_or_else(err)?;
+        let minute: i8 = m
+            .parse()
+            .ok()
+            .filter(|m| (0..60).contains(m))
+            .ok_or_else(err)?;
+        Ok(Cadence::Monthly {
+            nth,
+            weekday,
+            hour,
+            minute,
+        })
+    }
+
+    fn release_in(&self, year: i16, month: i8) -> Option<jiff::Timestamp> {
+        let Cadence::Monthly {
+            nth,
+            weekday,
+            hour,
+            minute,
+        } = *self
+        else {
+            return None;
+        };
+        let d = nth_weekday(year, month, weekday, nth)?;
+        d.at(hour, minute, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    }
+
+    /// The latest release at or before `now`.
+    pub fn latest(&self, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        let this = self.release_in(today.year(), today.month())?;
+        if this <= now {
+            return Some(this);
+        }
+        let prev = today.first_of_month().yesterday().ok()?;
+        self.release_in(prev.year(), prev.month())
+    }
+
+    /// The first release after `now`.
+    pub fn next(&self, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+        let this = self.release_in(today.year(), today.month())?;
+        if this > now {
+            return Some(this);
+        }
+        let next = today
+            .first_of_month()
+            .checked_add(jiff::Span::new().months(1))
+            .ok()?;
+        self.release_in(next.year(), next.month())
+    }
+}
+
+impl std::fmt::Display for Cadence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cadence::Off => write!(f, "off"),
+            Cadence::Monthly {
+                nth,
+                weekday,
+                hour,
+                minute,
+            } => write!(f, "{nth} {weekday:?} {hour:02}:{minute:02}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cadence_parses_and_finds_patch_tuesday() {
+        let c = Cadence::parse("2 Tuesday 17:00").expect("parse");
+        let now: jiff::Timestamp = "2026-11-22T00:00:00Z".parse().expect("ts");
+        assert_eq!(
+            c.latest(now).map(|t| t.to_string()),
+            Some("2026-11-10T17:00:00Z".into())
+        );
+        assert_eq!(
+            c.next(now).map(|t| t.to_string()),
+            Some("2026-12-08T17:00:00Z".into())
+        );
+        let early: jiff::Timestamp = "2026-11-10T16:59:00Z".parse().expect("ts");
+        assert_eq!(
+            c.latest(early).map(|t| t.to_string()),
+            Some("2026-10-13T17:00:00Z".into())
+        );
+        assert_eq!(Cadence::parse("off"), Ok(Cadence::Off));
+        assert_eq!(Cadence::Off.latest(now), None);
+        for bad in [
+            "5 Tuesday 17:00",
+            "2 Tusday 17:00",
+            "2 Tuesday 25:00",
+            "Tuesday",
+        ] {
+            let e = Cadence::parse(bad).expect_err(bad);
+            assert!(e.contains("<nth 1-4> <weekday> <HH:MM>"), "{e}");
+        }
+        assert_eq!(c.to_string(), "2 Tuesday 17:00");
+    }
+
     use super::*;
     use proptest::prelude::*;
 
