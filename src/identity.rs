@@ -18,6 +18,9 @@ pub const GUEST_PREFIX: &str = "automend-guest-";
 pub const CONTROLLER_MANAGER: &str = "automend-controller";
 /// Field manager of the guest's writes (agent and simulator).
 pub const GUEST_MANAGER: &str = "automend-guest";
+/// Field manager of the rollout controller's part of a VM's status (`desired.installation`,
+/// `patchStatus.lastPatchInstallationSummary`).
+pub const ROLLOUT_MANAGER: &str = "automend-rollout";
 /// Label on everything the controller creates for a VM: the VM's name.
 pub const VM_LABEL: &str = "automend.io/virtual-machine";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";

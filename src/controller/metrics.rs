@@ -22,6 +22,19 @@ pub struct EventLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabel {
+    pub namespace: String,
+    pub rollout: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutPhaseLabel {
+    pub namespace: String,
+    pub rollout: String,
+    pub phase: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
@@ -35,6 +48,11 @@ pub struct Metrics {
     pub remediation_failed: Counter,
     pub events: Family<EventLabel, Counter>,
     pub leader: Gauge,
+    pub installs_started: Counter,
+    pub rollout_phase: Family<RolloutPhaseLabel, Gauge>,
+    pub slo_eligible: Family<RolloutLabel, Gauge>,
+    pub slo_on_manifest: Family<RolloutLabel, Gauge>,
+    pub slo_projected_to_meet: Family<RolloutLabel, Gauge>,
 }
 
 impl Metrics {
@@ -53,6 +71,11 @@ impl Metrics {
             remediation_failed: Counter::default(),
             events: Family::default(),
             leader: Gauge::default(),
+            installs_started: Counter::default(),
+            rollout_phase: Family::default(),
+            slo_eligible: Family::default(),
+            slo_on_manifest: Family::default(),
+            slo_projected_to_meet: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -104,6 +127,31 @@ impl Metrics {
             "leader",
             "1 while this replica is the elected leader",
             m.leader.clone(),
+        );
+        registry.register(
+            "installs_started",
+            "Installation directives written to VMs by rollouts",
+            m.installs_started.clone(),
+        );
+        registry.register(
+            "rollout_phase",
+            "1 for the current phase of each PatchRollout",
+            m.rollout_phase.clone(),
+        );
+        registry.register(
+            "rollout_slo_eligible_vms",
+            "VMs eligible for the rollout's SLO (in a ring, AutomaticByPlatform, supported, heartbeat within 5 days)",
+            m.slo_eligible.clone(),
+        );
+        registry.register(
+            "rollout_slo_on_manifest_vms",
+            "Eligible VMs on the rollout's release manifest",
+            m.slo_on_manifest.clone(),
+        );
+        registry.register(
+            "rollout_slo_projected_to_meet",
+            "1 when the rollout is projected to meet its SLO target",
+            m.slo_projected_to_meet.clone(),
         );
         m
     }

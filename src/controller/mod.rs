@@ -7,6 +7,7 @@
 mod http;
 pub mod metrics;
 mod profile;
+pub mod rollout;
 mod vm;
 
 use std::net::SocketAddr;
@@ -249,10 +250,12 @@ async fn run_controllers(
     stop: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let shared = vm::Shared::start();
+    let vm_changes = shared.vm_changes.subscribe();
     let vm_controller = vm::run(ctx.clone(), shared.clone(), stop.clone());
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
+    let rollout_controller = rollout::run(ctx.clone(), shared.clone(), vm_changes, stop.clone());
     let gauges = vm::phase_gauges(ctx.clone(), shared, stop);
-    tokio::join!(vm_controller, profile_controller, gauges);
+    tokio::join!(vm_controller, profile_controller, rollout_controller, gauges);
 }
 
 async fn api_group(client: &Client) -> Result<ApiGroup, kube::Error> {

@@ -55,6 +55,8 @@ pub struct Shared {
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
+    /// The namespace of every VM change the VM watch sees (for the rollout controller).
+    pub vm_changes: tokio::sync::broadcast::Sender<String>,
     waiting_on: Arc<Mutex<&'static str>>,
 }
 
@@ -78,8 +80,10 @@ impl Shared {
         let (roles, rw) = reflector::store();
         let (role_bindings, bw) = reflector::store();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let (vm_changes, _) = tokio::sync::broadcast::channel(4096);
         let shared = Shared {
             ready,
+            vm_changes,
             waiting_on: Arc::new(Mutex::new("virtualmachines")),
             vms,
             profiles,
@@ -184,7 +188,15 @@ pub async fn run(
     .default_backoff()
     .modify(|vm| vm.managed_fields_mut().clear())
     .reflect(w.vms)
-    .applied_objects();
+    .applied_objects()
+    .inspect({
+        let tx = shared.vm_changes.clone();
+        move |vm| {
+            if let Ok(vm) = vm {
+                let _ = tx.send(vm.namespace().unwrap_or_default());
+            }
+        }
+    });
 
     // Profiles: re-reconcile exactly the VMs that use (or could be assigned) a profile when its
     // spec changes or it goes away; its status updates are ignored.
