@@ -8,7 +8,8 @@
 //!   is JSON or a plain string), e.g. `monitoring` or `timeSync.servers=["rogue.example"]`.
 //! - `sim.automend.io/fail-remediation: "true"`: applying does not correct injected drift.
 //! - `sim.automend.io/power: "off"`: the VM stops (no heartbeat, no reports); `"on"` starts it.
-//! - `sim.automend.io/patches`: the updates available, `name=version:Classification,...`
+//! - `sim.automend.io/patches`: the updates available, `name=version:Classification,...`, taken
+//!   once per distinct value, for packages installed at 1.0.0 unless installed already
 //!   (default: a few of each classification, varying by VM).
 //! - `sim.automend.io/install-fail: "true"`: every package installation fails.
 //! - `sim.automend.io/unhealthy: "true"`: the guest reports itself unhealthy (a failing health
@@ -123,6 +124,7 @@ pub struct SimBackend {
     actual: BTreeMap<String, Value>,
     stopped: BTreeSet<String>,
     last_drift: Option<String>,
+    last_patches: Option<String>,
     fail_remediation: bool,
     powered_on: bool,
     available: Vec<AvailablePackage>,
@@ -153,6 +155,7 @@ impl SimBackend {
             actual: BTreeMap::new(),
             stopped: BTreeSet::new(),
             last_drift: None,
+            last_patches: None,
             fail_remediation: false,
             powered_on: true,
             installed: default_patches(name)
@@ -333,9 +336,29 @@ impl Backend for SimBackend {
     fn annotations(&mut self, annotations: &BTreeMap<String, String>) {
         self.fail_install = annotations.get(INSTALL_FAIL).is_some_and(|v| v == "true");
         self.unhealthy = annotations.get(UNHEALTHY).is_some_and(|v| v == "true");
-        if let Some(spec) = annotations.get(PATCHES) {
+        if let Some(spec) = annotations.get(PATCHES)
+            && self.last_patches.as_ref() != Some(spec)
+        {
+            self.last_patches = Some(spec.clone());
             match parse_patches(spec) {
-                Ok(p) => self.available = p,
+                Ok(offered) => {
+                    // Updates are offered for installed packages: a package the machine lacks is
+                    // taken to be installed at the baseline 1.0.0; one already at the offered
+                    // version is not offered.
+                    self.available = offered
+                        .into_iter()
+                        .filter_map(|mut p| {
+                            let have = self
+                                .installed
+                                .entry(p.name.clone())
+                                .or_insert_with(|| "1.0.0".into());
+                            (*have != p.version).then(|| {
+                                p.installed_version = Some(have.clone());
+                                p
+                            })
+                        })
+                        .collect();
+                }
                 Err(e) => warn!(vm = %self.name, error = %e, "ignoring {PATCHES}"),
             }
         }

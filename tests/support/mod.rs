@@ -7,6 +7,8 @@
 //! the folder when the test process exits, however it exits.
 #![allow(dead_code)]
 
+pub mod env;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -1,0 +1,568 @@
+//! End to end: rollouts through UpdateRings on the real API server, with the controller as a child
+//! process and simulated guests in process, both on an accelerated clock (one real second is one
+//! virtual hour). Every install the guests report is recorded by a watch and checked afterwards
+//! against the invariants of DESIGN.md §5.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automend::api::{
+    GuestInstallation, PatchRollout, RingPhase, RolloutPhase, UpdateRing, VirtualMachine, VmPhase,
+};
+use automend::clock::{Clock, ClockArgs};
+use automend::logic::window::{self, Window};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use support::env::Env;
+use support::{ControllerProcess, cluster, wait_for};
+
+const SPEED: f64 = 3600.0;
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+const PATCHES: &str = "libssl=2.0.0:Security,kernel=5.2.0:Critical,tool=2.0.0:Other";
+
+/// One recorded install: what a guest reported for (vm, rollout, wave).
+#[derive(Clone, Debug)]
+struct Install {
+    vm: String,
+    record: GuestInstallation,
+}
+
+struct Rollouts {
+    env: Env,
+    clock: Clock,
+    args: ClockArgs,
+    rings: Api<UpdateRing>,
+    rollouts: Api<PatchRollout>,
+    installs: Arc<Mutex<BTreeMap<(String, String, i32, bool), Install>>>,
+    recorder: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Rollouts {
+    async fn new(prefix: &str) -> Rollouts {
+        let env = Env::new(prefix).await;
+        let start = Timestamp::now();
+        let args = ClockArgs {
+            clock_speed: SPEED,
+            clock_start: Some(start),
+        };
+        let clock = Clock::from_args(&args).expect("clock");
+        Rollouts {
+            rings: Api::namespaced(env.client.clone(), &env.ns.name),
+            rollouts: Api::namespaced(env.client.clone(), &env.ns.name),
+            env,
+            clock,
+            args,
+            installs: Arc::default(),
+            recorder: None,
+        }
+    }
+
+    fn controller(&self, extra: &[&str]) -> ControllerProcess {
+        let start = self.args.clock_start.map(|s| s.to_string()).unwrap_or_default();
+        let speed = SPEED.to_string();
+        let mut args = vec![
+            "--clock-start",
+            &start,
+            "--clock-speed",
+            &speed,
+            "--region-pairs",
+            "eastus=westus",
+            "--release-cadence",
+            "off",
+            "--install-duration",
+            "30m",
+        ];
+        args.extend_from_slice(extra);
+        self.env.controller(&args)
+    }
+
+    async fn sim(&mut self) {
+        let config = cluster().config().await;
+        self.env.start_sim_with_clock(config, self.args.clone());
+    }
+
+    /// Record every installation result any guest reports.
+    fn record(&mut self) {
+        let api: Api<VirtualMachine> = Api::namespaced(self.env.client.clone(), &self.env.ns.name);
+        let installs = self.installs.clone();
+        self.recorder = Some(tokio::spawn(async move {
+            let mut s = std::pin::pin!(watcher(api, Default::default()).default_backoff().applied_objects());
+            while let Some(item) = s.next().await {
+                let Ok(vm) = item else { continue };
+                let Some(i) = vm.status.as_ref().and_then(|s| s.guest.as_ref()).and_then(|g| g.installation.clone()) else {
+                    continue;
+                };
+                let name = vm.metadata.name.clone().unwrap_or_default();
+                if let Ok(mut m) = installs.lock() {
+                    m.entry((name.clone(), i.rollout.clone(), i.wave, i.rollback))
+                        .or_insert(Install { vm: name, record: i });
+                }
+            }
+        }));
+    }
+
+    fn installs(&self) -> Vec<Install> {
+        self.installs.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    async fn ring(&self, name: &str, spec: serde_json::Value) {
+        let obj: UpdateRing = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+            "metadata": { "name": name }, "spec": spec,
+        }))
+        .expect("ring");
+        self.rings.create(&PostParams::default(), &obj).await.expect("creating the ring");
+    }
+
+    async fn vm(&self, name: &str, ring: &str, placement: serde_json::Value, tz: &str, profile: &str) {
+        let obj: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": name, "labels": { "automend.io/ring": ring },
+                          "annotations": { "sim.automend.io/patches": PATCHES } },
+            "spec": {
+                "management": { "enabled": true, "profile": profile },
+                "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                "placement": placement,
+                "timeZone": tz,
+                "patchSettings": { "patchMode": "AutomaticByPlatform" },
+            },
+        }))
+        .expect("vm");
+        self.env.vms.create(&PostParams::default(), &obj).await.expect("creating the VM");
+    }
+
+    /// Wait until every VM is Configured and has a successful assessment.
+    async fn wait_assessed(&self, count: usize) {
+        let vms = self.env.vms.clone();
+        wait_for(&format!("{count} VMs configured and assessed"), ROLLOUT_TIMEOUT, || {
+            let vms = vms.clone();
+            async move {
+                let list = vms.list(&ListParams::default()).await.ok()?;
+                let ok = list
+                    .items
+                    .iter()
+                    .filter(|v| {
+                        v.status.as_ref().is_some_and(|s| {
+                            s.phase == Some(VmPhase::Configured)
+                                && s.patch_status
+                                    .as_ref()
+                                    .and_then(|p| p.available_patch_summary.as_ref())
+                                    .is_some_and(|a| a.critical_and_security_patch_count >= 2)
+                        })
+                    })
+                    .count();
+                (ok == count).then_some(())
+            }
+        })
+        .await;
+    }
+
+    async fn rollout(&self, name: &str, release: Timestamp, extra: serde_json::Value) {
+        let mut spec = json!({ "releaseTime": release.to_string() });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let obj: PatchRollout = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+            "metadata": { "name": name }, "spec": spec,
+        }))
+        .expect("rollout");
+        self.rollouts.create(&PostParams::default(), &obj).await.expect("creating the rollout");
+    }
+
+    async fn wait_rollout(&self, name: &str, what: &str, f: impl Fn(&PatchRollout) -> bool) -> PatchRollout {
+        let api = self.rollouts.clone();
+        let f = &f;
+        wait_for(&format!("rollout {name}: {what}"), ROLLOUT_TIMEOUT, || {
+            let api = api.clone();
+            async move { api.get(name).await.ok().filter(|r| f(r)) }
+        })
+        .await
+    }
+
+    async fn patch_rollout(&self, name: &str, spec: serde_json::Value) {
+        self.rollouts
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+            .await
+            .expect("patching the rollout");
+    }
+
+    async fn rollout_events(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.env.client.clone(), &self.env.ns.name);
+        let mut list = api.list(&ListParams::default()).await.expect("events").items;
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn finish(mut self, controller: ControllerProcess) {
+        if let Some(r) = self.recorder.take() {
+            r.abort();
+        }
+        let _ = self.rollouts.delete_collection(&Default::default(), &ListParams::default()).await;
+        let _ = self.rings.delete_collection(&Default::default(), &ListParams::default()).await;
+        self.env.finish(controller).await;
+    }
+}
+
+fn phase(r: &PatchRollout) -> Option<RolloutPhase> {
+    r.status.as_ref().and_then(|s| s.phase)
+}
+
+fn ring_spec(order: i32, deferral: &str, max_failed: i32) -> serde_json::Value {
+    let label = ["test", "first", "fast", "broad"][order as usize];
+    json!({
+        "order": order,
+        "selector": { "matchLabels": { "automend.io/ring": label } },
+        "deferral": deferral, "deadline": "48h", "maxUnavailable": 2,
+        "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "1h", "healthyFor": "30m" },
+    })
+}
+
+/// Where each VM sits: (region, zone, availability set, update domain).
+type Where = (String, Option<String>, Option<String>, i32);
+
+/// Rings × 8 VMs: six zonal (both regions, zones 1-3), two in an availability set (update domains
+/// 0 and 1), in three time zones.
+async fn fleet(r: &Rollouts, profile: &str, rings: &[&str]) -> HashMap<String, (String, Where, String)> {
+    let mut out = HashMap::new();
+    for (ri, ring) in rings.iter().enumerate() {
+        for j in 0..8 {
+            let name = format!("{ring}-{j}");
+            let tz = ["UTC", "Asia/Tokyo", "America/New_York"][j % 3];
+            let w: Where = if j < 6 {
+                let region = ["eastus", "westus"][j % 2];
+                (region.into(), Some(format!("{}", j / 2 + 1)), None, 0)
+            } else {
+                ("eastus".into(), None, Some(format!("set-{ri}")), (j - 6) as i32)
+            };
+            let mut placement = json!({ "region": w.0 });
+            if let Some(z) = &w.1 {
+                placement["zone"] = json!(z);
+            }
+            if let Some(a) = &w.2 {
+                placement["availabilitySet"] = json!(a);
+                placement["updateDomain"] = json!(w.3);
+            }
+            r.vm(&name, ring, placement, tz, profile).await;
+            out.insert(name, (ring.to_string(), w, tz.to_string()));
+        }
+    }
+    out
+}
+
+/// A rollout through four rings over two paired regions × three zones and availability sets, in
+/// three time zones: every invariant holds at every install, installs start inside windows, rings
+/// keep deferrals and bake times, later rings install exactly the frozen manifest, and a VM that
+/// was off during its ring is patched when it returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_through_four_rings_keeps_every_invariant() {
+    let mut r = Rollouts::new("rollout").await;
+    let profile = r
+        .env
+        .profile(
+            "patching",
+            json!({ "environment": "DevTest",
+                    "preferences": { "updateManagement": { "maintenanceWindow": { "start": "00:00", "duration": "12h" } } } }),
+        )
+        .await;
+    let ctl = r.controller(&[]);
+    let deferrals = ["0s", "12h", "24h", "36h"];
+    for (i, d) in deferrals.iter().enumerate() {
+        r.ring(["test", "first", "fast", "broad"][i], ring_spec(i as i32, d, 10)).await;
+    }
+    let rings = ["test", "first", "fast", "broad"];
+    let fleet = fleet(&r, &profile, &rings).await;
+    r.record();
+    r.sim().await;
+    r.wait_assessed(32).await;
+
+    // A broad VM goes off before the release.
+    r.env.annotate("broad-0", "sim.automend.io/power", "off").await;
+    let release = r.clock.now() + jiff::SignedDuration::from_hours(1);
+    r.rollout("monthly", release, json!({})).await;
+
+    // The manifest freezes when ring test starts; then broad's guests are offered a newer libssl,
+    // which this rollout must not install.
+    let frozen = r.wait_rollout("monthly", "manifest frozen", |x| x.status.as_ref().is_some_and(|s| s.manifest.is_some())).await;
+    let manifest = frozen.status.and_then(|s| s.manifest).expect("manifest");
+    let pinned: BTreeMap<String, String> = manifest
+        .families
+        .iter()
+        .flat_map(|f| f.packages.iter().map(|p| (p.name.clone(), p.version.clone())))
+        .collect();
+    assert_eq!(
+        pinned,
+        BTreeMap::from([("kernel".into(), "5.2.0".into()), ("libssl".into(), "2.0.0".into())]),
+        "Critical + Security only"
+    );
+    for j in 1..8 {
+        r.env
+            .annotate(&format!("broad-{j}"), "sim.automend.io/patches", "libssl=2.1.0:Security,kernel=5.2.0:Critical,tool=2.0.0:Other")
+            .await;
+    }
+
+    // Everything but the VM that is off.
+    r.wait_rollout("monthly", "broad waits only for broad-0", |x| {
+        x.status.as_ref().is_some_and(|s| {
+            s.rings.iter().any(|g| g.name == "broad" && g.succeeded == g.total - 1 && g.total == 8 && g.in_progress == 0)
+        })
+    })
+    .await;
+    let st = r.rollouts.get("monthly").await.expect("rollout");
+    assert_eq!(phase(&st), Some(RolloutPhase::Progressing));
+    r.env.annotate("broad-0", "sim.automend.io/power", "on").await;
+    let done = r.wait_rollout("monthly", "Succeeded", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+    let status = done.status.clone().expect("status");
+
+    // Checks over every recorded install.
+    let installs: Vec<Install> = r.installs().into_iter().filter(|i| !i.record.rollback).collect();
+    let healthy_for = jiff::SignedDuration::from_mins(30);
+    let interval = |i: &Install| {
+        let s = i.record.start_time.as_ref().expect("start").0;
+        let f = i.record.finish_time.as_ref().expect("finish").0;
+        (s, f + healthy_for)
+    };
+    let succeeded: Vec<&Install> = installs.iter().filter(|i| i.record.maintenance_window_exceeded == false).collect();
+    assert_eq!(succeeded.iter().map(|i| &i.vm).collect::<BTreeSet<_>>().len(), 32, "every VM installed");
+    for a in &succeeded {
+        let (ring_a, wa, tz) = &fleet[&a.vm];
+        // Exactly the pinned manifest.
+        let got: BTreeMap<String, String> = a.record.installed.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
+        assert_eq!(got, pinned, "{} installed exactly the manifest", a.vm);
+        // Inside the window in the VM's own time zone, with 30 minutes left.
+        let w = Window::parse(&automend::api::MaintenanceWindow { start: "00:00".into(), duration: "12h".into(), days_of_week: vec![] }).expect("window");
+        let tzz = window::time_zone(tz).expect("tz");
+        let start = interval(a).0;
+        assert!(w.may_start(&tzz, start, Duration::from_secs(1800)), "{} started at {start} outside its window in {tz}", a.vm);
+        // Pairwise invariants with everything patching at the same time.
+        for b in &succeeded {
+            if a.vm == b.vm {
+                continue;
+            }
+            let ((sa, ea), (sb, eb)) = (interval(a), interval(b));
+            if !(sa < eb && sb < ea) {
+                continue;
+            }
+            let (ring_b, wb, _) = &fleet[&b.vm];
+            assert_eq!(ring_a, ring_b, "{} and {} of different rings patch together", a.vm, b.vm);
+            assert_eq!(wa.0, wb.0, "{} ({}) and {} ({}): paired regions patch together", a.vm, wa.0, b.vm, wb.0);
+            if wa.1.is_some() && wb.1.is_some() {
+                assert_eq!(wa.1, wb.1, "{} and {}: two zones of {} at once", a.vm, b.vm, wa.0);
+            }
+            if wa.2.is_some() && wa.2 == wb.2 {
+                panic!("{} and {}: both members of {:?} (a whole availability set) at once", a.vm, b.vm, wa.2);
+            }
+        }
+    }
+    // maxUnavailable 2 of the VMs in no availability set, at every install start.
+    for a in &succeeded {
+        let t = interval(a).0;
+        let loose = succeeded
+            .iter()
+            .filter(|b| fleet[&b.vm].1.2.is_none() && fleet[&b.vm].0 == fleet[&a.vm].0)
+            .filter(|b| {
+                let (s, e) = interval(b);
+                s <= t && t < e
+            })
+            .count();
+        assert!(loose <= 2, "{loose} VMs in no availability set patching at {t}");
+    }
+    // Deferrals and bake times.
+    for (i, ring) in rings.iter().enumerate() {
+        let first = succeeded.iter().filter(|a| fleet[&a.vm].0 == *ring).map(|a| interval(a).0).min().expect("installs");
+        let deferral = automend::logic::duration::parse(deferrals[i]).expect("duration");
+        assert!(first >= release + jiff::SignedDuration::try_from(deferral).expect("d"), "ring {ring} started before its deferral");
+        if i > 0 {
+            let prev_done = succeeded.iter().filter(|a| fleet[&a.vm].0 == rings[i - 1]).map(|a| interval(a).1).max().expect("installs");
+            assert!(first >= prev_done + jiff::SignedDuration::from_hours(1), "ring {ring} started before {}'s bake time ended", rings[i - 1]);
+        }
+    }
+    // broad-0 was patched after it returned.
+    assert!(succeeded.iter().any(|i| i.vm == "broad-0"));
+    assert!(status.rings.iter().all(|g| g.phase == Some(RingPhase::Succeeded)));
+    let slo = status.slo.expect("slo");
+    assert_eq!((slo.eligible, slo.on_manifest, slo.projected_to_meet), (32, 32, Some(true)));
+
+    // The seed's installation summary on a VM.
+    let vm = r.env.get("fast-3").await;
+    let sum = vm.status.and_then(|s| s.patch_status).and_then(|p| p.last_patch_installation_summary).expect("summary");
+    assert_eq!(sum.status, automend::api::OperationStatus::Succeeded);
+    assert_eq!((sum.installed_patch_count, sum.pending_patch_count, sum.not_selected_patch_count), (2, 0, 1));
+
+    // Events, ring status, metrics.
+    let reasons: Vec<String> = r.rollout_events("monthly").await.into_iter().map(|e| e.0).collect();
+    for want in ["ManifestFrozen", "RingStarted", "RingSucceeded", "RolloutSucceeded"] {
+        assert!(reasons.iter().any(|x| x == want), "{want} in {reasons:?}");
+    }
+    let ring = r.rings.get("fast").await.expect("ring");
+    let rs = ring.status.expect("ring status");
+    assert_eq!((rs.total, rs.eligible), (8, 8));
+    let series = format!("automend_rollout_slo_on_manifest_vms{{namespace=\"{}\",rollout=\"monthly\"}}", r.env.ns.name);
+    assert_eq!(ctl.metric(&series).await, 32.0, "{series}");
+    r.finish(ctl).await;
+}
+
+/// A bad patch: failures in ring first exceed its budget → Halted (Event, condition), the failed
+/// wave rolls back, later rings get nothing; pause / resume; expedite; a manual rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn halt_rollback_pause_resume_and_expedite() {
+    let mut r = Rollouts::new("halt").await;
+    let profile = r.env.profile("patching", json!({ "environment": "DevTest" })).await;
+    let ctl = r.controller(&[]);
+    let rings = ["test", "first", "fast", "broad"];
+    for (i, d) in ["0s", "12h", "24h", "36h"].iter().enumerate() {
+        r.ring(rings[i], ring_spec(i as i32, d, 0)).await;
+    }
+    fleet(&r, &profile, &rings[..3]).await;
+    r.record();
+    r.sim().await;
+    r.wait_assessed(24).await;
+
+    // Ring first's guests turn unhealthy after patching (a bad patch). Expedite: no deferrals.
+    for j in 0..8 {
+        r.env.annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "true").await;
+    }
+    r.rollout("bad", r.clock.now(), json!({ "expedite": true, "rollbackOnFailure": true })).await;
+    let halted = r.wait_rollout("bad", "Halted", |x| phase(x) == Some(RolloutPhase::Halted)).await;
+    let st = halted.status.expect("status");
+    let cond = st.conditions.iter().find(|c| c.type_ == "Halted").expect("Halted condition");
+    assert_eq!(cond.status, "True");
+    assert!(cond.message.contains("ring first"), "{}", cond.message);
+    assert_eq!(st.rings[0].phase, Some(RingPhase::Succeeded), "test passed before first started (expedite)");
+    let events = r.rollout_events("bad").await;
+    assert!(events.iter().any(|e| e.0 == "RolloutHalted"), "{events:?}");
+    assert!(events.iter().any(|e| e.0 == "RingHalted" && e.1.contains("first")), "{events:?}");
+    // The failed wave rolls back to the recorded versions.
+    let rb = r
+        .wait_rollout("bad", "ring first rolled back", |x| {
+            x.status.as_ref().is_some_and(|s| s.rings.get(1).is_some_and(|g| g.phase == Some(RingPhase::RolledBack)))
+        })
+        .await;
+    let failed: Vec<String> = rb.status.expect("status").rings[1].waves.iter().flat_map(|w| w.failed_members.clone()).collect();
+    assert!(!failed.is_empty());
+    let installs = r.installs();
+    for vm in &failed {
+        let back = installs.iter().find(|i| &i.vm == vm && i.record.rollback).unwrap_or_else(|| panic!("{vm} rolled back"));
+        assert_eq!(back.record.status, automend::api::OperationStatus::Succeeded, "{vm}: {:?}", back.record.error);
+    }
+    // Nothing reached ring fast; ring first stopped after its first failing wave.
+    assert!(installs.iter().all(|i| !i.vm.starts_with("fast-")), "fast got installs after the halt");
+    let vms = r.env.vms.list(&ListParams::default()).await.expect("vms");
+    let ssl: Vec<_> = vms
+        .items
+        .iter()
+        .filter(|v| v.metadata.name.as_deref().is_some_and(|n| failed.contains(&n.to_string())))
+        .collect();
+    assert_eq!(ssl.len(), failed.len());
+
+    // Pause / resume on a second rollout (the halted one no longer blocks: Halted is final).
+    for j in 0..8 {
+        r.env.annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "false").await;
+    }
+    r.rollout("second", r.clock.now(), json!({ "expedite": true, "paused": true })).await;
+    r.wait_rollout("second", "Paused", |x| phase(x) == Some(RolloutPhase::Paused)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(r.installs().iter().all(|i| i.record.rollout != "second"), "a paused rollout installed");
+    r.patch_rollout("second", json!({ "paused": false })).await;
+    r.wait_rollout("second", "Succeeded after resume", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+
+    // Manual rollback of the whole release.
+    r.patch_rollout("second", json!({ "rollback": true })).await;
+    r.wait_rollout("second", "RolledBack", |x| phase(x) == Some(RolloutPhase::RolledBack)).await;
+    let vms = r.env.vms.clone();
+    wait_for("every VM second patched to be rolled back", ROLLOUT_TIMEOUT, || {
+        let vms = vms.clone();
+        async move {
+            let list = vms.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.installation.clone())
+                .filter(|i| i.rollout == "second")
+                .all(|i| i.rollback && i.status == automend::api::OperationStatus::Succeeded)
+                .then_some(())
+        }
+    })
+    .await;
+    r.finish(ctl).await;
+}
+
+/// The controller killed mid-wave resumes from the objects and starts no VM twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_mid_wave_installs_nothing_twice() {
+    let mut r = Rollouts::new("restart").await;
+    let profile = r.env.profile("patching", json!({ "environment": "DevTest" })).await;
+    let mut ctl = r.controller(&[]);
+    r.ring("test", ring_spec(0, "0s", 50)).await;
+    r.ring("first", ring_spec(1, "0s", 50)).await;
+    fleet(&r, &profile, &["test", "first"]).await;
+    r.record();
+    r.sim().await;
+    r.wait_assessed(16).await;
+    r.rollout("monthly", r.clock.now(), json!({})).await;
+    r.wait_rollout("monthly", "a wave started", |x| {
+        x.status.as_ref().is_some_and(|s| s.rings.iter().any(|g| !g.waves.is_empty()))
+    })
+    .await;
+    ctl.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ctl = r.controller(&[]);
+    r.wait_rollout("monthly", "Succeeded", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+    let stats = r.env.stats.lock().map(|s| s.clone()).unwrap_or_default();
+    for j in 0..8 {
+        for ring in ["test", "first"] {
+            let name = format!("{ring}-{j}");
+            assert_eq!(stats.get(&name).map(|s| s.installs), Some(1), "{name} installed exactly once");
+        }
+    }
+    r.finish(ctl).await;
+}
+
+/// The release cadence creates the month's PatchRollout in namespaces with rings.
+#[tokio::test(flavor = "multi_thread")]
+async fn cadence_creates_the_release_rollout() {
+    let env = Env::new("cadence").await;
+    // Start the clock ten virtual minutes before the next Patch Tuesday (17:00 UTC).
+    let cadence = automend::logic::rings::Cadence::parse("2 Tuesday 17:00").expect("cadence");
+    let real = Timestamp::now();
+    let release = cadence.next(real).expect("next release");
+    let target = release - jiff::SignedDuration::from_mins(10);
+    // virtual = T + (real − T)·S = target  ⇒  T = real + (real − target)/(S − 1)... solved for T.
+    let s = SPEED;
+    let secs = (real.as_millisecond() as f64 * s - target.as_millisecond() as f64) / (s - 1.0);
+    let start = Timestamp::from_millisecond(secs as i64).expect("start");
+    let start_s = start.to_string();
+    let speed = SPEED.to_string();
+    let ctl = env.controller(&["--clock-start", &start_s, "--clock-speed", &speed, "--release-cadence", "2 Tuesday 17:00"]);
+    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let obj: UpdateRing = serde_json::from_value(json!({
+        "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+        "metadata": { "name": "broad" }, "spec": { "order": 0, "share": 100 },
+    }))
+    .expect("ring");
+    rings.create(&PostParams::default(), &obj).await.expect("ring");
+    let name = format!("release-{}", release.strftime("%Y-%m-%d"));
+    let api: Api<PatchRollout> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let created = wait_for(&format!("{name} to be created"), Duration::from_secs(60), || {
+        let api = api.clone();
+        let name = name.clone();
+        async move { api.get(&name).await.ok() }
+    })
+    .await;
+    assert_eq!(created.spec.release_time.0, release);
+    // Exactly one, even as time goes on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.list(&ListParams::default()).await.expect("list").items.len(), 1);
+    let _ = api.delete_collection(&Default::default(), &ListParams::default()).await;
+    let _ = rings.delete_collection(&Default::default(), &ListParams::default()).await;
+    env.finish(ctl).await;
+}

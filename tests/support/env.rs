@@ -1,0 +1,202 @@
+//! The end-to-end environment of one test: its namespace, profiles labelled for it, a controller
+//! child process scoped to both, and simulated guests in process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use automend::api::{ConfigurationProfile, VirtualMachine, VmPhase};
+use automend::guest::sim::{self, SimSettings, Stats};
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::{ControllerProcess, TestNamespace, cluster, wait_for};
+
+pub const LONG: Duration = Duration::from_secs(90);
+
+pub struct Env {
+    pub ns: TestNamespace,
+    pub client: Client,
+    pub vms: Api<VirtualMachine>,
+    pub profiles: Api<ConfigurationProfile>,
+    pub stats: Stats,
+    pub sim_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Env {
+    pub async fn new(prefix: &str) -> Env {
+        let c = cluster();
+        c.install_guest_policy();
+        let client = c.client().await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        Env {
+            vms: Api::namespaced(client.clone(), &ns.name),
+            profiles: Api::all(client.clone()),
+            client,
+            ns,
+            stats: Stats::default(),
+            sim_stop: None,
+        }
+    }
+
+    pub fn controller(&self, extra: &[&str]) -> ControllerProcess {
+        ControllerProcess::start(cluster(), &self.ns.name, extra)
+    }
+
+    /// A profile of this test (labelled so that only this test's controller manages it).
+    pub async fn profile(&self, name: &str, spec: serde_json::Value) -> String {
+        let full = format!("{}-{name}", self.ns.name);
+        let obj: ConfigurationProfile = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "ConfigurationProfile",
+            "metadata": { "name": full, "labels": { "automend.io/e2e": self.ns.name } },
+            "spec": spec,
+        }))
+        .expect("profile");
+        self.profiles
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the profile");
+        full
+    }
+
+    pub async fn vm(
+        &self,
+        name: &str,
+        profile: Option<&str>,
+        labels: BTreeMap<&str, &str>,
+        annotations: BTreeMap<&str, &str>,
+    ) {
+        let mut management = json!({ "enabled": true });
+        if let Some(p) = profile {
+            management["profile"] = json!(p);
+        }
+        let obj: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": name, "labels": labels, "annotations": annotations },
+            "spec": {
+                "management": management,
+                "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                "placement": { "region": "westeurope", "zone": "1" },
+            },
+        }))
+        .expect("vm");
+        self.vms
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the VM");
+    }
+
+    pub fn start_sim(&mut self, config: kube::Config) {
+        self.start_sim_with_clock(config, Default::default());
+    }
+
+    /// Simulate the namespace's guests on a (possibly accelerated) clock.
+    pub fn start_sim_with_clock(&mut self, config: kube::Config, clock: automend::clock::ClockArgs) {
+        let settings = SimSettings {
+            namespace: self.ns.name.clone(),
+            selector: None,
+            heartbeat_interval: Duration::from_secs(1),
+            observe_interval: Duration::from_secs(1),
+            token_ttl: Duration::from_secs(3600),
+            clock,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.sim_stop = Some(tx);
+        tokio::spawn(sim::run(
+            self.client.clone(),
+            config,
+            settings,
+            self.stats.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+    }
+
+    pub async fn sim(&mut self) {
+        let config = cluster().config().await;
+        self.start_sim(config);
+    }
+
+    pub async fn get(&self, name: &str) -> VirtualMachine {
+        self.vms.get(name).await.expect("get VM")
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: VmPhase) -> VirtualMachine {
+        let vms = self.vms.clone();
+        wait_for(&format!("{name} to be {phase:?}"), LONG, || {
+            let vms = vms.clone();
+            async move {
+                let vm = vms.get(name).await.ok()?;
+                (vm.status.as_ref()?.phase? == phase).then_some(vm)
+            }
+        })
+        .await
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        self.vms
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { key: value } } })),
+            )
+            .await
+            .expect("annotating");
+    }
+
+    /// Event reasons about one VM, oldest first.
+    pub async fn events(&self, name: &str) -> Vec<String> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let mut list = api
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    pub fn applies(&self, name: &str) -> u64 {
+        self.stats
+            .lock()
+            .map(|s| s.get(name).map_or(0, |g| g.applies))
+            .unwrap_or(0)
+    }
+
+    /// Delete the VMs while the controller still runs (so finalizers are honoured), then the namespace.
+    pub async fn finish(mut self, controller: ControllerProcess) {
+        let _ = self
+            .vms
+            .delete_collection(&Default::default(), &ListParams::default())
+            .await;
+        let vms = self.vms.clone();
+        wait_for("the VMs to be deleted", LONG, || {
+            let vms = vms.clone();
+            async move {
+                vms.list(&ListParams::default())
+                    .await
+                    .ok()
+                    .filter(|l| l.items.is_empty())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        if let Some(tx) = self.sim_stop.take() {
+            let _ = tx.send(());
+        }
+        drop(controller);
+        let profiles = self.profiles.clone();
+        let _ = profiles
+            .delete_collection(
+                &Default::default(),
+                &ListParams::default().labels(&format!("automend.io/e2e={}", self.ns.name)),
+            )
+            .await;
+        self.ns.delete().await;
+    }
+}
