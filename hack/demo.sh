@@ -7,6 +7,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 unset KUBECONFIG
 DEMO_DIR=.local/demo
 mkdir -p "$DEMO_DIR"
+# The patching schedule runs 7200 times faster than real time (a day in 12 s); heartbeats and
+# remediation stay in real time. Every process (controller, guests, kubectl plugin) reads these.
+export AUTOMEND_CLOCK_START AUTOMEND_CLOCK_SPEED=7200
+AUTOMEND_CLOCK_START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+virtual_now() {
+  local s n
+  s=$(date -u -d "$AUTOMEND_CLOCK_START" +%s); n=$(date -u +%s)
+  date -u -d "@$(( s + (n - s) * AUTOMEND_CLOCK_SPEED ))" +%Y-%m-%dT%H:%M:%SZ
+}
+export PATH="$PWD/target/debug:$PATH"   # kubectl-automend: the kubectl plugin
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -44,7 +54,8 @@ helm template automend charts/automend --kube-version "$(kubectl version -o json
 step "starting the controller (logs: $DEMO_DIR/controller.log)"
 stop_processes
 RUST_LOG=info,kube=warn ./target/debug/automend controller --leader-elect=false \
-  --heartbeat-grace 20s --http-addr 127.0.0.1:0 >"$DEMO_DIR/controller.log" 2>&1 &
+  --heartbeat-grace 20s --http-addr 127.0.0.1:0 --region-pairs northeurope=westeurope \
+  --release-cadence off >"$DEMO_DIR/controller.log" 2>&1 &
 echo $! >"$DEMO_DIR/controller.pid"
 
 step "a fresh namespace demo with the example fleet (25 VMs) and 30 more generated VMs"
@@ -54,7 +65,7 @@ kubectl apply -f examples/profiles.yaml
 # Remediation retries quickly in the demo (the default waits 30s, doubling).
 kubectl patch configurationprofile production --type merge \
   -p '{"spec":{"remediation":{"initialBackoff":"3s","maxBackoff":"6s"}}}'
-kubectl apply -n demo -f examples/
+kubectl apply -n demo -f examples/vms.yaml -f examples/rings.yaml
 for i in $(seq -w 1 30); do
   region=$([[ $((10#$i % 2)) == 0 ]] && echo westeurope || echo northeurope)
   cat <<YAML
@@ -148,11 +159,63 @@ YAML
 step "admission at work: the profile cannot change while management is enabled"
 kubectl patch virtualmachine -n demo app-01 --type merge -p '{"spec":{"management":{"profile":"dev-test"}}}' || true
 
+step "patching: the four example rings (Test, First, Fast, Broad) at ${AUTOMEND_CLOCK_SPEED}x: a day passes in $((86400 / AUTOMEND_CLOCK_SPEED)) s"
+kubectl get updaterings -n demo
+rollout_phase() { kubectl get patchrollout -n demo "$1" -o jsonpath='{.status.phase}' 2>/dev/null; }
+watch_rollout() { # name, timeout, phases to stop at (regex)
+  local name=$1 timeout=$2 until=$3 start=$SECONDS
+  while ! [[ "$(rollout_phase "$name")" =~ ^($until)$ ]]; do
+    if (( SECONDS - start > timeout )); then echo "timed out waiting for rollout $name" >&2; return 1; fi
+    printf '\r  %3ss  virtual %s  %s' $((SECONDS - start)) "$(virtual_now)" \
+      "$(kubectl get patchrollout -n demo "$name" -o jsonpath='{.status.phase} ring={.status.currentRing} patched={.status.slo.onManifest}/{.status.slo.eligible}' 2>/dev/null)"
+    sleep 2
+  done
+  echo
+}
+# A bad patch: two VMs of ring fast report themselves unhealthy after patching.
+mapfile -t bad < <(kubectl automend -n demo members fast | tail -n +2 | awk '$2 == "yes" {print $1}' | head -2)
+echo "injecting a bad patch into ring fast: ${bad[*]} turn unhealthy after patching"
+for vm in "${bad[@]}"; do
+  kubectl annotate -n demo virtualmachine "$vm" sim.automend.io/unhealthy=true --overwrite >/dev/null
+done
+release=$(virtual_now)
+sed -e "s/name: release-2026-11/name: release-monthly/" -e "s/releaseTime: .*/releaseTime: \"$release\"/" \
+  examples/rollout.yaml | kubectl apply -n demo -f -
+step "the monthly release $release moves ring by ring, wave by wave, inside each VM's window"
+watch_rollout release-monthly 600 'Halted|Succeeded'
+kubectl automend -n demo status release-monthly
+step "the bad patch halted the rollout in ring fast; its failed wave rolled back (Events)"
+kubectl get events -n demo --field-selector involvedObject.name=release-monthly --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
+step "kubectl automend why ${bad[0]}"
+kubectl automend -n demo why "${bad[0]}" --rollout release-monthly
+
+step "fixed: an out-of-band release, expedited (no deferrals), goes through all four rings"
+for vm in "${bad[@]}"; do
+  kubectl annotate -n demo virtualmachine "$vm" sim.automend.io/unhealthy- >/dev/null
+done
+cat <<YAML | kubectl apply -n demo -f -
+apiVersion: automend.io/v1alpha1
+kind: PatchRollout
+metadata:
+  name: release-oob
+spec:
+  releaseTime: "$(virtual_now)"
+  expedite: true
+  rollbackOnFailure: true
+YAML
+sleep 3
+kubectl automend -n demo plan release-oob | head -12
+watch_rollout release-oob 600 'Halted|Succeeded'
+kubectl automend -n demo status
+
 cat <<EOF2
 
 The control plane, the controller and the simulated fleet keep running. Try:
   eval "\$(hack/cluster.sh env)"
   kubectl get automend -n demo
+  export PATH="\$PWD/target/debug:\$PATH" AUTOMEND_CLOCK_START=$AUTOMEND_CLOCK_START AUTOMEND_CLOCK_SPEED=$AUTOMEND_CLOCK_SPEED
+  kubectl automend -n demo status; kubectl automend -n demo why app-05
   kubectl describe virtualmachine -n demo app-13
   kubectl annotate -n demo virtualmachine app-02 sim.automend.io/power=off   # Pending after 20s
   ./target/debug/automend guest-kubeconfig -n demo app-02 > guest.kubeconfig  # a guest's own identity

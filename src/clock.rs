@@ -20,11 +20,11 @@ pub struct Clock {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClockArgs {
     /// Run the patching schedule this many times faster than real time (1 to 1000000).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "AUTOMEND_CLOCK_SPEED", default_value_t = 1.0)]
     pub clock_speed: f64,
     /// The real instant (RFC 3339) at which the accelerated clock equals real time. Required with
     /// --clock-speed, and the same for every process.
-    #[arg(long)]
+    #[arg(long, env = "AUTOMEND_CLOCK_START")]
     pub clock_start: Option<Timestamp>,
 }
 

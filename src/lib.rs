@@ -5,3 +5,4 @@ pub mod guest;
 pub mod identity;
 pub mod kubeconfig;
 pub mod logic;
+pub mod plugin;

@@ -14,7 +14,6 @@ use serde_json::json;
 use support::env::{Env, LONG};
 use support::{cluster, wait_for};
 
-
 fn fast_remediation() -> serde_json::Value {
     json!({ "mode": "Auto", "maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "2s" })
 }

@@ -34,13 +34,16 @@ struct Install {
     record: GuestInstallation,
 }
 
+/// Installs by (VM, rollout, wave, rollback).
+type Installs = Arc<Mutex<BTreeMap<(String, String, i32, bool), Install>>>;
+
 struct Rollouts {
     env: Env,
     clock: Clock,
     args: ClockArgs,
     rings: Api<UpdateRing>,
     rollouts: Api<PatchRollout>,
-    installs: Arc<Mutex<BTreeMap<(String, String, i32, bool), Install>>>,
+    installs: Installs,
     recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -65,9 +68,14 @@ impl Rollouts {
     }
 
     fn controller(&self, extra: &[&str]) -> ControllerProcess {
-        let start = self.args.clock_start.map(|s| s.to_string()).unwrap_or_default();
+        let start = self
+            .args
+            .clock_start
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let speed = SPEED.to_string();
         let mut args = vec![
+            "--leader-elect=false",
             "--clock-start",
             &start,
             "--clock-speed",
@@ -93,23 +101,38 @@ impl Rollouts {
         let api: Api<VirtualMachine> = Api::namespaced(self.env.client.clone(), &self.env.ns.name);
         let installs = self.installs.clone();
         self.recorder = Some(tokio::spawn(async move {
-            let mut s = std::pin::pin!(watcher(api, Default::default()).default_backoff().applied_objects());
+            let mut s = std::pin::pin!(
+                watcher(api, Default::default())
+                    .default_backoff()
+                    .applied_objects()
+            );
             while let Some(item) = s.next().await {
                 let Ok(vm) = item else { continue };
-                let Some(i) = vm.status.as_ref().and_then(|s| s.guest.as_ref()).and_then(|g| g.installation.clone()) else {
+                let Some(i) = vm
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.guest.as_ref())
+                    .and_then(|g| g.installation.clone())
+                else {
                     continue;
                 };
                 let name = vm.metadata.name.clone().unwrap_or_default();
                 if let Ok(mut m) = installs.lock() {
                     m.entry((name.clone(), i.rollout.clone(), i.wave, i.rollback))
-                        .or_insert(Install { vm: name, record: i });
+                        .or_insert(Install {
+                            vm: name,
+                            record: i,
+                        });
                 }
             }
         }));
     }
 
     fn installs(&self) -> Vec<Install> {
-        self.installs.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.installs
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     async fn ring(&self, name: &str, spec: serde_json::Value) {
@@ -118,10 +141,20 @@ impl Rollouts {
             "metadata": { "name": name }, "spec": spec,
         }))
         .expect("ring");
-        self.rings.create(&PostParams::default(), &obj).await.expect("creating the ring");
+        self.rings
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the ring");
     }
 
-    async fn vm(&self, name: &str, ring: &str, placement: serde_json::Value, tz: &str, profile: &str) {
+    async fn vm(
+        &self,
+        name: &str,
+        ring: &str,
+        placement: serde_json::Value,
+        tz: &str,
+        profile: &str,
+    ) {
         let obj: VirtualMachine = serde_json::from_value(json!({
             "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
             "metadata": { "name": name, "labels": { "automend.io/ring": ring },
@@ -135,32 +168,40 @@ impl Rollouts {
             },
         }))
         .expect("vm");
-        self.env.vms.create(&PostParams::default(), &obj).await.expect("creating the VM");
+        self.env
+            .vms
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the VM");
     }
 
     /// Wait until every VM is Configured and has a successful assessment.
     async fn wait_assessed(&self, count: usize) {
         let vms = self.env.vms.clone();
-        wait_for(&format!("{count} VMs configured and assessed"), ROLLOUT_TIMEOUT, || {
-            let vms = vms.clone();
-            async move {
-                let list = vms.list(&ListParams::default()).await.ok()?;
-                let ok = list
-                    .items
-                    .iter()
-                    .filter(|v| {
-                        v.status.as_ref().is_some_and(|s| {
-                            s.phase == Some(VmPhase::Configured)
-                                && s.patch_status
-                                    .as_ref()
-                                    .and_then(|p| p.available_patch_summary.as_ref())
-                                    .is_some_and(|a| a.critical_and_security_patch_count >= 2)
+        wait_for(
+            &format!("{count} VMs configured and assessed"),
+            ROLLOUT_TIMEOUT,
+            || {
+                let vms = vms.clone();
+                async move {
+                    let list = vms.list(&ListParams::default()).await.ok()?;
+                    let ok = list
+                        .items
+                        .iter()
+                        .filter(|v| {
+                            v.status.as_ref().is_some_and(|s| {
+                                s.phase == Some(VmPhase::Configured)
+                                    && s.patch_status
+                                        .as_ref()
+                                        .and_then(|p| p.available_patch_summary.as_ref())
+                                        .is_some_and(|a| a.critical_and_security_patch_count >= 2)
+                            })
                         })
-                    })
-                    .count();
-                (ok == count).then_some(())
-            }
-        })
+                        .count();
+                    (ok == count).then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -174,10 +215,18 @@ impl Rollouts {
             "metadata": { "name": name }, "spec": spec,
         }))
         .expect("rollout");
-        self.rollouts.create(&PostParams::default(), &obj).await.expect("creating the rollout");
+        self.rollouts
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("creating the rollout");
     }
 
-    async fn wait_rollout(&self, name: &str, what: &str, f: impl Fn(&PatchRollout) -> bool) -> PatchRollout {
+    async fn wait_rollout(
+        &self,
+        name: &str,
+        what: &str,
+        f: impl Fn(&PatchRollout) -> bool,
+    ) -> PatchRollout {
         let api = self.rollouts.clone();
         let f = &f;
         wait_for(&format!("rollout {name}: {what}"), ROLLOUT_TIMEOUT, || {
@@ -189,14 +238,22 @@ impl Rollouts {
 
     async fn patch_rollout(&self, name: &str, spec: serde_json::Value) {
         self.rollouts
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
             .await
             .expect("patching the rollout");
     }
 
     async fn rollout_events(&self, name: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.env.client.clone(), &self.env.ns.name);
-        let mut list = api.list(&ListParams::default()).await.expect("events").items;
+        let mut list = api
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
         list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         list.into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
@@ -208,8 +265,14 @@ impl Rollouts {
         if let Some(r) = self.recorder.take() {
             r.abort();
         }
-        let _ = self.rollouts.delete_collection(&Default::default(), &ListParams::default()).await;
-        let _ = self.rings.delete_collection(&Default::default(), &ListParams::default()).await;
+        let _ = self
+            .rollouts
+            .delete_collection(&Default::default(), &ListParams::default())
+            .await;
+        let _ = self
+            .rings
+            .delete_collection(&Default::default(), &ListParams::default())
+            .await;
         self.env.finish(controller).await;
     }
 }
@@ -233,7 +296,11 @@ type Where = (String, Option<String>, Option<String>, i32);
 
 /// Rings × 8 VMs: six zonal (both regions, zones 1-3), two in an availability set (update domains
 /// 0 and 1), in three time zones.
-async fn fleet(r: &Rollouts, profile: &str, rings: &[&str]) -> HashMap<String, (String, Where, String)> {
+async fn fleet(
+    r: &Rollouts,
+    profile: &str,
+    rings: &[&str],
+) -> HashMap<String, (String, Where, String)> {
     let mut out = HashMap::new();
     for (ri, ring) in rings.iter().enumerate() {
         for j in 0..8 {
@@ -243,7 +310,12 @@ async fn fleet(r: &Rollouts, profile: &str, rings: &[&str]) -> HashMap<String, (
                 let region = ["eastus", "westus"][j % 2];
                 (region.into(), Some(format!("{}", j / 2 + 1)), None, 0)
             } else {
-                ("eastus".into(), None, Some(format!("set-{ri}")), (j - 6) as i32)
+                (
+                    "eastus".into(),
+                    None,
+                    Some(format!("set-{ri}")),
+                    (j - 6) as i32,
+                )
             };
             let mut placement = json!({ "region": w.0 });
             if let Some(z) = &w.1 {
@@ -278,7 +350,11 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     let ctl = r.controller(&[]);
     let deferrals = ["0s", "12h", "24h", "36h"];
     for (i, d) in deferrals.iter().enumerate() {
-        r.ring(["test", "first", "fast", "broad"][i], ring_spec(i as i32, d, 10)).await;
+        r.ring(
+            ["test", "first", "fast", "broad"][i],
+            ring_spec(i as i32, d, 10),
+        )
+        .await;
     }
     let rings = ["test", "first", "fast", "broad"];
     let fleet = fleet(&r, &profile, &rings).await;
@@ -287,63 +363,120 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     r.wait_assessed(32).await;
 
     // A broad VM goes off before the release.
-    r.env.annotate("broad-0", "sim.automend.io/power", "off").await;
+    r.env
+        .annotate("broad-0", "sim.automend.io/power", "off")
+        .await;
     let release = r.clock.now() + jiff::SignedDuration::from_hours(1);
     r.rollout("monthly", release, json!({})).await;
 
     // The manifest freezes when ring test starts; then broad's guests are offered a newer libssl,
     // which this rollout must not install.
-    let frozen = r.wait_rollout("monthly", "manifest frozen", |x| x.status.as_ref().is_some_and(|s| s.manifest.is_some())).await;
+    let frozen = r
+        .wait_rollout("monthly", "manifest frozen", |x| {
+            x.status.as_ref().is_some_and(|s| s.manifest.is_some())
+        })
+        .await;
     let manifest = frozen.status.and_then(|s| s.manifest).expect("manifest");
     let pinned: BTreeMap<String, String> = manifest
         .families
         .iter()
-        .flat_map(|f| f.packages.iter().map(|p| (p.name.clone(), p.version.clone())))
+        .flat_map(|f| {
+            f.packages
+                .iter()
+                .map(|p| (p.name.clone(), p.version.clone()))
+        })
         .collect();
     assert_eq!(
         pinned,
-        BTreeMap::from([("kernel".into(), "5.2.0".into()), ("libssl".into(), "2.0.0".into())]),
+        BTreeMap::from([
+            ("kernel".into(), "5.2.0".into()),
+            ("libssl".into(), "2.0.0".into())
+        ]),
         "Critical + Security only"
     );
     for j in 1..8 {
         r.env
-            .annotate(&format!("broad-{j}"), "sim.automend.io/patches", "libssl=2.1.0:Security,kernel=5.2.0:Critical,tool=2.0.0:Other")
+            .annotate(
+                &format!("broad-{j}"),
+                "sim.automend.io/patches",
+                "libssl=2.1.0:Security,kernel=5.2.0:Critical,tool=2.0.0:Other",
+            )
             .await;
     }
 
     // Everything but the VM that is off.
     r.wait_rollout("monthly", "broad waits only for broad-0", |x| {
         x.status.as_ref().is_some_and(|s| {
-            s.rings.iter().any(|g| g.name == "broad" && g.succeeded == g.total - 1 && g.total == 8 && g.in_progress == 0)
+            s.rings.iter().any(|g| {
+                g.name == "broad"
+                    && g.succeeded == g.total - 1
+                    && g.total == 8
+                    && g.in_progress == 0
+            })
         })
     })
     .await;
     let st = r.rollouts.get("monthly").await.expect("rollout");
     assert_eq!(phase(&st), Some(RolloutPhase::Progressing));
-    r.env.annotate("broad-0", "sim.automend.io/power", "on").await;
-    let done = r.wait_rollout("monthly", "Succeeded", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+    r.env
+        .annotate("broad-0", "sim.automend.io/power", "on")
+        .await;
+    let done = r
+        .wait_rollout("monthly", "Succeeded", |x| {
+            phase(x) == Some(RolloutPhase::Succeeded)
+        })
+        .await;
     let status = done.status.clone().expect("status");
 
     // Checks over every recorded install.
-    let installs: Vec<Install> = r.installs().into_iter().filter(|i| !i.record.rollback).collect();
+    let installs: Vec<Install> = r
+        .installs()
+        .into_iter()
+        .filter(|i| !i.record.rollback)
+        .collect();
     let healthy_for = jiff::SignedDuration::from_mins(30);
     let interval = |i: &Install| {
         let s = i.record.start_time.as_ref().expect("start").0;
         let f = i.record.finish_time.as_ref().expect("finish").0;
         (s, f + healthy_for)
     };
-    let succeeded: Vec<&Install> = installs.iter().filter(|i| i.record.maintenance_window_exceeded == false).collect();
-    assert_eq!(succeeded.iter().map(|i| &i.vm).collect::<BTreeSet<_>>().len(), 32, "every VM installed");
+    let succeeded: Vec<&Install> = installs
+        .iter()
+        .filter(|i| !i.record.maintenance_window_exceeded)
+        .collect();
+    assert_eq!(
+        succeeded
+            .iter()
+            .map(|i| &i.vm)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        32,
+        "every VM installed"
+    );
     for a in &succeeded {
         let (ring_a, wa, tz) = &fleet[&a.vm];
         // Exactly the pinned manifest.
-        let got: BTreeMap<String, String> = a.record.installed.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
+        let got: BTreeMap<String, String> = a
+            .record
+            .installed
+            .iter()
+            .map(|p| (p.name.clone(), p.version.clone()))
+            .collect();
         assert_eq!(got, pinned, "{} installed exactly the manifest", a.vm);
         // Inside the window in the VM's own time zone, with 30 minutes left.
-        let w = Window::parse(&automend::api::MaintenanceWindow { start: "00:00".into(), duration: "12h".into(), days_of_week: vec![] }).expect("window");
+        let w = Window::parse(&automend::api::MaintenanceWindow {
+            start: "00:00".into(),
+            duration: "12h".into(),
+            days_of_week: vec![],
+        })
+        .expect("window");
         let tzz = window::time_zone(tz).expect("tz");
         let start = interval(a).0;
-        assert!(w.may_start(&tzz, start, Duration::from_secs(1800)), "{} started at {start} outside its window in {tz}", a.vm);
+        assert!(
+            w.may_start(&tzz, start, Duration::from_secs(1800)),
+            "{} started at {start} outside its window in {tz}",
+            a.vm
+        );
         // Pairwise invariants with everything patching at the same time.
         for b in &succeeded {
             if a.vm == b.vm {
@@ -354,13 +487,28 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
                 continue;
             }
             let (ring_b, wb, _) = &fleet[&b.vm];
-            assert_eq!(ring_a, ring_b, "{} and {} of different rings patch together", a.vm, b.vm);
-            assert_eq!(wa.0, wb.0, "{} ({}) and {} ({}): paired regions patch together", a.vm, wa.0, b.vm, wb.0);
+            assert_eq!(
+                ring_a, ring_b,
+                "{} and {} of different rings patch together",
+                a.vm, b.vm
+            );
+            assert_eq!(
+                wa.0, wb.0,
+                "{} ({}) and {} ({}): paired regions patch together",
+                a.vm, wa.0, b.vm, wb.0
+            );
             if wa.1.is_some() && wb.1.is_some() {
-                assert_eq!(wa.1, wb.1, "{} and {}: two zones of {} at once", a.vm, b.vm, wa.0);
+                assert_eq!(
+                    wa.1, wb.1,
+                    "{} and {}: two zones of {} at once",
+                    a.vm, b.vm, wa.0
+                );
             }
             if wa.2.is_some() && wa.2 == wb.2 {
-                panic!("{} and {}: both members of {:?} (a whole availability set) at once", a.vm, b.vm, wa.2);
+                panic!(
+                    "{} and {}: both members of {:?} (a whole availability set) at once",
+                    a.vm, b.vm, wa.2
+                );
             }
         }
     }
@@ -375,39 +523,91 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
                 s <= t && t < e
             })
             .count();
-        assert!(loose <= 2, "{loose} VMs in no availability set patching at {t}");
+        assert!(
+            loose <= 2,
+            "{loose} VMs in no availability set patching at {t}"
+        );
     }
     // Deferrals and bake times.
     for (i, ring) in rings.iter().enumerate() {
-        let first = succeeded.iter().filter(|a| fleet[&a.vm].0 == *ring).map(|a| interval(a).0).min().expect("installs");
+        let first = succeeded
+            .iter()
+            .filter(|a| fleet[&a.vm].0 == *ring)
+            .map(|a| interval(a).0)
+            .min()
+            .expect("installs");
         let deferral = automend::logic::duration::parse(deferrals[i]).expect("duration");
-        assert!(first >= release + jiff::SignedDuration::try_from(deferral).expect("d"), "ring {ring} started before its deferral");
+        assert!(
+            first >= release + jiff::SignedDuration::try_from(deferral).expect("d"),
+            "ring {ring} started before its deferral"
+        );
         if i > 0 {
-            let prev_done = succeeded.iter().filter(|a| fleet[&a.vm].0 == rings[i - 1]).map(|a| interval(a).1).max().expect("installs");
-            assert!(first >= prev_done + jiff::SignedDuration::from_hours(1), "ring {ring} started before {}'s bake time ended", rings[i - 1]);
+            let prev_done = succeeded
+                .iter()
+                .filter(|a| fleet[&a.vm].0 == rings[i - 1])
+                .map(|a| interval(a).1)
+                .max()
+                .expect("installs");
+            assert!(
+                first >= prev_done + jiff::SignedDuration::from_hours(1),
+                "ring {ring} started before {}'s bake time ended",
+                rings[i - 1]
+            );
         }
     }
     // broad-0 was patched after it returned.
     assert!(succeeded.iter().any(|i| i.vm == "broad-0"));
-    assert!(status.rings.iter().all(|g| g.phase == Some(RingPhase::Succeeded)));
+    assert!(
+        status
+            .rings
+            .iter()
+            .all(|g| g.phase == Some(RingPhase::Succeeded))
+    );
     let slo = status.slo.expect("slo");
-    assert_eq!((slo.eligible, slo.on_manifest, slo.projected_to_meet), (32, 32, Some(true)));
+    assert_eq!(
+        (slo.eligible, slo.on_manifest, slo.projected_to_meet),
+        (32, 32, Some(true))
+    );
 
     // The seed's installation summary on a VM.
     let vm = r.env.get("fast-3").await;
-    let sum = vm.status.and_then(|s| s.patch_status).and_then(|p| p.last_patch_installation_summary).expect("summary");
+    let sum = vm
+        .status
+        .and_then(|s| s.patch_status)
+        .and_then(|p| p.last_patch_installation_summary)
+        .expect("summary");
     assert_eq!(sum.status, automend::api::OperationStatus::Succeeded);
-    assert_eq!((sum.installed_patch_count, sum.pending_patch_count, sum.not_selected_patch_count), (2, 0, 1));
+    assert_eq!(
+        (
+            sum.installed_patch_count,
+            sum.pending_patch_count,
+            sum.not_selected_patch_count
+        ),
+        (2, 0, 1)
+    );
 
     // Events, ring status, metrics.
-    let reasons: Vec<String> = r.rollout_events("monthly").await.into_iter().map(|e| e.0).collect();
-    for want in ["ManifestFrozen", "RingStarted", "RingSucceeded", "RolloutSucceeded"] {
+    let reasons: Vec<String> = r
+        .rollout_events("monthly")
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    for want in [
+        "ManifestFrozen",
+        "RingStarted",
+        "RingSucceeded",
+        "RolloutSucceeded",
+    ] {
         assert!(reasons.iter().any(|x| x == want), "{want} in {reasons:?}");
     }
     let ring = r.rings.get("fast").await.expect("ring");
     let rs = ring.status.expect("ring status");
     assert_eq!((rs.total, rs.eligible), (8, 8));
-    let series = format!("automend_rollout_slo_on_manifest_vms{{namespace=\"{}\",rollout=\"monthly\"}}", r.env.ns.name);
+    let series = format!(
+        "automend_rollout_slo_on_manifest_vms{{namespace=\"{}\",rollout=\"monthly\"}}",
+        r.env.ns.name
+    );
     assert_eq!(ctl.metric(&series).await, 32.0, "{series}");
     r.finish(ctl).await;
 }
@@ -417,7 +617,10 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
 #[tokio::test(flavor = "multi_thread")]
 async fn halt_rollback_pause_resume_and_expedite() {
     let mut r = Rollouts::new("halt").await;
-    let profile = r.env.profile("patching", json!({ "environment": "DevTest" })).await;
+    let profile = r
+        .env
+        .profile("patching", json!({ "environment": "DevTest" }))
+        .await;
     let ctl = r.controller(&[]);
     let rings = ["test", "first", "fast", "broad"];
     for (i, d) in ["0s", "12h", "24h", "36h"].iter().enumerate() {
@@ -430,68 +633,137 @@ async fn halt_rollback_pause_resume_and_expedite() {
 
     // Ring first's guests turn unhealthy after patching (a bad patch). Expedite: no deferrals.
     for j in 0..8 {
-        r.env.annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "true").await;
+        r.env
+            .annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "true")
+            .await;
     }
-    r.rollout("bad", r.clock.now(), json!({ "expedite": true, "rollbackOnFailure": true })).await;
-    let halted = r.wait_rollout("bad", "Halted", |x| phase(x) == Some(RolloutPhase::Halted)).await;
+    r.rollout(
+        "bad",
+        r.clock.now(),
+        json!({ "expedite": true, "rollbackOnFailure": true }),
+    )
+    .await;
+    let halted = r
+        .wait_rollout("bad", "Halted", |x| phase(x) == Some(RolloutPhase::Halted))
+        .await;
     let st = halted.status.expect("status");
-    let cond = st.conditions.iter().find(|c| c.type_ == "Halted").expect("Halted condition");
+    let cond = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Halted")
+        .expect("Halted condition");
     assert_eq!(cond.status, "True");
     assert!(cond.message.contains("ring first"), "{}", cond.message);
-    assert_eq!(st.rings[0].phase, Some(RingPhase::Succeeded), "test passed before first started (expedite)");
+    assert_eq!(
+        st.rings[0].phase,
+        Some(RingPhase::Succeeded),
+        "test passed before first started (expedite)"
+    );
     let events = r.rollout_events("bad").await;
     assert!(events.iter().any(|e| e.0 == "RolloutHalted"), "{events:?}");
-    assert!(events.iter().any(|e| e.0 == "RingHalted" && e.1.contains("first")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.0 == "RingHalted" && e.1.contains("first")),
+        "{events:?}"
+    );
     // The failed wave rolls back to the recorded versions.
     let rb = r
         .wait_rollout("bad", "ring first rolled back", |x| {
-            x.status.as_ref().is_some_and(|s| s.rings.get(1).is_some_and(|g| g.phase == Some(RingPhase::RolledBack)))
+            x.status.as_ref().is_some_and(|s| {
+                s.rings
+                    .get(1)
+                    .is_some_and(|g| g.phase == Some(RingPhase::RolledBack))
+            })
         })
         .await;
-    let failed: Vec<String> = rb.status.expect("status").rings[1].waves.iter().flat_map(|w| w.failed_members.clone()).collect();
+    let failed: Vec<String> = rb.status.expect("status").rings[1]
+        .waves
+        .iter()
+        .flat_map(|w| w.failed_members.clone())
+        .collect();
     assert!(!failed.is_empty());
     let installs = r.installs();
     for vm in &failed {
-        let back = installs.iter().find(|i| &i.vm == vm && i.record.rollback).unwrap_or_else(|| panic!("{vm} rolled back"));
-        assert_eq!(back.record.status, automend::api::OperationStatus::Succeeded, "{vm}: {:?}", back.record.error);
+        let back = installs
+            .iter()
+            .find(|i| &i.vm == vm && i.record.rollback)
+            .unwrap_or_else(|| panic!("{vm} rolled back"));
+        assert_eq!(
+            back.record.status,
+            automend::api::OperationStatus::Succeeded,
+            "{vm}: {:?}",
+            back.record.error
+        );
     }
     // Nothing reached ring fast; ring first stopped after its first failing wave.
-    assert!(installs.iter().all(|i| !i.vm.starts_with("fast-")), "fast got installs after the halt");
+    assert!(
+        installs.iter().all(|i| !i.vm.starts_with("fast-")),
+        "fast got installs after the halt"
+    );
     let vms = r.env.vms.list(&ListParams::default()).await.expect("vms");
     let ssl: Vec<_> = vms
         .items
         .iter()
-        .filter(|v| v.metadata.name.as_deref().is_some_and(|n| failed.contains(&n.to_string())))
+        .filter(|v| {
+            v.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| failed.contains(&n.to_string()))
+        })
         .collect();
     assert_eq!(ssl.len(), failed.len());
 
     // Pause / resume on a second rollout (the halted one no longer blocks: Halted is final).
     for j in 0..8 {
-        r.env.annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "false").await;
+        r.env
+            .annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "false")
+            .await;
     }
-    r.rollout("second", r.clock.now(), json!({ "expedite": true, "paused": true })).await;
-    r.wait_rollout("second", "Paused", |x| phase(x) == Some(RolloutPhase::Paused)).await;
+    r.rollout(
+        "second",
+        r.clock.now(),
+        json!({ "expedite": true, "paused": true }),
+    )
+    .await;
+    r.wait_rollout("second", "Paused", |x| {
+        phase(x) == Some(RolloutPhase::Paused)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(r.installs().iter().all(|i| i.record.rollout != "second"), "a paused rollout installed");
+    assert!(
+        r.installs().iter().all(|i| i.record.rollout != "second"),
+        "a paused rollout installed"
+    );
     r.patch_rollout("second", json!({ "paused": false })).await;
-    r.wait_rollout("second", "Succeeded after resume", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+    r.wait_rollout("second", "Succeeded after resume", |x| {
+        phase(x) == Some(RolloutPhase::Succeeded)
+    })
+    .await;
 
     // Manual rollback of the whole release.
     r.patch_rollout("second", json!({ "rollback": true })).await;
-    r.wait_rollout("second", "RolledBack", |x| phase(x) == Some(RolloutPhase::RolledBack)).await;
-    let vms = r.env.vms.clone();
-    wait_for("every VM second patched to be rolled back", ROLLOUT_TIMEOUT, || {
-        let vms = vms.clone();
-        async move {
-            let list = vms.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.installation.clone())
-                .filter(|i| i.rollout == "second")
-                .all(|i| i.rollback && i.status == automend::api::OperationStatus::Succeeded)
-                .then_some(())
-        }
+    r.wait_rollout("second", "RolledBack", |x| {
+        phase(x) == Some(RolloutPhase::RolledBack)
     })
+    .await;
+    let vms = r.env.vms.clone();
+    wait_for(
+        "every VM second patched to be rolled back",
+        ROLLOUT_TIMEOUT,
+        || {
+            let vms = vms.clone();
+            async move {
+                let list = vms.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.installation.clone())
+                    .filter(|i| i.rollout == "second")
+                    .all(|i| i.rollback && i.status == automend::api::OperationStatus::Succeeded)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     r.finish(ctl).await;
 }
@@ -500,7 +772,10 @@ async fn halt_rollback_pause_resume_and_expedite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_killed_mid_wave_installs_nothing_twice() {
     let mut r = Rollouts::new("restart").await;
-    let profile = r.env.profile("patching", json!({ "environment": "DevTest" })).await;
+    let profile = r
+        .env
+        .profile("patching", json!({ "environment": "DevTest" }))
+        .await;
     let mut ctl = r.controller(&[]);
     r.ring("test", ring_spec(0, "0s", 50)).await;
     r.ring("first", ring_spec(1, "0s", 50)).await;
@@ -510,18 +785,27 @@ async fn controller_killed_mid_wave_installs_nothing_twice() {
     r.wait_assessed(16).await;
     r.rollout("monthly", r.clock.now(), json!({})).await;
     r.wait_rollout("monthly", "a wave started", |x| {
-        x.status.as_ref().is_some_and(|s| s.rings.iter().any(|g| !g.waves.is_empty()))
+        x.status
+            .as_ref()
+            .is_some_and(|s| s.rings.iter().any(|g| !g.waves.is_empty()))
     })
     .await;
     ctl.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ctl = r.controller(&[]);
-    r.wait_rollout("monthly", "Succeeded", |x| phase(x) == Some(RolloutPhase::Succeeded)).await;
+    r.wait_rollout("monthly", "Succeeded", |x| {
+        phase(x) == Some(RolloutPhase::Succeeded)
+    })
+    .await;
     let stats = r.env.stats.lock().map(|s| s.clone()).unwrap_or_default();
     for j in 0..8 {
         for ring in ["test", "first"] {
             let name = format!("{ring}-{j}");
-            assert_eq!(stats.get(&name).map(|s| s.installs), Some(1), "{name} installed exactly once");
+            assert_eq!(
+                stats.get(&name).map(|s| s.installs),
+                Some(1),
+                "{name} installed exactly once"
+            );
         }
     }
     r.finish(ctl).await;
@@ -542,27 +826,53 @@ async fn cadence_creates_the_release_rollout() {
     let start = Timestamp::from_millisecond(secs as i64).expect("start");
     let start_s = start.to_string();
     let speed = SPEED.to_string();
-    let ctl = env.controller(&["--clock-start", &start_s, "--clock-speed", &speed, "--release-cadence", "2 Tuesday 17:00"]);
+    let ctl = env.controller(&[
+        "--leader-elect=false",
+        "--clock-start",
+        &start_s,
+        "--clock-speed",
+        &speed,
+        "--release-cadence",
+        "2 Tuesday 17:00",
+    ]);
     let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &env.ns.name);
     let obj: UpdateRing = serde_json::from_value(json!({
         "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
         "metadata": { "name": "broad" }, "spec": { "order": 0, "share": 100 },
     }))
     .expect("ring");
-    rings.create(&PostParams::default(), &obj).await.expect("ring");
+    rings
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("ring");
     let name = format!("release-{}", release.strftime("%Y-%m-%d"));
     let api: Api<PatchRollout> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let created = wait_for(&format!("{name} to be created"), Duration::from_secs(60), || {
-        let api = api.clone();
-        let name = name.clone();
-        async move { api.get(&name).await.ok() }
-    })
+    let created = wait_for(
+        &format!("{name} to be created"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            let name = name.clone();
+            async move { api.get(&name).await.ok() }
+        },
+    )
     .await;
     assert_eq!(created.spec.release_time.0, release);
     // Exactly one, even as time goes on.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(api.list(&ListParams::default()).await.expect("list").items.len(), 1);
-    let _ = api.delete_collection(&Default::default(), &ListParams::default()).await;
-    let _ = rings.delete_collection(&Default::default(), &ListParams::default()).await;
+    assert_eq!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let _ = api
+        .delete_collection(&Default::default(), &ListParams::default())
+        .await;
+    let _ = rings
+        .delete_collection(&Default::default(), &ListParams::default())
+        .await;
     env.finish(ctl).await;
 }

@@ -255,7 +255,12 @@ async fn run_controllers(
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
     let rollout_controller = rollout::run(ctx.clone(), shared.clone(), vm_changes, stop.clone());
     let gauges = vm::phase_gauges(ctx.clone(), shared, stop);
-    tokio::join!(vm_controller, profile_controller, rollout_controller, gauges);
+    tokio::join!(
+        vm_controller,
+        profile_controller,
+        rollout_controller,
+        gauges
+    );
 }
 
 async fn api_group(client: &Client) -> Result<ApiGroup, kube::Error> {

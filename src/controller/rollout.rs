@@ -121,7 +121,10 @@ pub fn views(
                     "patch mode is {mode:?}: only AutomaticByPlatform VMs join rollouts"
                 ))
             } else if is_true(vm, decide::IMAGE_SUPPORTED) == Some(false) {
-                Some("its image does not support AutomaticByPlatform (see condition ImageSupported)".into())
+                Some(
+                    "its image does not support AutomaticByPlatform (see condition ImageSupported)"
+                        .into(),
+                )
             } else if config.is_none() {
                 Some("not onboarded to a ConfigurationProfile yet".into())
             } else if config.is_some_and(|c| !c.services.update_management.enabled) {
@@ -652,7 +655,9 @@ async fn ring_status_loop(
                 .filter(|r| {
                     matches!(
                         r.status.as_ref().and_then(|s| s.phase),
-                        Some(RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Halted)
+                        Some(
+                            RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::Halted
+                        )
                     )
                 })
                 .min_by_key(|r| (r.spec.release_time.0, r.name_any()))
@@ -706,7 +711,9 @@ async fn ring_status_loop(
                             .get_or_create(&Metrics::label("updatering"))
                             .inc();
                     }
-                    Err(e) => warn!(ring = %ring.name_any(), namespace = %ns, error = %e, "writing UpdateRing status"),
+                    Err(e) => {
+                        warn!(ring = %ring.name_any(), namespace = %ns, error = %e, "writing UpdateRing status")
+                    }
                 }
             }
         }
@@ -787,9 +794,13 @@ async fn cadence_loop(
             )]));
             let api: Api<PatchRollout> = Api::namespaced(ctx.client.clone(), &ns);
             match api.create(&PostParams::default(), &obj).await {
-                Ok(_) => info!(namespace = %ns, rollout = %name, %release, "created the release's PatchRollout"),
+                Ok(_) => {
+                    info!(namespace = %ns, rollout = %name, %release, "created the release's PatchRollout")
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => warn!(namespace = %ns, rollout = %name, error = %e, "creating the release's PatchRollout"),
+                Err(e) => {
+                    warn!(namespace = %ns, rollout = %name, error = %e, "creating the release's PatchRollout")
+                }
             }
         }
     }

@@ -415,9 +415,8 @@ fn vm_state(
         return VmState::Skipped(reason.clone());
     }
     let Some(manifest) = manifest else {
-        return VmState::Waiting(Some(
-            "the release manifest is frozen when the first ring starts".into(),
-        ));
+        // Before the first ring starts; the ring explains the wait.
+        return VmState::Waiting(None);
     };
     match packages_for(manifest, vm) {
         None => VmState::Waiting(Some("waiting for a successful patch assessment".into())),
@@ -591,7 +590,17 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             max_unavailable: max_unavailable(&ring.spec.max_unavailable, eligible.len()),
             max_failed: max_failed(ring.spec.health_gate.max_failed_percent, eligible.len()),
         };
-        let may_start = active && not_before.is_some_and(|n| now >= n);
+        // The manifest is frozen from assessments: the first ring waits until every running,
+        // eligible member of it has reported one.
+        let unassessed = manifest.is_none()
+            && eligible.iter().any(|i| {
+                let vm = &input.vms[*i];
+                vm.running
+                    && !vm
+                        .assessment
+                        .is_some_and(|a| a.status == OperationStatus::Succeeded)
+            });
+        let may_start = active && !unassessed && not_before.is_some_and(|n| now >= n);
         if let Some(n) = not_before
             && now < n
         {
@@ -703,6 +712,10 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             if let VmState::Waiting(None) = states[*i] {
                 let why = if !started || !may_start {
                     match not_before {
+                        Some(n) if now >= n && unassessed && active => Some(format!(
+                            "ring {} starts when its running VMs have reported a patch assessment (the manifest is frozen from them)",
+                            ring.name
+                        )),
                         Some(n) if now < n => Some(format!("ring {} starts at {}", ring.name, n)),
                         _ if input.blocked_by.is_some() => Some(format!(
                             "waiting for rollout {}",
@@ -1847,5 +1860,23 @@ mod tests {
             w.status.as_ref().and_then(|s| s.phase),
             Some(RolloutPhase::Succeeded)
         );
+    }
+
+    #[test]
+    fn the_first_ring_waits_for_its_assessments_before_freezing() {
+        let mut w = World::new(2, vec![("test".into(), ring(0, "0s", "0s", 10))]);
+        w.vms[1].assessment.status = OperationStatus::InProgress;
+        let out = w.step();
+        assert!(out.writes.is_empty());
+        assert!(out.status.manifest.is_none());
+        assert!(
+            matches!(&out.states[0], VmState::Waiting(Some(r)) if r.contains("assessment")),
+            "{:?}",
+            out.states[0]
+        );
+        w.vms[1].assessment.status = OperationStatus::Succeeded;
+        let out = w.step();
+        assert!(out.status.manifest.is_some());
+        assert!(!out.writes.is_empty());
     }
 }

@@ -92,7 +92,11 @@ impl Env {
     }
 
     /// Simulate the namespace's guests on a (possibly accelerated) clock.
-    pub fn start_sim_with_clock(&mut self, config: kube::Config, clock: automend::clock::ClockArgs) {
+    pub fn start_sim_with_clock(
+        &mut self,
+        config: kube::Config,
+        clock: automend::clock::ClockArgs,
+    ) {
         let settings = SimSettings {
             namespace: self.ns.name.clone(),
             selector: None,
