@@ -366,7 +366,7 @@ pub fn plan_text(
     now: Timestamp,
 ) -> String {
     let g = gather(rollout, &snap.rollouts, &snap.rings, &snap.vms, clock);
-    let out = decide_gathered(rollout, &g, now, settings);
+    let out = decide_gathered(rollout, &g, now, settings, &Default::default());
     let mut text = String::new();
     let Some(ring_name) = out.status.current_ring.clone() else {
         return format!("Rollout {}: every ring is done.\n", rollout.name_any());
@@ -528,7 +528,7 @@ pub fn why_text(
     else {
         bail!("VirtualMachine {vm_name:?} not found");
     };
-    let out = decide_gathered(rollout, &g, now, settings);
+    let out = decide_gathered(rollout, &g, now, settings, &Default::default());
     let v = &g.views[i];
     let vm = &v.vm;
     let status = vm.status.clone().unwrap_or_default();

@@ -404,6 +404,14 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
             .await;
     }
 
+    // A broad VM goes off when ring fast starts (not for long: 5 virtual days without a
+    // heartbeat, 2 real minutes here, would make it ineligible).
+    r.wait_rollout("monthly", "ring fast started", |x| {
+        x.status.as_ref().is_some_and(|s| s.rings.iter().any(|g| g.name == "fast" && g.started_time.is_some()))
+    })
+    .await;
+    r.env.annotate("broad-0", "sim.automend.io/power", "off").await;
+
     // Everything but the VM that is off.
     r.wait_rollout("monthly", "broad waits only for broad-0", |x| {
         x.status.as_ref().is_some_and(|s| {

@@ -7,9 +7,9 @@
 //! unfinished rollouts; time-driven steps (deferrals, windows, bake and healthy-for timers) are
 //! requeues on the patching clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,8 +27,9 @@ use super::Context;
 use super::metrics::{Metrics, RolloutLabel, RolloutPhaseLabel};
 use super::vm::{Error, Shared};
 use crate::api::{
-    Capability, PatchMode, PatchRollout, PatchRolloutSpec, RolloutPhase, UpdateRing,
-    UpdateRingStatus, VirtualMachine,
+    Capability, InstallationDirective, LastPatchInstallationSummary, PatchMode, PatchRollout,
+    PatchRolloutSpec, PatchRolloutStatus, RolloutPhase, UpdateRing, UpdateRingStatus,
+    VirtualMachine,
 };
 use crate::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use crate::logic::decide::{self, EventSpec};
@@ -255,6 +256,7 @@ pub fn decide_gathered(
     g: &Gathered,
     now: Timestamp,
     settings: &RolloutSettings,
+    expected: &Written,
 ) -> rollout::Outcome {
     let ring_facts: Vec<RingFacts> = g
         .rings
@@ -265,14 +267,26 @@ pub fn decide_gathered(
             spec: &r.spec,
         })
         .collect();
-    let vm_facts: Vec<VmFacts> = g.views.iter().map(facts).collect();
     let name = rollout.name_any();
+    let vm_facts: Vec<VmFacts> = g
+        .views
+        .iter()
+        .map(|v| {
+            let mut f = facts(v);
+            // What this process wrote and the cache has not shown yet.
+            if let Some((d, s)) = expected.vms.get(f.name) {
+                f.directive = Some(d);
+                f.summary = s.as_ref();
+            }
+            f
+        })
+        .collect();
     rollout::decide(&Input {
         now,
         name: &name,
         generation: rollout.metadata.generation,
         spec: &rollout.spec,
-        status: rollout.status.as_ref(),
+        status: expected.status.as_ref().or(rollout.status.as_ref()),
         rings: &ring_facts,
         vms: &vm_facts,
         blocked_by: g.blocked_by.clone(),
@@ -280,10 +294,23 @@ pub fn decide_gathered(
     })
 }
 
+/// Writes of this process that the caches may not show yet ("expectations"): a decision made on
+/// a stale cache would otherwise start a VM twice or reuse a wave number.
+#[derive(Clone, Debug, Default)]
+pub struct Written {
+    /// By VM name (in the rollout's namespace): the directive and summary last written.
+    pub vms: HashMap<String, (InstallationDirective, Option<LastPatchInstallationSummary>)>,
+    /// The rollout status last written.
+    pub status: Option<PatchRolloutStatus>,
+}
+
+type Expectations = Arc<Mutex<HashMap<(String, String), Written>>>;
+
 #[derive(Clone)]
 struct Stores {
     rollouts: Store<PatchRollout>,
     rings: Store<UpdateRing>,
+    expectations: Expectations,
 }
 
 fn settings_of(ctx: &Context) -> RolloutSettings {
@@ -319,6 +346,7 @@ pub async fn run(
     let stores = Stores {
         rollouts: rollouts.clone(),
         rings: rings.clone(),
+        expectations: Expectations::default(),
     };
     let rollout_stream = watcher(namespaced::<PatchRollout>(client, ns), Default::default())
         .default_backoff()
@@ -466,7 +494,26 @@ async fn apply(
         &shared.vms.state(),
         &ctx.clock,
     );
-    let out = decide_gathered(r, &g, now, &settings_of(ctx));
+    // Expectations: drop what the cache already shows.
+    let key = (ns.clone(), name.clone());
+    let mut expected = stores
+        .expectations
+        .lock()
+        .map(|m| m.get(&key).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    expected.vms.retain(|vm, (d, s)| {
+        g.views
+            .iter()
+            .find(|v| v.vm.metadata.name.as_deref() == Some(vm.as_str()))
+            .is_some_and(|v| {
+                let f = facts(v);
+                f.directive != Some(&*d) || f.summary != s.as_ref()
+            })
+    });
+    if expected.status.as_ref() == r.status.as_ref() {
+        expected.status = None;
+    }
+    let out = decide_gathered(r, &g, now, &settings_of(ctx), &expected);
 
     // 1. VM writes: directives first, so a crash before the status write loses nothing.
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
@@ -480,7 +527,7 @@ async fn apply(
                 .and_then(|p| p.last_patch_installation_summary.clone())
         });
         let mut status = serde_json::json!({ "desired": { "installation": w.directive } });
-        if let Some(s) = summary {
+        if let Some(s) = &summary {
             status["patchStatus"] = serde_json::json!({ "lastPatchInstallationSummary": s });
         }
         let body = serde_json::json!({
@@ -495,12 +542,23 @@ async fn apply(
             .and_then(|s| s.desired.as_ref())
             .and_then(|d| d.installation.as_ref())
             != Some(&w.directive);
+        let sent = summary.clone();
         vms.patch_status(
             &vm_name,
             &PatchParams::apply(ROLLOUT_MANAGER).force(),
             &Patch::Apply(body),
         )
         .await?;
+        expected
+            .vms
+            .insert(vm_name.clone(), (w.directive.clone(), sent.clone()));
+        // Remember at once: an error further on must not forget a write that happened.
+        if let Ok(mut m) = stores.expectations.lock() {
+            m.entry(key.clone())
+                .or_default()
+                .vms
+                .insert(vm_name.clone(), (w.directive.clone(), sent));
+        }
         if new_directive {
             if w.directive.rollback {
                 info!(vm = %vm_name, wave = w.directive.wave, "rollback started");
@@ -512,7 +570,7 @@ async fn apply(
     }
 
     // 2. The rollout's status, when it changed.
-    if r.status.as_ref() != Some(&out.status) {
+    if expected.status.as_ref().or(r.status.as_ref()) != Some(&out.status) {
         let api: Api<PatchRollout> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
             "apiVersion": PatchRollout::api_version(&()),
@@ -530,8 +588,16 @@ async fn apply(
             .status_writes
             .get_or_create(&Metrics::label("patchrollout"))
             .inc();
+        expected.status = Some(out.status.clone());
         if out.status.phase != r.status.as_ref().and_then(|s| s.phase) {
             info!(phase = ?out.status.phase, "rollout phase changed");
+        }
+    }
+    if let Ok(mut m) = stores.expectations.lock() {
+        if expected.vms.is_empty() && expected.status.is_none() {
+            m.remove(&key);
+        } else {
+            m.insert(key, expected);
         }
     }
     record_metrics(ctx, &ns, &name, &out.status);
