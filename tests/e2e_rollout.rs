@@ -362,10 +362,6 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     r.sim().await;
     r.wait_assessed(32).await;
 
-    // A broad VM goes off before the release.
-    r.env
-        .annotate("broad-0", "sim.automend.io/power", "off")
-        .await;
     let release = r.clock.now() + jiff::SignedDuration::from_hours(1);
     r.rollout("monthly", release, json!({})).await;
 
@@ -404,16 +400,23 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
             .await;
     }
 
-    // A broad VM goes off when ring fast starts (not for long: 5 virtual days without a
+    // A broad VM in westus (the second region phase: eastus holds more of broad) goes off when
+    // broad starts, so it cannot have been started yet (not for long: 5 virtual days without a
     // heartbeat, 2 real minutes here, would make it ineligible).
-    r.wait_rollout("monthly", "ring fast started", |x| {
-        x.status.as_ref().is_some_and(|s| s.rings.iter().any(|g| g.name == "fast" && g.started_time.is_some()))
+    r.wait_rollout("monthly", "ring broad started", |x| {
+        x.status.as_ref().is_some_and(|s| {
+            s.rings
+                .iter()
+                .any(|g| g.name == "broad" && g.started_time.is_some())
+        })
     })
     .await;
-    r.env.annotate("broad-0", "sim.automend.io/power", "off").await;
+    r.env
+        .annotate("broad-1", "sim.automend.io/power", "off")
+        .await;
 
     // Everything but the VM that is off.
-    r.wait_rollout("monthly", "broad waits only for broad-0", |x| {
+    r.wait_rollout("monthly", "broad waits only for broad-1", |x| {
         x.status.as_ref().is_some_and(|s| {
             s.rings.iter().any(|g| {
                 g.name == "broad"
@@ -426,8 +429,9 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     .await;
     let st = r.rollouts.get("monthly").await.expect("rollout");
     assert_eq!(phase(&st), Some(RolloutPhase::Progressing));
+    let back = r.clock.now();
     r.env
-        .annotate("broad-0", "sim.automend.io/power", "on")
+        .annotate("broad-1", "sim.automend.io/power", "on")
         .await;
     let done = r
         .wait_rollout("monthly", "Succeeded", |x| {
@@ -563,8 +567,16 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
             );
         }
     }
-    // broad-0 was patched after it returned.
-    assert!(succeeded.iter().any(|i| i.vm == "broad-0"));
+    // broad-1 was patched after it returned.
+    let b1 = succeeded
+        .iter()
+        .find(|i| i.vm == "broad-1")
+        .expect("broad-1 installed");
+    assert!(
+        interval(b1).0 >= back,
+        "broad-1 installed at {} while off (back at {back})",
+        interval(b1).0
+    );
     assert!(
         status
             .rings

@@ -412,11 +412,10 @@ pub async fn run(
     let shared2 = shared.clone();
     let stores2 = stores.clone();
     let controller = Controller::for_stream(rollout_stream, rollouts.clone())
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(ctx.settings.concurrency)
-                .debounce(Duration::from_millis(200)),
-        )
+        // No debounce: kube-runtime's debounce pushes a request back on every new trigger, and
+        // VM changes arrive continuously in a busy namespace. Triggers during a reconcile
+        // coalesce into one rerun anyway.
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
         .watches_stream(ring_stream, ring_mapper)
         .reconcile_on(vm_triggers)
         .graceful_shutdown_on(stop)
