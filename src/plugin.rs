@@ -380,11 +380,14 @@ pub fn plan_text(
     let ring = &g.rings[ri];
     let _ = writeln!(
         text,
-        "Rollout {} — phase {:?}, current ring {} ({:?})",
+        "Rollout {} — phase {:?}, current ring {} ({})",
         rollout.name_any(),
         out.status.phase.unwrap_or(RolloutPhase::Pending),
         ring_name,
-        out.status.rings[ri].phase
+        out.status.rings[ri]
+            .phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "-".into())
     );
     let started_now: Vec<&str> = out
         .writes
@@ -570,8 +573,10 @@ pub fn why_text(
         let spec = &g.rings[r].spec;
         let _ = writeln!(
             text,
-            "  ring phase:   {:?}; not before {}; deferral {}{}; deadline {}",
-            p.phase,
+            "  ring phase:   {}; not before {}; deferral {}{}; deadline {}",
+            p.phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "-".into()),
             ts(p.start_not_before.as_ref()),
             spec.deferral,
             if rollout.spec.expedite {

@@ -17,7 +17,7 @@ use automend::logic::window::{self, Window};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::env::Env;
@@ -236,15 +236,29 @@ impl Rollouts {
         .await
     }
 
-    async fn patch_rollout(&self, name: &str, spec: serde_json::Value) {
-        self.rollouts
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": spec })),
+    /// Run the kubectl plugin against this test's namespace; panics with its stderr on failure.
+    fn plugin(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-automend"))
+            .args(["-n", &self.env.ns.name])
+            .args(args)
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("AUTOMEND_CLOCK_SPEED", SPEED.to_string())
+            .env(
+                "AUTOMEND_CLOCK_START",
+                self.args
+                    .clock_start
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
             )
-            .await
-            .expect("patching the rollout");
+            .output()
+            .expect("running kubectl-automend");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl-automend {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     }
 
     async fn rollout_events(&self, name: &str) -> Vec<(String, String)> {
@@ -721,18 +735,58 @@ async fn halt_rollback_pause_resume_and_expedite() {
         installs.iter().all(|i| !i.vm.starts_with("fast-")),
         "fast got installs after the halt"
     );
-    let vms = r.env.vms.list(&ListParams::default()).await.expect("vms");
-    let ssl: Vec<_> = vms
-        .items
-        .iter()
-        .filter(|v| {
-            v.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| failed.contains(&n.to_string()))
-        })
-        .collect();
-    assert_eq!(ssl.len(), failed.len());
+    // The rolled-back guests are on the versions from before the install again.
+    for vm in &failed {
+        let back = installs
+            .iter()
+            .find(|i| &i.vm == vm && i.record.rollback)
+            .expect("rollback record");
+        let versions: BTreeMap<&str, &str> = back
+            .record
+            .installed
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        assert_eq!(
+            versions,
+            BTreeMap::from([("kernel", "1.0.0"), ("libssl", "1.0.0")]),
+            "{vm} rolled back"
+        );
+    }
+
+    // The kubectl plugin on the halted rollout.
+    let status = r.plugin(&["status", "bad"]);
+    assert!(status.contains("Rollout bad (Halted)"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("first") && l.contains("RolledBack")),
+        "{status}"
+    );
+    assert!(status.contains("Halted: ring first"), "{status}");
+    let why = r.plugin(&["why", &failed[0], "--rollout", "bad"]);
+    assert!(why.contains("ring:         first"), "{why}");
+    assert!(why.contains("verdict:      rolled back"), "{why}");
+    let why_fast = r.plugin(&["why", "fast-0", "--rollout", "bad"]);
+    assert!(
+        why_fast.contains("waiting: ring fast waits for the previous ring"),
+        "{why_fast}"
+    );
+    let members = r.plugin(&["members", "fast"]);
+    assert_eq!(
+        members.lines().filter(|l| l.contains(" yes")).count(),
+        8,
+        "{members}"
+    );
+    r.plugin(&["assess", "fast-1"]);
+    let annotated = r.env.get("fast-1").await;
+    assert!(
+        annotated
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("automend.io/assess")
+    );
 
     // Pause / resume on a second rollout (the halted one no longer blocks: Halted is final).
     for j in 0..8 {
@@ -755,14 +809,17 @@ async fn halt_rollback_pause_resume_and_expedite() {
         r.installs().iter().all(|i| i.record.rollout != "second"),
         "a paused rollout installed"
     );
-    r.patch_rollout("second", json!({ "paused": false })).await;
+    let plan = r.plugin(&["plan", "second"]);
+    assert!(plan.contains("Rollout second"), "{plan}");
+    assert!(plan.contains("is paused"), "{plan}");
+    r.plugin(&["resume", "second"]);
     r.wait_rollout("second", "Succeeded after resume", |x| {
         phase(x) == Some(RolloutPhase::Succeeded)
     })
     .await;
 
     // Manual rollback of the whole release.
-    r.patch_rollout("second", json!({ "rollback": true })).await;
+    r.plugin(&["rollback", "second"]);
     r.wait_rollout("second", "RolledBack", |x| {
         phase(x) == Some(RolloutPhase::RolledBack)
     })

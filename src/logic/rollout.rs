@@ -579,7 +579,11 @@ pub fn decide(input: &Input<'_>) -> Outcome {
         };
         let not_before = previous_done.map(|d| add(release, deferral).max(d));
         p.start_not_before = not_before.map(t);
-        p.deadline = not_before.map(|n| t(add(n, dur(&ring.spec.deadline))));
+        // A deadline of 0s (Autopatch's Test ring) means "at once", not a deadline to track.
+        let deadline = dur(&ring.spec.deadline);
+        p.deadline = not_before
+            .filter(|_| !deadline.is_zero())
+            .map(|n| t(add(n, deadline)));
         let eligible: Vec<usize> = members
             .iter()
             .copied()
