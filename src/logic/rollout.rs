@@ -1883,4 +1883,48 @@ mod tests {
         assert!(out.status.manifest.is_some());
         assert!(!out.writes.is_empty());
     }
+
+    #[test]
+    fn directives_carry_window_end_reboot_setting_and_hotpatch() {
+        let w = World::new(1, vec![("test".into(), ring(0, "0s", "0s", 10))]);
+        let out = {
+            let rings: Vec<RingFacts> = w
+                .rings
+                .iter()
+                .map(|(n, s)| RingFacts { name: n, spec: s })
+                .collect();
+            let v = &w.vms[0];
+            let facts = vec![VmFacts {
+                name: &v.name,
+                ring: Some(0),
+                placement: v.placement.clone(),
+                ineligible: None,
+                running: true,
+                window: None,
+                reboot_setting: Some(RebootSetting::Never),
+                hotpatch: true,
+                family: "f".into(),
+                assessment: Some(&v.assessment),
+                directive: None,
+                result: None,
+                summary: None,
+                healthy: true,
+            }];
+            decide(&Input {
+                now: w.now,
+                name: "r",
+                generation: None,
+                spec: &w.spec,
+                status: None,
+                rings: &rings,
+                vms: &facts,
+                blocked_by: None,
+                settings: &w.settings,
+            })
+        };
+        let d = &out.writes[0].directive;
+        assert!(d.hotpatch_only);
+        assert_eq!(d.reboot_setting, Some(RebootSetting::Never));
+        assert_eq!(d.window_end, None, "no window: no end");
+    }
 }
