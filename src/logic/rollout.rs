@@ -1927,4 +1927,33 @@ mod tests {
         assert_eq!(d.reboot_setting, Some(RebootSetting::Never));
         assert_eq!(d.window_end, None, "no window: no end");
     }
+
+    #[test]
+    fn an_install_refused_at_the_window_end_is_retried_in_a_new_wave() {
+        let mut w = World::new(1, vec![("test".into(), ring(0, "0s", "0s", 0))]);
+        w.step();
+        let first = w.vms[0].directive.clone().expect("directive");
+        // The guest reports it could not start before the window ended.
+        if let Some(r) = w.vms[0].result.as_mut() {
+            r.status = OperationStatus::Failed;
+            r.installed.clear();
+            r.maintenance_window_exceeded = true;
+        }
+        w.vms[0].installs.clear();
+        w.now = add(w.now, Duration::from_secs(60));
+        let out = w.step();
+        assert_ne!(
+            out.status.phase,
+            Some(RolloutPhase::Halted),
+            "not a failure"
+        );
+        let again = w.vms[0].directive.clone().expect("directive");
+        assert!(
+            again.wave > first.wave,
+            "a new wave: {} after {}",
+            again.wave,
+            first.wave
+        );
+        assert_eq!(w.vms[0].installs.len(), 1);
+    }
 }
