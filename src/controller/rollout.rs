@@ -298,13 +298,24 @@ pub fn decide_gathered(
 /// a stale cache would otherwise start a VM twice or reuse a wave number.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
-    /// By VM name (in the rollout's namespace): the directive and summary last written.
+    /// By VM name (in the rollout's namespace): the directive and summary last written by any
+    /// rollout.
     pub vms: HashMap<String, (InstallationDirective, Option<LastPatchInstallationSummary>)>,
     /// The rollout status last written.
     pub status: Option<PatchRolloutStatus>,
 }
 
-type Expectations = Arc<Mutex<HashMap<(String, String), Written>>>;
+/// Expectations of the whole process, shared by every rollout: a VM's directive is the last one any
+/// rollout wrote, so an older rollout never acts on a directive a newer one has replaced.
+#[derive(Debug, Default)]
+struct ExpectationMap {
+    /// By (namespace, VM).
+    vms: HashMap<(String, String), (InstallationDirective, Option<LastPatchInstallationSummary>)>,
+    /// By (namespace, rollout).
+    statuses: HashMap<(String, String), PatchRolloutStatus>,
+}
+
+type Expectations = Arc<Mutex<ExpectationMap>>;
 
 #[derive(Clone)]
 struct Stores {
@@ -493,24 +504,34 @@ async fn apply(
         &shared.vms.state(),
         &ctx.clock,
     );
-    // Expectations: drop what the cache already shows.
+    // Expectations: drop what the cache already shows (or VMs that are gone), use the rest.
     let key = (ns.clone(), name.clone());
-    let mut expected = stores
-        .expectations
-        .lock()
-        .map(|m| m.get(&key).cloned().unwrap_or_default())
-        .unwrap_or_default();
-    expected.vms.retain(|vm, (d, s)| {
-        g.views
+    let by_name: HashMap<&str, &VmView> = g
+        .views
+        .iter()
+        .map(|v| (v.vm.metadata.name.as_deref().unwrap_or_default(), v))
+        .collect();
+    let mut expected = Written::default();
+    if let Ok(mut m) = stores.expectations.lock() {
+        m.vms.retain(|(vns, vm), (d, s)| {
+            *vns != ns
+                || by_name.get(vm.as_str()).is_some_and(|v| {
+                    let f = facts(v);
+                    f.directive != Some(&*d) || f.summary != s.as_ref()
+                })
+        });
+        expected.vms = m
+            .vms
             .iter()
-            .find(|v| v.vm.metadata.name.as_deref() == Some(vm.as_str()))
-            .is_some_and(|v| {
-                let f = facts(v);
-                f.directive != Some(&*d) || f.summary != s.as_ref()
-            })
-    });
-    if expected.status.as_ref() == r.status.as_ref() {
-        expected.status = None;
+            .filter(|((vns, _), _)| *vns == ns)
+            .map(|((_, vm), w)| (vm.clone(), w.clone()))
+            .collect();
+        match m.statuses.get(&key) {
+            Some(st) if Some(st) != r.status.as_ref() => expected.status = Some(st.clone()),
+            _ => {
+                m.statuses.remove(&key);
+            }
+        }
     }
     let out = decide_gathered(r, &g, now, &settings_of(ctx), &expected);
 
@@ -553,10 +574,8 @@ async fn apply(
             .insert(vm_name.clone(), (w.directive.clone(), sent.clone()));
         // Remember at once: an error further on must not forget a write that happened.
         if let Ok(mut m) = stores.expectations.lock() {
-            m.entry(key.clone())
-                .or_default()
-                .vms
-                .insert(vm_name.clone(), (w.directive.clone(), sent));
+            m.vms
+                .insert((ns.clone(), vm_name.clone()), (w.directive.clone(), sent));
         }
         if new_directive {
             if w.directive.rollback {
@@ -592,12 +611,8 @@ async fn apply(
             info!(phase = ?out.status.phase, "rollout phase changed");
         }
     }
-    if let Ok(mut m) = stores.expectations.lock() {
-        if expected.vms.is_empty() && expected.status.is_none() {
-            m.remove(&key);
-        } else {
-            m.insert(key, expected);
-        }
+    if let (Some(st), Ok(mut m)) = (expected.status.clone(), stores.expectations.lock()) {
+        m.statuses.insert(key, st);
     }
     record_metrics(ctx, &ns, &name, &out.status);
 

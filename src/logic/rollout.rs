@@ -557,7 +557,14 @@ pub fn decide(input: &Input<'_>) -> Outcome {
     let mut rings: Vec<RingProgress> = Vec::new();
     let mut previous_done: Option<Timestamp> = Some(release); // when the previous ring's bake ended
     let mut halted_ring: Option<usize> = None;
-    let active = input.blocked_by.is_none() && now >= release && !terminal && !spec.rollback;
+    // A halt is final: nothing new starts (only rolling back), even if the failures it counted
+    // are later patched over by another rollout.
+    let halted_before = old.phase == Some(RolloutPhase::Halted);
+    let active = input.blocked_by.is_none()
+        && now >= release
+        && !terminal
+        && !spec.rollback
+        && !halted_before;
     for (ri, ring) in input.rings.iter().enumerate() {
         let prev = old
             .rings
@@ -1027,7 +1034,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             wake = Some(wake.map_or(release, |w| w.min(release)));
         }
         RolloutPhase::Pending
-    } else if halted_ring.is_some() {
+    } else if halted_ring.is_some() || halted_before {
         RolloutPhase::Halted
     } else if rings.iter().all(|r| r.phase == Some(RingPhase::Succeeded)) {
         RolloutPhase::Succeeded
@@ -1955,5 +1962,55 @@ mod tests {
             first.wave
         );
         assert_eq!(w.vms[0].installs.len(), 1);
+    }
+
+    #[test]
+    fn a_halted_rollout_starts_nothing_when_a_newer_one_takes_its_vms() {
+        let mut w = World::new(
+            4,
+            vec![
+                ("test".into(), ring(0, "0s", "0s", 0)),
+                ("first".into(), ring(1, "0s", "0s", 0)),
+            ],
+        );
+        // Ring test passes; ring first halts.
+        w.vms[4].healthy = false;
+        w.run_until(ts("2026-11-11T00:00:00Z"), Duration::from_secs(600));
+        assert_eq!(
+            w.status.as_ref().and_then(|s| s.phase),
+            Some(RolloutPhase::Halted)
+        );
+        // A newer release patches every VM.
+        for (i, vm) in w.vms.iter_mut().enumerate() {
+            vm.healthy = true;
+            let d = InstallationDirective {
+                rollout: "newer".into(),
+                wave: i as i32 + 1,
+                ..Default::default()
+            };
+            vm.result = Some(GuestInstallation {
+                rollout: "newer".into(),
+                wave: d.wave,
+                rollback: false,
+                status: OperationStatus::Succeeded,
+                start_time: Some(Time(w.now)),
+                finish_time: Some(Time(w.now)),
+                installed: Vec::new(),
+                failed: Vec::new(),
+                previous_versions: Vec::new(),
+                reboot_pending: false,
+                maintenance_window_exceeded: false,
+                error: None,
+            });
+            vm.directive = Some(d);
+        }
+        w.now = add(w.now, Duration::from_secs(3600));
+        let out = w.step();
+        assert_eq!(out.status.phase, Some(RolloutPhase::Halted));
+        assert!(
+            out.writes.iter().all(|wr| wr.directive.rollout == "newer"),
+            "the halted rollout wrote {:?}",
+            out.writes
+        );
     }
 }
