@@ -384,8 +384,11 @@ pub fn plan_text(
         rollout.name_any(),
         out.status.phase.unwrap_or(RolloutPhase::Pending),
         ring_name,
-        out.status.rings[ri]
-            .phase
+        out.status
+            .rings
+            .iter()
+            .find(|p| p.name == ring_name)
+            .and_then(|p| p.phase)
             .map(|p| format!("{p:?}"))
             .unwrap_or_else(|| "-".into())
     );
@@ -568,8 +571,9 @@ pub fn why_text(
         ring.clone()
             .unwrap_or_else(|| "none (no ring selects it and no share takes it)".into())
     );
-    if let Some(r) = v.ring {
-        let p = &out.status.rings[r];
+    if let Some(r) = v.ring
+        && let Some(p) = out.status.rings.iter().find(|p| p.name == g.ring_names[r])
+    {
         let spec = &g.rings[r].spec;
         let _ = writeln!(
             text,

@@ -1043,6 +1043,8 @@ pub fn decide(input: &Input<'_>) -> Outcome {
     } else {
         RolloutPhase::Progressing
     };
+    // The rings as decided now, one per input ring (the record below may be the old one).
+    let computed = rings.clone();
     if terminal {
         // Keep the record as it was, except the SLO below.
         rings = old.rings.clone();
@@ -1131,8 +1133,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
     // Projection: rings finish by their deadlines (the later of start-not-before and now, plus
     // the ring's deadline, plus bake) unless halted, rolled back or already late.
     let mut est = release;
-    for (ri, ring) in input.rings.iter().enumerate() {
-        let r = &status.rings[ri];
+    for (ring, r) in input.rings.iter().zip(&computed) {
         if r.phase == Some(RingPhase::Succeeded) {
             est = r
                 .completed_time
@@ -1200,8 +1201,8 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             format!(
                 "ring {}: {} of {} VMs failed (maxFailedPercent {}){}",
                 input.rings[hr].name,
-                status.rings[hr].failed,
-                status.rings[hr].total,
+                computed[hr].failed,
+                computed[hr].total,
                 input.rings[hr].spec.health_gate.max_failed_percent,
                 if spec.rollback_on_failure {
                     "; failed waves rolled back"
@@ -2012,5 +2013,26 @@ mod tests {
             "the halted rollout wrote {:?}",
             out.writes
         );
+    }
+
+    #[test]
+    fn a_finished_rollout_keeps_its_record_when_rings_change() {
+        let mut w = World::new(2, vec![("test".into(), ring(0, "0s", "0s", 10))]);
+        w.run_until(ts("2026-11-11T00:00:00Z"), Duration::from_secs(600));
+        assert_eq!(
+            w.status.as_ref().and_then(|s| s.phase),
+            Some(RolloutPhase::Succeeded)
+        );
+        w.rings
+            .insert(0, ("canary".into(), ring(0, "0s", "0s", 10)));
+        w.rings.push(("late".into(), ring(5, "0s", "0s", 10)));
+        let out = w.step();
+        assert_eq!(out.status.phase, Some(RolloutPhase::Succeeded));
+        assert_eq!(
+            out.status.rings.len(),
+            1,
+            "the record is the one the rollout ran"
+        );
+        assert!(out.writes.is_empty());
     }
 }
