@@ -16,7 +16,6 @@ use automend::clock::{Clock, ClockArgs};
 use automend::logic::window::{self, Window};
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -259,20 +258,6 @@ impl Rollouts {
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
-    }
-
-    async fn rollout_events(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = Api::namespaced(self.env.client.clone(), &self.env.ns.name);
-        let mut list = api
-            .list(&ListParams::default())
-            .await
-            .expect("events")
-            .items;
-        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-        list.into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect()
     }
 
     async fn finish(mut self, controller: ControllerProcess) {
@@ -622,7 +607,8 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
 
     // Events, ring status, metrics.
     let reasons: Vec<String> = r
-        .rollout_events("monthly")
+        .env
+        .event_notes("monthly")
         .await
         .into_iter()
         .map(|e| e.0)
@@ -693,7 +679,7 @@ async fn halt_rollback_pause_resume_and_expedite() {
         Some(RingPhase::Succeeded),
         "test passed before first started (expedite)"
     );
-    let events = r.rollout_events("bad").await;
+    let events = r.env.event_notes("bad").await;
     assert!(events.iter().any(|e| e.0 == "RolloutHalted"), "{events:?}");
     assert!(
         events

@@ -263,6 +263,36 @@ async fn run_controllers(
     );
 }
 
+/// Publish Events about an object (after the writes they describe), counting them by reason.
+pub(crate) async fn publish_events(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    events: &[crate::logic::decide::EventSpec],
+) {
+    for ev in events {
+        ctx.metrics
+            .events
+            .get_or_create(&metrics::EventLabel {
+                reason: ev.reason.into(),
+            })
+            .inc();
+        let event = kube::runtime::events::Event {
+            type_: if ev.warning {
+                kube::runtime::events::EventType::Warning
+            } else {
+                kube::runtime::events::EventType::Normal
+            },
+            reason: ev.reason.into(),
+            note: Some(ev.note.clone()),
+            action: ev.action.into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, reference).await {
+            warn!(error = %e, reason = ev.reason, "publishing an Event failed");
+        }
+    }
+}
+
 async fn api_group(client: &Client) -> Result<ApiGroup, kube::Error> {
     kube::discovery::group(client, crate::api::GROUP).await
 }

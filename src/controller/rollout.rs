@@ -17,7 +17,6 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -32,7 +31,7 @@ use crate::api::{
     VirtualMachine,
 };
 use crate::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
-use crate::logic::decide::{self, EventSpec};
+use crate::logic::decide;
 use crate::logic::planner::Placement;
 use crate::logic::rings::{self, Cadence, RingRule};
 use crate::logic::rollout::{self, Input, RingFacts, Settings as RolloutSettings, VmFacts};
@@ -617,7 +616,7 @@ async fn apply(
     record_metrics(ctx, &ns, &name, &out.status);
 
     // 3. Events, after the writes they describe.
-    publish(ctx, &r.object_ref(&()), &out.events).await;
+    super::publish_events(ctx, &r.object_ref(&()), &out.events).await;
 
     let real = out
         .requeue_after
@@ -663,35 +662,6 @@ fn record_metrics(ctx: &Context, ns: &str, name: &str, s: &crate::api::PatchRoll
             .slo_projected_to_meet
             .get_or_create(&label)
             .set(i64::from(slo.projected_to_meet == Some(true)));
-    }
-}
-
-async fn publish(
-    ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    events: &[EventSpec],
-) {
-    for ev in events {
-        ctx.metrics
-            .events
-            .get_or_create(&super::metrics::EventLabel {
-                reason: ev.reason.into(),
-            })
-            .inc();
-        let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.into(),
-            note: Some(ev.note.clone()),
-            action: ev.action.into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, reference).await {
-            warn!(error = %e, reason = ev.reason, "publishing an Event failed");
-        }
     }
 }
 

@@ -14,7 +14,6 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -608,7 +607,6 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     if outcome.remediation_attempted {
         ctx.metrics.remediation_attempts.inc();
     }
-    let reference = vm.object_ref(&());
     for ev in &outcome.events {
         match ev.reason {
             "DriftDetected" => ctx.metrics.drift_detected.inc(),
@@ -616,27 +614,8 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
             "RemediationFailed" => ctx.metrics.remediation_failed.inc(),
             _ => 0,
         };
-        ctx.metrics
-            .events
-            .get_or_create(&super::metrics::EventLabel {
-                reason: ev.reason.into(),
-            })
-            .inc();
-        let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.into(),
-            note: Some(ev.note.clone()),
-            action: ev.action.into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(error = %e, reason = ev.reason, "publishing an Event failed");
-        }
     }
+    super::publish_events(ctx, &vm.object_ref(&()), &outcome.events).await;
     Ok(match outcome.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

@@ -152,6 +152,15 @@ impl Env {
 
     /// Event reasons about one VM, oldest first.
     pub async fn events(&self, name: &str) -> Vec<String> {
+        self.event_notes(name)
+            .await
+            .into_iter()
+            .map(|e| e.0)
+            .collect()
+    }
+
+    /// (reason, note) of the Events about one object of the namespace, oldest first.
+    pub async fn event_notes(&self, name: &str) -> Vec<(String, String)> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         let mut list = api
             .list(&ListParams::default())
@@ -161,7 +170,7 @@ impl Env {
         list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         list.into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
 
