@@ -32,6 +32,8 @@ enum Command {
     Controller(automend::controller::Settings),
     /// Simulate the guests of a namespace's VirtualMachines (demo, tests, benchmarks).
     Sim(automend::guest::sim::SimSettings),
+    /// Run the guest agent on a Linux VM (apt or dnf, systemd), as the VM's own identity.
+    Agent(automend::agent::AgentArgs),
     /// Print a kubeconfig for one VM's guest agent, with a short-lived token of its own identity.
     GuestKubeconfig(automend::kubeconfig::Args),
     /// Print the built-in image catalog (the format --image-catalog and the chart accept).
@@ -88,6 +90,10 @@ fn main() -> anyhow::Result<()> {
                 automend::guest::sim::run(client, config, settings, stats, stop).await;
                 Ok(())
             })
+        }
+        Command::Agent(args) => {
+            init_logging(cli.log_format);
+            tokio::runtime::Runtime::new()?.block_on(automend::agent::run(args))
         }
         Command::GuestKubeconfig(args) => {
             let yaml = tokio::runtime::Runtime::new()?.block_on(automend::kubeconfig::run(args))?;

@@ -504,6 +504,16 @@ pub struct GuestState {
     /// The latest installation (or rollback) the guest ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation: Option<GuestInstallation>,
+    /// Problems the agent met on the machine that are not a service's drift (an unreadable
+    /// os-release, a damaged state file, a failing health check command), each naming its cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub problems: Vec<String>,
+    /// Changes change tracking saw (packages, enabled services, tracked files), newest last,
+    /// at most 50, each prefixed with the time it was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub changes: Vec<String>,
 }
 
 /// An installation (or rollback) as the guest ran it.

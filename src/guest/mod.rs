@@ -6,6 +6,7 @@
 //! reports `status.guest` with server-side apply as the `automend-guest` field manager. It writes
 //! only when what it reports has changed.
 
+pub mod journal;
 pub mod sim;
 
 use std::future::Future;
@@ -52,6 +53,33 @@ pub trait Backend: Send {
     ) -> impl Future<Output = Installed> + Send;
     /// The VM's annotations changed (the simulator reads its controls from them).
     fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
+    /// The VirtualMachine as last seen (patch mode, health check).
+    fn seen(&mut self, _vm: &VirtualMachine) {}
+    /// Whatever besides the configuration hash decides what `apply` writes (the agent: the
+    /// effective patch mode); a change re-applies.
+    fn apply_key(&self) -> Option<String> {
+        None
+    }
+    /// The installed versions of these packages (absent ones left out), read before an install
+    /// so that a rollback can return to them.
+    fn installed_versions(
+        &mut self,
+        _names: &[String],
+    ) -> impl Future<Output = Result<Vec<PinnedPackage>, String>> + Send {
+        async { Ok(Vec::new()) }
+    }
+    /// Whether an installed update waits for a reboot (as of the last observation).
+    fn reboot_pending(&self) -> bool {
+        false
+    }
+    /// Problems met on the machine outside any service (reported in `status.guest.problems`).
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Changes change tracking saw, newest last.
+    fn changes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Whether the machine is running; a powered-off guest neither heartbeats nor reports.
     /// The machine's own health (agent checks and the VM's `spec.healthCheck`).
     fn healthy(&self) -> bool {
@@ -118,6 +146,14 @@ pub struct Guest<B: Backend> {
     acquired: bool,
     assessment: Option<GuestAssessment>,
     installation: Option<GuestInstallation>,
+    /// The results on disk (the agent); `None` keeps them in memory only (the simulator).
+    journal: Option<journal::Journal>,
+    /// Results were restored from the journal: they win over what the API server last saw.
+    restored: bool,
+    in_progress: Option<GuestInstallation>,
+    acknowledged: bool,
+    applied_key: Option<String>,
+    problems: Vec<String>,
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -138,6 +174,59 @@ impl<B: Backend> Guest<B> {
             acquired: false,
             assessment: None,
             installation: None,
+            journal: None,
+            restored: false,
+            in_progress: None,
+            acknowledged: true,
+            applied_key: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Keep results in a journal on disk until the API server has them.
+    pub fn with_journal(mut self, journal: journal::Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    fn restore(&mut self) {
+        let Some(j) = &self.journal else { return };
+        match j.load() {
+            Ok(Some(r)) => {
+                info!(vm = %self.name, acknowledged = r.acknowledged, "restored results from {}", j.path().display());
+                self.applied_hash = r.applied_hash;
+                self.applied_attempt = r.applied_attempt;
+                self.assessment = r.assessment;
+                self.installation = r.installation;
+                self.in_progress = r.in_progress;
+                self.acknowledged = r.acknowledged;
+                self.restored = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(vm = %self.name, error = %e, "restoring results");
+                self.problems.push(e);
+            }
+        }
+    }
+
+    /// Write the results to the journal (before they are reported).
+    fn persist(&mut self, acknowledged: bool) {
+        self.acknowledged = acknowledged;
+        let Some(j) = &self.journal else { return };
+        let record = journal::Record {
+            applied_hash: self.applied_hash.clone(),
+            applied_attempt: self.applied_attempt,
+            assessment: self.assessment.clone(),
+            installation: self.installation.clone(),
+            in_progress: self.in_progress.clone(),
+            acknowledged,
+        };
+        if let Err(e) = j.save(&record) {
+            warn!(vm = %self.name, error = %e, "keeping results on disk");
+            if !self.problems.contains(&e) {
+                self.problems.push(e);
+            }
         }
     }
 
@@ -159,16 +248,20 @@ impl<B: Backend> Guest<B> {
         let mut observe = tokio::time::interval(self.timing.observe);
         observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_on = true;
+        self.restore();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 item = stream.next() => match item {
                     Some(Ok(vm)) => {
                         self.backend.annotations(&vm.metadata.annotations.clone().unwrap_or_default());
+                        self.backend.seen(&vm);
                         self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
                         if self.reported.is_none() {
                             self.reported = vm.status.as_ref().and_then(|s| s.guest.clone());
-                            if let Some(r) = &self.reported {
+                            if let Some(r) = &self.reported
+                                && !self.restored
+                            {
                                 self.applied_hash = r.applied_hash.clone();
                                 self.applied_attempt = r.applied_attempt;
                                 self.assessment = r.assessment.clone();
@@ -249,6 +342,42 @@ impl<B: Backend> Guest<B> {
         } else {
             (d.packages.clone(), Vec::new())
         };
+        // The versions in place before anything changes, kept on disk with the directive: an
+        // agent stopped mid-install resumes with them, not with what it had half installed.
+        let resumed = self
+            .in_progress
+            .as_ref()
+            .filter(|i| i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback);
+        let previous = match resumed {
+            Some(i) => Ok(i.previous_versions.clone()),
+            None => {
+                let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+                self.backend.installed_versions(&names).await
+            }
+        };
+        let previous = match previous {
+            Ok(mut p) => {
+                for q in p.iter_mut().filter(|q| q.classification.is_none()) {
+                    q.classification = packages
+                        .iter()
+                        .find(|x| x.name == q.name)
+                        .and_then(|x| x.classification);
+                }
+                p
+            }
+            Err(e) => {
+                record.error = Some(format!(
+                    "reading the installed versions before installing: {e}"
+                ));
+                record.finish_time = Some(Time(clock.now()));
+                return record;
+            }
+        };
+        let mut started = record.clone();
+        started.status = OperationStatus::InProgress;
+        started.previous_versions = previous.clone();
+        self.in_progress = Some(started);
+        self.persist(false);
         let out = self.backend.install(&packages, &remove).await;
         let finish = clock.now();
         record.finish_time = Some(Time(finish));
@@ -264,7 +393,11 @@ impl<B: Backend> Guest<B> {
         };
         record.installed = out.installed;
         record.failed = out.failed;
-        record.previous_versions = out.previous_versions;
+        record.previous_versions = if previous.is_empty() {
+            out.previous_versions
+        } else {
+            previous
+        };
         record.error = out.error;
         // Reboot per the directive: Never leaves it pending; the others reboot when needed
         // (Always: regardless). Hotpatch applies fixes to the running system: no reboot.
@@ -333,6 +466,7 @@ impl<B: Backend> Guest<B> {
                     }
                 }
             });
+            self.persist(false);
         }
         if let Some(d) = &desired.installation {
             let handled = self.installation.as_ref().is_some_and(|i| {
@@ -341,13 +475,19 @@ impl<B: Backend> Guest<B> {
             if !handled {
                 let result = self.install(d).await;
                 self.installation = Some(result);
+                self.in_progress = None;
+                self.persist(false);
             }
         }
         let Some(config) = desired.configuration.clone() else {
             return;
         };
         let asked = (Some(config.hash.clone()), desired.remediation_attempt);
-        if desired.enforce && (self.applied_hash.clone(), self.applied_attempt) != asked {
+        let key = self.backend.apply_key();
+        if desired.enforce
+            && ((self.applied_hash.clone(), self.applied_attempt) != asked
+                || self.applied_key != key)
+        {
             match self.backend.apply(&config).await {
                 Ok(()) => self.apply_error = None,
                 Err(e) => {
@@ -357,6 +497,8 @@ impl<B: Backend> Guest<B> {
             }
             self.applied_hash = Some(config.hash.clone());
             self.applied_attempt = desired.remediation_attempt;
+            self.applied_key = key;
+            self.persist(false);
         }
         let mut services = self.backend.observe(&config).await;
         if let Some(e) = &self.apply_error {
@@ -370,11 +512,19 @@ impl<B: Backend> Guest<B> {
             applied_hash: self.applied_hash.clone(),
             applied_attempt: self.applied_attempt,
             services,
-            reboot_pending: false,
+            reboot_pending: self.backend.reboot_pending(),
             healthy: Some(self.backend.healthy()),
             last_observed_time: None,
             assessment: self.assessment.clone(),
             installation: self.installation.clone(),
+            problems: self
+                .problems
+                .iter()
+                .cloned()
+                .chain(self.backend.problems())
+                .take(32)
+                .collect(),
+            changes: self.backend.changes(),
         };
         let unchanged = self.reported.as_ref().is_some_and(|r| {
             let mut r = r.clone();
@@ -382,6 +532,9 @@ impl<B: Backend> Guest<B> {
             r == state
         });
         if unchanged {
+            if !self.acknowledged {
+                self.persist(true);
+            }
             return;
         }
         state.last_observed_time = Some(Time(Timestamp::now()));
@@ -400,7 +553,12 @@ impl<B: Backend> Guest<B> {
             )
             .await
         {
-            Ok(_) => self.reported = Some(state),
+            Ok(_) => {
+                self.reported = Some(state);
+                if !self.acknowledged {
+                    self.persist(true);
+                }
+            }
             Err(e) => warn!(vm = %self.name, error = %e, "reporting status.guest"),
         }
     }

@@ -298,6 +298,19 @@ impl Backend for SimBackend {
         })
     }
 
+    async fn installed_versions(&mut self, names: &[String]) -> Result<Vec<PinnedPackage>, String> {
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                self.installed.get(n).map(|v| PinnedPackage {
+                    name: n.clone(),
+                    version: v.clone(),
+                    classification: None,
+                })
+            })
+            .collect())
+    }
+
     async fn install(&mut self, packages: &[PinnedPackage], remove: &[String]) -> super::Installed {
         self.bump(|s| s.installs += 1);
         let mut out = super::Installed::default();
