@@ -48,6 +48,8 @@ impl Dnf {
         let mut o = vec![
             "-y".to_string(),
             "--setopt=install_weak_deps=False".to_string(),
+            // An unreachable repository fails the assessment instead of hiding its updates.
+            "--setopt=skip_if_unavailable=False".to_string(),
         ];
         if self.sandboxed() {
             let r = self.root.display();
