@@ -222,7 +222,7 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
                 .env("KUBECONFIG", &cluster().kubeconfig)
                 .output()
                 .ok()?;
-            out.status.success().then(|| out.stdout)
+            out.status.success().then_some(out.stdout)
         },
     )
     .await;
