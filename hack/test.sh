@@ -12,6 +12,17 @@ if [ "${1:-}" != "--use-kubeconfig" ]; then
   unset KUBECONFIG
 fi
 
+# The agent's tests drive the real package managers and systemctl on sandboxed roots.
+missing=()
+for tool in dpkg-deb dpkg-scanpackages apt-get systemctl dnf rpm rpmbuild createrepo_c modifyrepo_c; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "missing for the agent's tests: ${missing[*]}" >&2
+  echo "install Debian's dpkg-dev, systemd, dnf, rpm and createrepo-c (as .ci/run does)" >&2
+  exit 1
+fi
+
 echo "==> building the control plane binaries (first run only)"
 bash hack/cluster.sh build
 

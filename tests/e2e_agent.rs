@@ -410,6 +410,45 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
     let events = env.events(vm).await;
     assert!(events.iter().any(|e| e == "Onboarded"), "{events:?}");
 
+    // A half-written state file (the machine lost power mid-write): reported clearly, set aside,
+    // and the agent carries on from what the API server has, installing nothing again.
+    agent.kill();
+    std::fs::write(g.state.join("guest.json"), "{\"appliedHash\": \"1f").expect("damage");
+    let mut agent = Agent::start(&g, vm, &kubeconfig, &clock_args, &format!("agent-{ns}-3.log"));
+    wait_for("the damaged state file reported", LONG, || async {
+        let vm = env.vms.get(vm).await.ok()?;
+        let problems = vm.status?.guest?.problems;
+        problems
+            .iter()
+            .any(|p| p.contains("guest.json is damaged") && p.contains("guest.json.damaged"))
+            .then_some(())
+    })
+    .await;
+    env.wait_phase(vm, VmPhase::Configured).await;
+    assert_eq!(g.versions(), ["libfoo 1.2", "tool 2.0"]);
+
+    // ReportOnly: drift is reported (Failed, DriftNotRemediated) and the machine left as it is.
+    let mut p = env.profiles.get(&profile).await.expect("profile");
+    p.spec.remediation.mode = automend::api::RemediationMode::ReportOnly;
+    env.profiles
+        .replace(&profile, &PostParams::default(), &p)
+        .await
+        .expect("ReportOnly");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Command::new("systemctl")
+        .arg(format!("--root={}", g.root.display()))
+        .args(["disable", "automend-scan.timer"])
+        .env("SYSTEMD_OFFLINE", "1")
+        .output()
+        .expect("systemctl");
+    let drifted = g.snapshot();
+    let failed = env.wait_phase(vm, VmPhase::Failed).await;
+    let message = failed.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("automend-scan.timer"), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(g.is_enabled("automend-scan.timer"), "disabled");
+    assert_eq!(g.snapshot(), drifted, "ReportOnly changed the machine");
+
     agent.kill();
     env.finish(ctl).await;
 }
