@@ -273,7 +273,7 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
     })
     .await;
     env.wait_phase(vm, VmPhase::Configured).await;
-    // A tracked file changed: change tracking reports it.
+    // A tracked file changed: change tracking reports it, and the controller publishes an Event.
     put(
         &g.root,
         "/etc/hosts",
@@ -286,6 +286,14 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
         changes
             .iter()
             .any(|c| c.ends_with("file /etc/hosts modified"))
+            .then_some(())
+    })
+    .await;
+    wait_for("a ChangeTracked Event", LONG, || async {
+        let events = env.event_notes(vm).await;
+        events
+            .iter()
+            .any(|(r, n)| r == "ChangeTracked" && n.ends_with("file /etc/hosts modified"))
             .then_some(())
     })
     .await;
@@ -414,7 +422,13 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
     // and the agent carries on from what the API server has, installing nothing again.
     agent.kill();
     std::fs::write(g.state.join("guest.json"), "{\"appliedHash\": \"1f").expect("damage");
-    let mut agent = Agent::start(&g, vm, &kubeconfig, &clock_args, &format!("agent-{ns}-3.log"));
+    let mut agent = Agent::start(
+        &g,
+        vm,
+        &kubeconfig,
+        &clock_args,
+        &format!("agent-{ns}-3.log"),
+    );
     wait_for("the damaged state file reported", LONG, || async {
         let vm = env.vms.get(vm).await.ok()?;
         let problems = vm.status?.guest?.problems;

@@ -388,6 +388,9 @@ pub struct VirtualMachineStatus {
     /// The current drift episode and its remediation attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remediation: Option<RemediationStatus>,
+    /// The newest change of `status.guest.changes` published as a `ChangeTracked` Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tracked_change: Option<String>,
 }
 
 /// A drift episode: when it started and the remediation attempts made so far.

@@ -186,8 +186,34 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
         .and_then(|s| s.guest.as_ref())
         .and_then(|g| g.assessment.clone());
     let clock = input.clock;
+    let old_tracked = input.status.and_then(|s| s.last_tracked_change.clone());
+    let guest_changes = input
+        .status
+        .and_then(|s| s.guest.as_ref())
+        .map(|g| g.changes.clone())
+        .unwrap_or_default();
     let mut out = decide_configuration(input);
     out.status = controller_part(&out.status);
+
+    // Change tracking: an Event per change the guest reported since the last one published
+    // (at most 10 at a time; the guest keeps the latest 50).
+    out.status.last_tracked_change = old_tracked.clone();
+    if managed && !guest_changes.is_empty() && guest_changes.last() != old_tracked.as_ref() {
+        let from = old_tracked
+            .as_ref()
+            .and_then(|l| guest_changes.iter().position(|c| c == l))
+            .map_or(0, |i| i + 1);
+        let new = &guest_changes[from..];
+        for c in &new[new.len().saturating_sub(10)..] {
+            out.events.push(EventSpec {
+                warning: false,
+                reason: "ChangeTracked",
+                action: "Observe",
+                note: c.clone(),
+            });
+        }
+        out.status.last_tracked_change = guest_changes.last().cloned();
+    }
 
     // The seed's availablePatchSummary, from the guest's latest assessment.
     if let Some(a) = &guest_assessment {
@@ -828,6 +854,49 @@ mod tests {
             assess_request: None,
             clock: crate::clock::Clock::real(),
         })
+    }
+
+    #[test]
+    fn tracked_changes_become_events_once() {
+        let s = spec();
+        let o = run(&s, None, 0, true, RemediationMode::Auto);
+        let mut st = o.status;
+        guest_acts(&mut st, &[]);
+        let changes = |n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("t{i}: file /etc/f{i} modified"))
+                .collect()
+        };
+        st.guest.as_mut().expect("guest").changes = changes(2);
+        let o = run(&s, Some(&st), 1, true, RemediationMode::Auto);
+        let notes: Vec<_> = o
+            .events
+            .iter()
+            .filter(|e| e.reason == "ChangeTracked")
+            .map(|e| e.note.clone())
+            .collect();
+        assert_eq!(notes, changes(2));
+        let mut st2 = o.status.clone();
+        st2.guest = st.guest.clone();
+        let o = run(&s, Some(&st2), 2, true, RemediationMode::Auto);
+        assert!(
+            o.events.iter().all(|e| e.reason != "ChangeTracked"),
+            "published twice"
+        );
+        st2.guest.as_mut().expect("guest").changes = changes(15);
+        let o = run(&s, Some(&st2), 3, true, RemediationMode::Auto);
+        let notes: Vec<_> = o
+            .events
+            .iter()
+            .filter(|e| e.reason == "ChangeTracked")
+            .map(|e| e.note.clone())
+            .collect();
+        assert_eq!(
+            notes,
+            changes(15)[5..].to_vec(),
+            "the newest 10 of the 13 new ones"
+        );
+        assert_eq!(o.status.last_tracked_change, changes(15).last().cloned());
     }
 
     /// The guest applies what is desired and reports `drifted` services as non-compliant.
