@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "fixtures/guestroot.rs"]
+mod guestroot;
+
 use automend::agent::Linux;
 use automend::agent::services::HostSettings;
 use automend::api::{Classification, PinnedPackage};
@@ -142,20 +145,7 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
     assert!(b.problems().is_empty(), "{:?}", b.problems());
     assert_eq!(b.os().id, "rocky");
     let found = b.assess().await.expect("assessment");
-    let mut seen: Vec<String> = found
-        .packages
-        .iter()
-        .map(|p| {
-            format!(
-                "{} {}->{} {:?}",
-                p.name,
-                p.installed_version.as_deref().unwrap_or("-"),
-                p.version,
-                p.classification
-            )
-        })
-        .collect();
-    seen.sort();
+    let seen = guestroot::assessment_lines(&found);
     assert_eq!(
         seen,
         ["libfoo 1.0-1->1.2-1 Critical", "tool 2.0-1->2.1-1 Other"]

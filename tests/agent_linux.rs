@@ -53,20 +53,7 @@ async fn apt_assessment_counts_by_pocket_and_installs_exactly_the_pinned_version
     assert!(b.problems().is_empty(), "{:?}", b.problems());
     assert_eq!(b.os().id, "debian");
     let found = b.assess().await.expect("assessment");
-    let mut seen: Vec<String> = found
-        .packages
-        .iter()
-        .map(|p| {
-            format!(
-                "{} {}->{} {:?}",
-                p.name,
-                p.installed_version.as_deref().unwrap_or("-"),
-                p.version,
-                p.classification
-            )
-        })
-        .collect();
-    seen.sort();
+    let seen = guestroot::assessment_lines(&found);
     assert_eq!(seen, ["libfoo 1.0->1.2 Security", "tool 2.0->2.1 Other"]);
     let security = found
         .packages
@@ -276,12 +263,7 @@ async fn services_are_applied_observed_and_drift_is_reported_exactly() {
         &format!("PermitRootLogin yes\n{sshd}"),
         0o600,
     );
-    std::process::Command::new("systemctl")
-        .arg(format!("--root={}", g.root.display()))
-        .args(["disable", "automend-backup.timer"])
-        .env("SYSTEMD_OFFLINE", "1")
-        .output()
-        .expect("systemctl");
+    g.systemctl(&["disable", "automend-backup.timer"]);
     put(
         &g.root,
         "/etc/sysctl.conf",

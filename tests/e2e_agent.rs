@@ -452,12 +452,7 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
     // The drift happens while the API server is unreachable; the same agent reconnects (its watch
     // too: it answers an assessment asked for afterwards) and reports it.
     proxy.set_cut(true);
-    Command::new("systemctl")
-        .arg(format!("--root={}", g.root.display()))
-        .args(["disable", "automend-scan.timer"])
-        .env("SYSTEMD_OFFLINE", "1")
-        .output()
-        .expect("systemctl");
+    g.systemctl(&["disable", "automend-scan.timer"]);
     // The configuration (the assessment below refreshes apt's lists, which is not configuration).
     let etc = |g: &GuestRoot| -> Vec<(String, Vec<u8>, u32)> {
         let prefix = g.root.join("etc").display().to_string();

@@ -867,14 +867,16 @@ mod tests {
                 .map(|i| format!("t{i}: file /etc/f{i} modified"))
                 .collect()
         };
+        let tracked = |o: &Outcome| -> Vec<String> {
+            o.events
+                .iter()
+                .filter(|e| e.reason == "ChangeTracked")
+                .map(|e| e.note.clone())
+                .collect()
+        };
         st.guest.as_mut().expect("guest").changes = changes(2);
         let o = run(&s, Some(&st), 1, true, RemediationMode::Auto);
-        let notes: Vec<_> = o
-            .events
-            .iter()
-            .filter(|e| e.reason == "ChangeTracked")
-            .map(|e| e.note.clone())
-            .collect();
+        let notes = tracked(&o);
         assert_eq!(notes, changes(2));
         let mut st2 = o.status.clone();
         st2.guest = st.guest.clone();
@@ -885,12 +887,7 @@ mod tests {
         );
         st2.guest.as_mut().expect("guest").changes = changes(15);
         let o = run(&s, Some(&st2), 3, true, RemediationMode::Auto);
-        let notes: Vec<_> = o
-            .events
-            .iter()
-            .filter(|e| e.reason == "ChangeTracked")
-            .map(|e| e.note.clone())
-            .collect();
+        let notes = tracked(&o);
         assert_eq!(
             notes,
             changes(15)[5..].to_vec(),
