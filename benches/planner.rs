@@ -1,4 +1,4 @@
-//! `cargo bench --bench planner`: the wave planner on a 100,000-VM fleet (30 regions in 15
+//! `cargo bench --features bench --bench planner`: the wave planner on a 100,000-VM fleet (30 regions in 15
 //! geo-pairs, 3 zones, 1,000 availability sets with 5 update domains). Prints the time to index the
 //! fleet, to plan one wave, and to plan a whole rollout (every install taking one step), and the
 //! rollout's length against the lower bound the constraints allow.

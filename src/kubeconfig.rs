@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
     /// Token lifetime (at least 10m; the API server may shorten it).
-    #[arg(long, default_value = "1h", value_parser = crate::controller::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::logic::duration::parse)]
     pub duration: Duration,
     /// API server URL the guest uses (default: the one of the current kubeconfig context).
     #[arg(long)]

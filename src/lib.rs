@@ -7,3 +7,4 @@ pub mod identity;
 pub mod kubeconfig;
 pub mod logic;
 pub mod plugin;
+pub mod status;

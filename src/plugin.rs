@@ -15,9 +15,8 @@ use kube::{Client, ResourceExt};
 
 use crate::api::{PatchRollout, RolloutPhase, UpdateRing, VirtualMachine};
 use crate::clock::{Clock, ClockArgs};
-use crate::controller::rollout::{decide_gathered, gather};
 use crate::logic::planner::{self, Limits, State, Topology};
-use crate::logic::rollout::{self, Settings, VmState};
+use crate::logic::rollout::{self, Settings, VmState, decide_gathered, gather};
 
 /// kubectl automend: patch rollouts through update rings, from the command line.
 #[derive(clap::Parser, Debug)]
@@ -27,7 +26,7 @@ pub struct Cli {
     #[arg(long, short = 'n', global = true)]
     pub namespace: Option<String>,
     /// Expected length of an installation, as the controller's --install-duration.
-    #[arg(long, global = true, default_value = "30m", value_parser = crate::controller::parse_duration)]
+    #[arg(long, global = true, default_value = "30m", value_parser = crate::logic::duration::parse)]
     pub install_duration: Duration,
     #[command(flatten)]
     pub clock: ClockArgs,
@@ -435,20 +434,11 @@ pub fn plan_text(
     let topo = Topology::new(
         &eligible
             .iter()
-            .map(|i| crate::controller::rollout::facts(&g.views[*i]).placement)
+            .map(|i| rollout::facts(&g.views[*i]).placement)
             .collect::<Vec<_>>(),
         &settings.pairs,
     );
-    let mut states: Vec<State> = eligible
-        .iter()
-        .map(|i| match &out.states[*i] {
-            VmState::Waiting(_) => State::Waiting,
-            VmState::Patching => State::Patching,
-            VmState::Succeeded | VmState::UpToDate => State::Succeeded,
-            VmState::Failed(_) | VmState::RolledBack => State::Failed,
-            VmState::Skipped(_) => State::Skipped,
-        })
-        .collect();
+    let mut states: Vec<State> = eligible.iter().map(|i| out.states[*i].planner()).collect();
     for i in &started_now {
         if let Some(p) = eligible
             .iter()
@@ -461,19 +451,9 @@ pub fn plan_text(
         max_unavailable: rollout::max_unavailable(&ring.spec.max_unavailable, eligible.len()),
         max_failed: rollout::max_failed(ring.spec.health_gate.max_failed_percent, eligible.len()),
     };
-    let mut wave = 1;
-    loop {
-        for s in states.iter_mut() {
-            if *s == State::Patching {
-                *s = State::Succeeded;
-            }
-        }
-        let p = planner::plan(&topo, &states, &|_| true, limits);
-        if p.done || p.halted || p.start.is_empty() {
-            break;
-        }
-        let names: Vec<&str> = p
-            .start
+    let sim = planner::simulate_from(&topo, states, limits, 10_000, |_| State::Succeeded);
+    for (wave, (phase, start)) in sim.waves.iter().enumerate() {
+        let names: Vec<&str> = start
             .iter()
             .map(|v| {
                 g.views[eligible[*v as usize]]
@@ -486,17 +466,11 @@ pub fn plan_text(
             .collect();
         let _ = writeln!(
             text,
-            "Then wave +{wave} (phase {}): {}",
-            p.phase.map_or(0, |x| x + 1),
+            "Then wave +{} (phase {}): {}",
+            wave + 1,
+            phase.map_or(0, |x| x + 1),
             names.join(", ")
         );
-        for v in &p.start {
-            states[*v as usize] = State::Patching;
-        }
-        wave += 1;
-        if wave > 10_000 {
-            break;
-        }
     }
     let waiting: Vec<String> = eligible
         .iter()
@@ -745,7 +719,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .patch(
                     &vm,
                     &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({ "metadata": { "annotations": { crate::logic::decide::ASSESS_ANNOTATION: id } } })),
+                    &Patch::Merge(serde_json::json!({ "metadata": { "annotations": { crate::logic::vm::ASSESS_ANNOTATION: id } } })),
                 )
                 .await
                 .map_err(|e| match e {
@@ -758,11 +732,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members { ring } => {
             let Snapshot { rings, vms, .. } = c.all().await?;
-            let rings = crate::controller::rollout::sorted_rings(&rings);
+            let rings = rollout::sorted_rings(&rings);
             let Some(ri) = rings.iter().position(|r| r.name_any() == ring) else {
                 bail!("UpdateRing {ring:?} not found in namespace {}", c.ns);
             };
-            let rows: Vec<Vec<String>> = crate::controller::rollout::views(&vms, &rings, &c.clock)
+            let rows: Vec<Vec<String>> = rollout::views(&vms, &rings, &c.clock)
                 .into_iter()
                 .filter(|v| v.ring == Some(ri))
                 .map(|v| {

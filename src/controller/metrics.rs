@@ -13,6 +13,13 @@ pub struct ControllerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub controller: String,
+    /// `Error::metric_label`: api_<code>, api, finalizer, caches_stopped, cache_not_ready.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: String,
 }
@@ -38,7 +45,7 @@ pub struct RolloutPhaseLabel {
 #[derive(Clone)]
 pub struct Metrics {
     pub reconciles: Family<ControllerLabel, Counter>,
-    pub reconcile_errors: Family<ControllerLabel, Counter>,
+    pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub reconcile_duration: Family<ControllerLabel, Histogram>,
     pub status_writes: Family<ControllerLabel, Counter>,
     pub vms: Family<PhaseLabel, Gauge>,

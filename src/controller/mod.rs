@@ -4,10 +4,13 @@
 //! ConfigurationProfile and VirtualMachine controllers. Every replica serves `/healthz`, `/readyz`
 //! and `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
 
+mod context;
 mod http;
 pub mod metrics;
 mod profile;
-pub mod rollout;
+mod reconcile;
+mod rollout;
+mod shared;
 mod vm;
 
 use std::net::SocketAddr;
@@ -22,9 +25,11 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
+pub use context::{Context, Error};
 pub use http::State;
 
 use crate::logic::catalog::ImageCatalog;
+use crate::logic::duration::parse as parse_duration;
 
 /// Settings of the controller process.
 #[derive(Clone, Debug, clap::Args)]
@@ -92,21 +97,6 @@ pub fn parse_pairs(s: &str) -> Result<RegionPairs, String> {
         out.push((a.to_string(), b.to_string()));
     }
     Ok(RegionPairs(out))
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::logic::duration::parse(s)
-}
-
-/// What every reconcile needs.
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub catalog: ImageCatalog,
-    pub metrics: metrics::Metrics,
-    pub settings: Settings,
-    /// The patching schedule's clock.
-    pub clock: crate::clock::Clock,
 }
 
 fn identity(settings: &Settings) -> String {
@@ -249,7 +239,7 @@ async fn run_controllers(
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let shared = vm::Shared::start();
+    let shared = shared::Shared::start();
     let vm_changes = shared.vm_changes.subscribe();
     let vm_controller = vm::run(ctx.clone(), shared.clone(), stop.clone());
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
@@ -267,7 +257,7 @@ async fn run_controllers(
 pub(crate) async fn publish_events(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
-    events: &[crate::logic::decide::EventSpec],
+    events: &[crate::logic::events::EventSpec],
 ) {
     for ev in events {
         ctx.metrics

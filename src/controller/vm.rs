@@ -6,158 +6,33 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
-use super::Context;
+use super::context::{Context, Error, namespaced};
 use super::metrics::{Metrics, PhaseLabel};
+use super::reconcile::{instrumented, on_error};
+use super::shared::Shared;
 use crate::api::{ConfigurationProfile, VirtualMachine, VmPhase};
 use crate::identity::{self, CONTROLLER_MANAGER, OWNED_SELECTOR};
 use crate::logic::assign::{self, Candidate};
-use crate::logic::decide::{self, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
-use crate::logic::{duration, resolve};
+use crate::logic::conditions::is_true;
+use crate::logic::duration::parse_or;
+use crate::logic::resolve;
+use crate::logic::vm::{self as decide, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
 
 pub const FINALIZER: &str = "automend.io/guest-identity";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
-    #[error("the caches stopped")]
-    CachesStopped,
-    #[error("the {0} cache has not synced within a minute (is the list/watch permission missing?)")]
-    CacheNotReady(&'static str),
-}
-
-/// Caches the two controllers share (read side).
-#[derive(Clone)]
-pub struct Shared {
-    pub vms: Store<VirtualMachine>,
-    pub profiles: Store<ConfigurationProfile>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub leases: Store<Lease>,
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    pub roles: Store<PartialObjectMeta<Role>>,
-    pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
-    writers: Arc<Mutex<Option<Writers>>>,
-    ready: tokio::sync::watch::Receiver<bool>,
-    /// The namespace of every VM change the VM watch sees (for the rollout controller).
-    pub vm_changes: tokio::sync::broadcast::Sender<String>,
-    waiting_on: Arc<Mutex<&'static str>>,
-}
-
-struct Writers {
-    vms: reflector::store::Writer<VirtualMachine>,
-    profiles: reflector::store::Writer<ConfigurationProfile>,
-    namespaces: reflector::store::Writer<PartialObjectMeta<Namespace>>,
-    leases: reflector::store::Writer<Lease>,
-    service_accounts: reflector::store::Writer<PartialObjectMeta<ServiceAccount>>,
-    roles: reflector::store::Writer<PartialObjectMeta<Role>>,
-    role_bindings: reflector::store::Writer<PartialObjectMeta<RoleBinding>>,
-}
-
-impl Shared {
-    pub fn start() -> Shared {
-        let (vms, vw) = reflector::store();
-        let (profiles, pw) = reflector::store();
-        let (namespaces, nw) = reflector::store();
-        let (leases, lw) = reflector::store();
-        let (service_accounts, sw) = reflector::store();
-        let (roles, rw) = reflector::store();
-        let (role_bindings, bw) = reflector::store();
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let (vm_changes, _) = tokio::sync::broadcast::channel(4096);
-        let shared = Shared {
-            ready,
-            vm_changes,
-            waiting_on: Arc::new(Mutex::new("virtualmachines")),
-            vms,
-            profiles,
-            namespaces,
-            leases,
-            service_accounts,
-            roles,
-            role_bindings,
-            writers: Arc::new(Mutex::new(Some(Writers {
-                vms: vw,
-                profiles: pw,
-                namespaces: nw,
-                leases: lw,
-                service_accounts: sw,
-                roles: rw,
-                role_bindings: bw,
-            }))),
-        };
-        shared.watch_readiness(ready_tx);
-        shared
-    }
-
-    /// Wait until every cache has listed once. One task waits on the stores and publishes the
-    /// result on a watch channel, because a store wakes only one of several concurrent waiters.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let mut rx = self.ready.clone();
-        match tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::CachesStopped),
-            Err(_) => Err(Error::CacheNotReady(
-                self.waiting_on.lock().map(|w| *w).unwrap_or("?"),
-            )),
-        }
-    }
-
-    fn watch_readiness(&self, tx: tokio::sync::watch::Sender<bool>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            // Poll rather than await: a store wakes only one of its concurrent waiters, and the
-            // Controller waits on the VM store too.
-            macro_rules! wait {
-                ($store:expr, $what:expr) => {
-                    if let Ok(mut w) = me.waiting_on.lock() {
-                        *w = $what;
-                    }
-                    loop {
-                        match $store.wait_until_ready().now_or_never() {
-                            Some(Ok(())) => break,
-                            Some(Err(_)) => return,
-                            None => tokio::time::sleep(Duration::from_millis(50)).await,
-                        }
-                    }
-                };
-            }
-            wait!(me.vms, "virtualmachines");
-            wait!(me.profiles, "configurationprofiles");
-            wait!(me.namespaces, "namespaces");
-            wait!(me.leases, "leases");
-            wait!(me.service_accounts, "serviceaccounts");
-            wait!(me.roles, "roles");
-            wait!(me.role_bindings, "rolebindings");
-            let _ = tx.send(true);
-        });
-    }
-}
-
-fn namespaced<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
 
 fn profile_config(ctx: &Context) -> watcher::Config {
     match &ctx.settings.profile_selector {
@@ -172,7 +47,7 @@ pub async fn run(
     shared: Shared,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Some(w) = shared.writers.lock().ok().and_then(|mut w| w.take()) else {
+    let Some(w) = shared.take_writers() else {
         warn!("the VM controller was started twice");
         return;
     };
@@ -286,11 +161,10 @@ pub async fn run(
         let gone = leases_store
             .get(&ObjectRef::new(&name).within(&ns))
             .is_none();
-        let known_alive = vm.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == decide::HEARTBEAT && c.status == "True")
-        });
+        let known_alive = vm
+            .status
+            .as_ref()
+            .is_some_and(|s| is_true(&s.conditions, decide::HEARTBEAT));
         (gone || !known_alive).then_some(vm_ref)
     };
 
@@ -330,11 +204,7 @@ pub async fn run(
                 let shared = shared2.clone();
                 async move { reconcile(vm, &ctx, &shared).await }
             },
-            |vm, error, ctx| {
-                ctx.metrics.reconcile_errors.get_or_create(&Metrics::label("virtualmachine")).inc();
-                warn!(vm = %vm.name_any(), namespace = ?vm.namespace(), %error, "reconcile failed; retrying");
-                Action::requeue(Duration::from_secs(5))
-            },
+            on_error("virtualmachine"),
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()))
@@ -347,46 +217,38 @@ async fn reconcile(
     ctx: &Context,
     shared: &Shared,
 ) -> Result<Action, Error> {
-    let span = info_span!("reconcile", kind = "VirtualMachine", namespace = %vm.namespace().unwrap_or_default(), name = %vm.name_any());
-    async move {
-        let started = std::time::Instant::now();
-        shared.ready().await?;
-        tracing::debug!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            "caches ready"
-        );
-        let label = Metrics::label("virtualmachine");
-        ctx.metrics.reconciles.get_or_create(&label).inc();
-        let ns = vm.namespace().unwrap_or_default();
-        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-        let result = finalizer(&api, FINALIZER, vm, |event| async {
-            match event {
-                Finalizer::Apply(vm) => apply(vm, ctx, shared).await,
-                Finalizer::Cleanup(vm) => cleanup(vm, ctx).await,
+    let obj = vm.clone();
+    instrumented(
+        ctx,
+        "virtualmachine",
+        &*obj,
+        shared.ready(),
+        || async move {
+            let ns = vm.namespace().unwrap_or_default();
+            let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+            let result = finalizer(&api, FINALIZER, vm, |event| async {
+                match event {
+                    Finalizer::Apply(vm) => apply(vm, ctx, shared).await,
+                    Finalizer::Cleanup(vm) => cleanup(vm, ctx).await,
+                }
+            })
+            .await;
+            use kube::runtime::finalizer::Error as F;
+            match result {
+                Ok(a) => Ok(a),
+                Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+                // The cached VM predates our own finalizer patch (its JSON-patch test failed): the
+                // watch brings the fresh object in a moment.
+                Err(
+                    F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)),
+                ) if s.code == 422 || s.code == 409 => {
+                    tracing::debug!("stale cache while patching the finalizer; retrying");
+                    Ok(Action::requeue(Duration::from_millis(500)))
+                }
+                Err(other) => Err(Error::Finalizer(other.to_string())),
             }
-        })
-        .await;
-        use kube::runtime::finalizer::Error as F;
-        let result = match result {
-            Ok(a) => Ok(a),
-            Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
-            // The cached VM predates our own finalizer patch (its JSON-patch test failed): the
-            // watch brings the fresh object in a moment.
-            Err(F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)))
-                if s.code == 422 || s.code == 409 =>
-            {
-                tracing::debug!("stale cache while patching the finalizer; retrying");
-                Ok(Action::requeue(Duration::from_millis(500)))
-            }
-            Err(other) => Err(Error::Finalizer(other.to_string())),
-        };
-        ctx.metrics
-            .reconcile_duration
-            .get_or_create(&label)
-            .observe(started.elapsed().as_secs_f64());
-        result
-    }
-    .instrument(span)
+        },
+    )
     .await
 }
 
@@ -462,11 +324,22 @@ async fn ensure_identity(vm: &VirtualMachine, ctx: &Context, shared: &Shared) ->
 
 fn policy(p: &ConfigurationProfile) -> RemediationPolicy {
     let r = &p.spec.remediation;
+    let object = format!("ConfigurationProfile {}", p.name_any());
     RemediationPolicy {
         mode: r.mode,
         max_attempts: r.max_attempts,
-        initial_backoff: duration::parse(&r.initial_backoff).unwrap_or(Duration::from_secs(30)),
-        max_backoff: duration::parse(&r.max_backoff).unwrap_or(Duration::from_secs(600)),
+        initial_backoff: parse_or(
+            &r.initial_backoff,
+            Duration::from_secs(30),
+            &object,
+            "spec.remediation.initialBackoff",
+        ),
+        max_backoff: parse_or(
+            &r.max_backoff,
+            Duration::from_secs(600),
+            &object,
+            "spec.remediation.maxBackoff",
+        ),
     }
 }
 
@@ -584,18 +457,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         .unwrap_or_default();
     if outcome.status != current {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-        let body = serde_json::json!({
-            "apiVersion": VirtualMachine::api_version(&()),
-            "kind": VirtualMachine::kind(&()),
-            "metadata": { "name": name },
-            "status": outcome.status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await?;
         ctx.metrics
             .status_writes
             .get_or_create(&Metrics::label("virtualmachine"))

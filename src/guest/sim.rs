@@ -421,13 +421,13 @@ pub struct SimSettings {
     #[arg(long, short = 'l')]
     pub selector: Option<String>,
     /// How often each guest renews its heartbeat Lease.
-    #[arg(long, default_value = "10s", value_parser = crate::controller::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::logic::duration::parse)]
     pub heartbeat_interval: Duration,
     /// How often each guest re-observes its machine.
-    #[arg(long, default_value = "5s", value_parser = crate::controller::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::logic::duration::parse)]
     pub observe_interval: Duration,
     /// Lifetime of each guest's token (renewed before it ends).
-    #[arg(long, default_value = "1h", value_parser = crate::controller::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::logic::duration::parse)]
     pub token_ttl: Duration,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,

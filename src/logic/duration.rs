@@ -58,9 +58,91 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// A duration from a field admission should have checked; when it is not one after all, the
+/// fallback is used and a warning names the object and the field, so a silent change of
+/// behaviour is never silent.
+pub fn parse_or(
+    text: &str,
+    fallback: Duration,
+    object: impl std::fmt::Display,
+    field: &str,
+) -> Duration {
+    match parse(text) {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::warn!(%object, field, %error, fallback = %format(fallback), "not a duration; using the fallback");
+            fallback
+        }
+    }
+}
+
+/// Add a std duration to a timestamp (saturating at the end of time).
+pub fn add(ts: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| ts.checked_add(d).ok())
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// How long from `from` until `to` (zero when `to` has passed).
+pub fn until(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}
+
+/// The earliest of several moments (or durations): "wake at the earliest of".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Earliest<T>(Option<T>);
+
+impl<T: Ord + Copy> Earliest<T> {
+    /// Also consider `t`.
+    pub fn at(&mut self, t: T) {
+        self.0 = Some(self.0.map_or(t, |w| w.min(t)));
+    }
+
+    /// Also consider `t`, if any.
+    pub fn maybe(&mut self, t: Option<T>) {
+        if let Some(t) = t {
+            self.at(t);
+        }
+    }
+
+    pub fn get(self) -> Option<T> {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn earliest_keeps_the_minimum_and_fallbacks_apply() {
+        let mut e = Earliest::default();
+        assert_eq!(e.get(), None::<u32>);
+        e.at(5);
+        e.at(3);
+        e.maybe(None);
+        e.maybe(Some(4));
+        assert_eq!(e.get(), Some(3));
+        assert_eq!(
+            parse_or("1d", Duration::from_secs(7), "ring x", "spec.deferral"),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            parse_or("2m", Duration::ZERO, "ring x", "spec.deferral"),
+            Duration::from_secs(120)
+        );
+        let t: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("ts");
+        assert_eq!(
+            add(t, Duration::from_secs(60)).to_string(),
+            "2026-01-01T00:01:00Z"
+        );
+        assert_eq!(
+            add(jiff::Timestamp::MAX, Duration::from_secs(60)),
+            jiff::Timestamp::MAX
+        );
+        assert_eq!(until(add(t, Duration::from_secs(9)), t), Duration::ZERO);
+    }
 
     #[test]
     fn parses_go_durations() {

@@ -1,12 +1,14 @@
 //! Pure logic, unit- and property-tested without a cluster: profile resolution, the image catalog,
-//! the VM phase decision, assignment and durations.
+//! the VM and rollout decisions, assignment, ring membership, windows, the wave planner, durations.
 
 pub mod assign;
 pub mod catalog;
-pub mod decide;
+pub mod conditions;
 pub mod duration;
+pub mod events;
 pub mod planner;
 pub mod resolve;
 pub mod rings;
 pub mod rollout;
+pub mod vm;
 pub mod window;

@@ -1,0 +1,76 @@
+//! What every reconcile of every controller shares: the context, the one error type, and the
+//! namespaced-or-cluster API helper.
+
+use kube::api::Api;
+use kube::runtime::events::Recorder;
+use kube::{Client, Resource};
+
+use super::Settings;
+use super::metrics::Metrics;
+use crate::logic::catalog::ImageCatalog;
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub catalog: ImageCatalog,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    /// The patching schedule's clock.
+    pub clock: crate::clock::Clock,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("the caches stopped")]
+    CachesStopped,
+    #[error("the {0} cache has not synced within a minute (is the list/watch permission missing?)")]
+    CacheNotReady(&'static str),
+}
+
+impl Error {
+    /// A short, bounded label for the `automend_reconcile_errors_total{error}` metric.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
+            Error::Kube(_) => "api".into(),
+            Error::Finalizer(_) => "finalizer".into(),
+            Error::CachesStopped => "caches_stopped".into(),
+            Error::CacheNotReady(_) => "cache_not_ready".into(),
+        }
+    }
+}
+
+/// The API of a namespaced kind: one namespace when the controller is limited to one, else all.
+pub fn namespaced<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_labels_are_short_and_bounded() {
+        let api = Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("gone", "NotFound").with_code(404),
+        )));
+        assert_eq!(api.metric_label(), "api_404");
+        assert_eq!(
+            Error::CacheNotReady("leases").metric_label(),
+            "cache_not_ready"
+        );
+        assert_eq!(Error::Finalizer("x".into()).metric_label(), "finalizer");
+    }
+}

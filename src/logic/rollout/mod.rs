@@ -1,0 +1,303 @@
+//! The PatchRollout decision (DESIGN.md §2 and §5) as a pure function: a rollout, the rings of
+//! its namespace and what is known of every VM, at a time, give the rollout's status, the
+//! installation directives to write now, Events and when to look again.
+//!
+//! Everything needed to decide again is in the objects: a VM has started when its
+//! `status.desired.installation` names this rollout; it finished when its guest reported that
+//! (rollout, wave); failures are remembered in the rollout's waves. A restarted controller so
+//! decides the same and never starts a VM twice.
+//!
+//! The kubectl plugin calls the same code for `plan` and `why`.
+
+mod cadence;
+mod facts;
+mod manifest;
+mod phase;
+mod ring;
+mod ring_status;
+mod rollback;
+mod slo;
+mod state;
+mod summary;
+#[cfg(test)]
+mod tests;
+mod versions;
+mod waves;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::api::{
+    GuestAssessment, GuestInstallation, InstallationDirective, LastPatchInstallationSummary,
+    PatchRolloutSpec, PatchRolloutStatus, RebootSetting, ReleaseManifest, RingPhase,
+    UpdateRingSpec,
+};
+use crate::logic::duration::{Earliest, parse_or};
+use crate::logic::events::EventSpec;
+use crate::logic::planner::Placement;
+use crate::logic::window::Window;
+
+pub use cadence::{due as cadence_due, release_name, release_rollout};
+pub use facts::{
+    ELIGIBLE_HEARTBEAT, Gathered, VmView, Written, blocked_by, decide_gathered, facts, finished,
+    gather, sorted_rings, views,
+};
+pub use manifest::{freeze_manifest, packages_for};
+pub use ring::{max_failed, max_unavailable};
+pub use ring_status::{current_rollout, ring_status};
+pub use state::VmState;
+pub use summary::installation_summary;
+pub use versions::{compare_versions, excluded};
+
+pub const HALTED: &str = "Halted";
+pub const SLO_AT_RISK: &str = "SLOAtRisk";
+pub const PAUSED: &str = "Paused";
+
+/// A ring of the namespace, sorted by (order, name) by the caller.
+#[derive(Clone, Debug)]
+pub struct RingFacts<'a> {
+    pub name: &'a str,
+    pub spec: &'a UpdateRingSpec,
+}
+
+/// What the rollout needs to know of one VM.
+#[derive(Clone, Debug)]
+pub struct VmFacts<'a> {
+    pub name: &'a str,
+    /// Index into the rings, if the VM is in one.
+    pub ring: Option<usize>,
+    pub placement: Placement,
+    /// Why the VM does not take part in rollouts (patch mode, image, management, heartbeat).
+    pub ineligible: Option<String>,
+    /// Heartbeat present now.
+    pub running: bool,
+    /// Its maintenance window (the ring's or the profile's), in its time zone; None: any time.
+    pub window: Option<(Window, TimeZone)>,
+    pub reboot_setting: Option<RebootSetting>,
+    /// Hotpatch-capable and allowed by the profile: installs without a reboot.
+    pub hotpatch: bool,
+    /// Image family (publisher/offer/sku): the manifest pins versions per family.
+    pub family: String,
+    pub assessment: Option<&'a GuestAssessment>,
+    pub directive: Option<&'a InstallationDirective>,
+    pub result: Option<&'a GuestInstallation>,
+    /// The VM's current `lastPatchInstallationSummary`.
+    pub summary: Option<&'a LastPatchInstallationSummary>,
+    /// The guest's own health report (agent checks and `spec.healthCheck`).
+    pub healthy: bool,
+}
+
+/// Controller settings the decision depends on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub pairs: Vec<(String, String)>,
+    /// How long an installation is expected to take: none starts with less window left.
+    pub expected_duration: Duration,
+}
+
+pub struct Input<'a> {
+    pub now: Timestamp,
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a PatchRolloutSpec,
+    pub status: Option<&'a PatchRolloutStatus>,
+    pub rings: &'a [RingFacts<'a>],
+    pub vms: &'a [VmFacts<'a>],
+    /// An earlier rollout of the namespace that is still running: this one waits for it.
+    pub blocked_by: Option<String>,
+    pub settings: &'a Settings,
+}
+
+/// A VM status write: the directive (when new) and the seed's installation summary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmWrite {
+    pub vm: usize,
+    pub directive: InstallationDirective,
+    pub summary: Option<LastPatchInstallationSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub status: PatchRolloutStatus,
+    pub writes: Vec<VmWrite>,
+    pub events: Vec<EventSpec>,
+    /// Look again after this long (virtual time), even if nothing changes.
+    pub requeue_after: Option<Duration>,
+    /// Every VM's state, by index (for `why` and tests).
+    pub states: Vec<VmState>,
+}
+
+/// What every part of one decision reads.
+struct Run<'a> {
+    input: &'a Input<'a>,
+    /// The status decided last time (empty for a new rollout).
+    old: &'a PatchRolloutStatus,
+    release: Timestamp,
+    /// Each ring's durations, by ring index.
+    times: Vec<ring::RingTimes>,
+    /// VMs that failed in an earlier wave of this rollout (failures are sticky).
+    failed_before: BTreeSet<&'a str>,
+    /// Succeeded or RolledBack: the record is kept as it is.
+    terminal: bool,
+    /// A halt is final: nothing new starts (only rolling back), even if the failures it counted
+    /// are later patched over by another rollout.
+    halted_before: bool,
+    /// New waves may start.
+    active: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(input: &'a Input<'a>, old: &'a PatchRolloutStatus) -> Self {
+        let spec = input.spec;
+        let release = spec.release_time.0;
+        let terminal = matches!(
+            old.phase,
+            Some(crate::api::RolloutPhase::Succeeded | crate::api::RolloutPhase::RolledBack)
+        );
+        let halted_before = old.phase == Some(crate::api::RolloutPhase::Halted);
+        let times = input
+            .rings
+            .iter()
+            .map(|r| {
+                let d = |field: &'static str, text: &str| {
+                    parse_or(
+                        text,
+                        Duration::ZERO,
+                        format_args!("UpdateRing {}", r.name),
+                        field,
+                    )
+                };
+                ring::RingTimes {
+                    deferral: d("spec.deferral", &r.spec.deferral),
+                    deadline: d("spec.deadline", &r.spec.deadline),
+                    bake: d("spec.healthGate.bakeTime", &r.spec.health_gate.bake_time),
+                    healthy_for: d(
+                        "spec.healthGate.healthyFor",
+                        &r.spec.health_gate.healthy_for,
+                    ),
+                }
+            })
+            .collect();
+        Run {
+            input,
+            old,
+            release,
+            times,
+            failed_before: old
+                .rings
+                .iter()
+                .flat_map(|r| r.waves.iter())
+                .flat_map(|w| w.failed_members.iter().map(String::as_str))
+                .collect(),
+            terminal,
+            halted_before,
+            active: input.blocked_by.is_none()
+                && input.now >= release
+                && !terminal
+                && !spec.rollback
+                && !halted_before,
+        }
+    }
+}
+
+/// What the parts of one decision add to.
+struct Acc {
+    manifest: Option<ReleaseManifest>,
+    /// Every VM's state, by index.
+    states: Vec<VmState>,
+    next_wave: i32,
+    wake: Earliest<Timestamp>,
+    events: Vec<EventSpec>,
+    writes: Vec<VmWrite>,
+}
+
+/// Decide the rollout: ring by ring (start, waves, health gate), then rollback, summaries, the
+/// rollout's phase, the SLO and the conditions.
+pub fn decide(input: &Input<'_>) -> Outcome {
+    let empty = PatchRolloutStatus::default();
+    let old = input.status.unwrap_or(&empty);
+    let run = Run::new(input, old);
+    let mut acc = Acc {
+        manifest: old.manifest.clone(),
+        states: Vec::new(),
+        next_wave: waves::next_index(input, old),
+        wake: Earliest::default(),
+        events: Vec::new(),
+        writes: Vec::new(),
+    };
+    acc.states = state::initial(&run, acc.manifest.as_ref(), &mut acc.wake);
+
+    let mut rings = Vec::with_capacity(input.rings.len());
+    let mut previous_done = Some(run.release);
+    let mut halted_ring = None;
+    for ri in 0..input.rings.len() {
+        let decided = ring::decide(&run, ri, previous_done, &mut acc);
+        if decided.progress.phase == Some(RingPhase::Halted) {
+            halted_ring.get_or_insert(ri);
+        }
+        previous_done = decided.done;
+        rings.push(decided.progress);
+    }
+    let rollback_set = rollback::set(&run, &rings, halted_ring);
+    rollback::start(
+        &run,
+        &rollback_set,
+        &mut rings,
+        halted_ring,
+        &mut acc.writes,
+    );
+    summary::refresh(&run, &mut acc.writes);
+
+    let phase = phase::rollout_phase(&run, &rings, halted_ring, &mut acc.wake);
+    acc.events
+        .extend(phase::event(&run, phase, halted_ring, rollback_set.len()));
+    // The rings as decided now, one per input ring (the record may be the old one).
+    let computed = rings.clone();
+    let slo = slo::project(
+        &run,
+        &computed,
+        &acc.states,
+        phase,
+        &mut acc.wake,
+        &mut acc.events,
+    );
+    let record = phase::ring_record(&run, rings);
+    let status = PatchRolloutStatus {
+        observed_generation: input.generation,
+        region_pairs: input
+            .settings
+            .pairs
+            .iter()
+            .map(|(a, b)| format!("{a}/{b}"))
+            .collect(),
+        phase: Some(phase),
+        current_ring: record
+            .iter()
+            .find(|r| r.phase != Some(RingPhase::Succeeded))
+            .map(|r| r.name.clone()),
+        manifest: old.manifest.clone().or(acc.manifest),
+        conditions: phase::conditions(&run, phase, halted_ring, &computed, &slo),
+        slo: Some(slo.status),
+        rings: record,
+    };
+
+    // Directive writes only when they differ from what the VM has.
+    acc.writes.retain(|w| {
+        let vm = &input.vms[w.vm];
+        vm.directive != Some(&w.directive)
+            || (w.summary.is_some() && w.summary.as_ref() != vm.summary)
+    });
+    Outcome {
+        status,
+        writes: acc.writes,
+        events: acc.events,
+        requeue_after: acc
+            .wake
+            .get()
+            .map(|w| crate::logic::duration::until(input.now, w).max(Duration::from_millis(1))),
+        states: acc.states,
+    }
+}

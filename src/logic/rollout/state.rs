@@ -1,0 +1,187 @@
+//! Where each VM stands in the rollout, and why a waiting VM may not start now.
+
+use jiff::Timestamp;
+
+use crate::api::{OperationStatus, ReleaseManifest};
+use crate::logic::duration::{self, Earliest};
+use crate::logic::planner::State;
+
+use super::manifest::packages_for;
+use super::{Run, VmFacts};
+
+/// Where one VM stands in the rollout, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Not taking part (reason).
+    Skipped(String),
+    /// Already has every package of the manifest.
+    UpToDate,
+    /// To be patched; `Some(reason)` when it may not start now.
+    Waiting(Option<String>),
+    /// Installing, or installed and proving healthy.
+    Patching,
+    Succeeded,
+    Failed(String),
+    /// Returned to the versions recorded before the install.
+    RolledBack,
+}
+
+impl VmState {
+    /// The state the wave planner works with.
+    pub fn planner(&self) -> State {
+        match self {
+            VmState::Skipped(_) => State::Skipped,
+            VmState::UpToDate | VmState::Succeeded => State::Succeeded,
+            VmState::Waiting(_) => State::Waiting,
+            VmState::Patching => State::Patching,
+            VmState::Failed(_) | VmState::RolledBack => State::Failed,
+        }
+    }
+
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, VmState::Skipped(_))
+    }
+
+    /// Succeeded, or had nothing to install.
+    pub fn is_done(&self) -> bool {
+        matches!(self, VmState::Succeeded | VmState::UpToDate)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        matches!(self, VmState::Failed(_) | VmState::RolledBack)
+    }
+}
+
+/// Every VM's state before planning; VMs in no ring are skipped.
+pub(super) fn initial(
+    run: &Run<'_>,
+    manifest: Option<&ReleaseManifest>,
+    wake: &mut Earliest<Timestamp>,
+) -> Vec<VmState> {
+    run.input
+        .vms
+        .iter()
+        .map(|vm| match of(run, vm, manifest, wake) {
+            s if vm.ring.is_none() && !s.is_skipped() => {
+                VmState::Skipped("in no UpdateRing".into())
+            }
+            s => s,
+        })
+        .collect()
+}
+
+/// After the manifest froze: the waiting VMs' states depended on it.
+pub(super) fn refresh_waiting(
+    run: &Run<'_>,
+    manifest: Option<&ReleaseManifest>,
+    states: &mut [VmState],
+    wake: &mut Earliest<Timestamp>,
+) {
+    for (state, vm) in states.iter_mut().zip(run.input.vms) {
+        if matches!(state, VmState::Waiting(_)) {
+            *state = of(run, vm, manifest, wake);
+        }
+    }
+}
+
+/// The state of one VM in this rollout, before planning.
+fn of(
+    run: &Run<'_>,
+    vm: &VmFacts<'_>,
+    manifest: Option<&ReleaseManifest>,
+    wake: &mut Earliest<Timestamp>,
+) -> VmState {
+    let input = run.input;
+    let mine = vm.directive.filter(|d| d.rollout == input.name);
+    if let Some(d) = mine {
+        if d.rollback {
+            return VmState::RolledBack;
+        }
+        if run.failed_before.contains(vm.name) {
+            return VmState::Failed("failed earlier in this rollout".into());
+        }
+        let result = vm
+            .result
+            .filter(|r| r.rollout == d.rollout && r.wave == d.wave && !r.rollback);
+        let Some(r) = result else {
+            return VmState::Patching;
+        };
+        match r.status {
+            OperationStatus::Succeeded => {
+                let finished = r.finish_time.as_ref().map_or(input.now, |f| f.0);
+                let healthy_for = vm
+                    .ring
+                    .map_or(std::time::Duration::ZERO, |ri| run.times[ri].healthy_for);
+                let proven = duration::add(finished, healthy_for);
+                if input.now >= proven {
+                    return VmState::Succeeded;
+                }
+                if !vm.healthy {
+                    return VmState::Failed(
+                        "the guest reported itself unhealthy after the install".into(),
+                    );
+                }
+                // Installed and proving healthy (a VM without heartbeat may be rebooting: only
+                // the end of healthyFor tells).
+                wake.at(proven);
+                return VmState::Patching;
+            }
+            OperationStatus::Failed
+                if r.maintenance_window_exceeded
+                    && r.installed.is_empty()
+                    && r.failed.is_empty() =>
+            {
+                // Never started: retried in the next window.
+            }
+            _ => {
+                return VmState::Failed(r.error.clone().unwrap_or_else(|| {
+                    format!("{} package(s) failed to install", r.failed.len())
+                }));
+            }
+        }
+    } else if let Some(reason) = &vm.ineligible {
+        return VmState::Skipped(reason.clone());
+    }
+    let Some(manifest) = manifest else {
+        // Before the first ring starts; the ring explains the wait.
+        return VmState::Waiting(None);
+    };
+    match packages_for(manifest, vm) {
+        None => VmState::Waiting(Some("waiting for a successful patch assessment".into())),
+        Some(p) if p.is_empty() && mine.is_none() => VmState::UpToDate,
+        Some(_) => VmState::Waiting(None),
+    }
+}
+
+/// Why a waiting VM may not start now (None: it may).
+pub(super) fn not_ready(
+    run: &Run<'_>,
+    vm: &VmFacts<'_>,
+    wake: &mut Earliest<Timestamp>,
+) -> Option<String> {
+    let input = run.input;
+    if !vm.running {
+        return Some("no heartbeat: the VM is not running (it is patched when it returns)".into());
+    }
+    if let Some(d) = vm.directive.filter(|d| d.rollout != input.name)
+        && vm
+            .result
+            .is_none_or(|r| r.rollout != d.rollout || r.wave != d.wave || r.rollback != d.rollback)
+    {
+        return Some(format!("busy with rollout {}", d.rollout));
+    }
+    if let Some((w, tz)) = &vm.window
+        && !w.may_start(tz, input.now, input.settings.expected_duration)
+    {
+        if let Some(next) = w.next_opening(tz, input.now) {
+            wake.at(next);
+            return Some(format!(
+                "outside its maintenance window (or less than {} left); next opening {}",
+                duration::format(input.settings.expected_duration),
+                next.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M %Z")
+            ));
+        }
+        return Some("its maintenance window never opens".into());
+    }
+    None
+}

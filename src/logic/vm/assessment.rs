@@ -1,0 +1,69 @@
+//! Assessment: on demand (annotation `automend.io/assess`, never installs), and periodically
+//! while the VM runs; a VM that was off is assessed when it returns because its periodic
+//! assessment is then overdue.
+
+use std::time::Duration;
+
+use crate::api::{AssessmentDirective, GuestAssessment};
+use crate::logic::duration::{self, Earliest};
+
+use super::{EventSpec, Heartbeat, Inputs, Outcome};
+
+pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out: &mut Outcome) {
+    let Some(desired) = out.status.desired.as_mut() else {
+        return;
+    };
+    let current = desired.assessment.clone();
+    let answered = |id: &str| latest.is_some_and(|a| a.request_id == id);
+    let in_flight = current.as_ref().is_some_and(|c| !answered(&c.request_id));
+    let on_demand_taken = current.as_ref().and_then(|c| c.on_demand.clone());
+    if let Some(req) = input
+        .assess_request
+        .clone()
+        .filter(|r| Some(r) != on_demand_taken.as_ref())
+    {
+        desired.assessment = Some(AssessmentDirective {
+            request_id: format!("ondemand-{req}"),
+            on_demand: Some(req.clone()),
+        });
+        out.events.push(EventSpec::normal(
+            "AssessmentRequested",
+            "Assess",
+            format!("on-demand patch assessment {req} requested (assessment never installs)"),
+        ));
+        return;
+    }
+    let um = desired
+        .configuration
+        .as_ref()
+        .map(|c| c.services.update_management.clone())
+        .unwrap_or_default();
+    let alive = matches!(input.heartbeat, Heartbeat::Alive { .. });
+    if !alive || !um.enabled || in_flight {
+        return;
+    }
+    let interval = duration::parse_or(
+        &um.assessment_interval,
+        Duration::from_secs(24 * 3600),
+        format_args!("ConfigurationProfile {}", desired.profile),
+        "spec.preferences.updateManagement.assessmentInterval",
+    );
+    let last = latest
+        .and_then(|a| a.finish_time.as_ref().or(a.start_time.as_ref()))
+        .map(|t| t.0);
+    // Guests stamp assessments on the patching clock.
+    let clock = input.clock;
+    let patch_now = clock.at(input.now);
+    let due = last.map_or(patch_now, |l| l + interval);
+    if patch_now >= due {
+        desired.assessment = Some(AssessmentDirective {
+            request_id: format!("periodic-{}", patch_now.as_second()),
+            on_demand: on_demand_taken,
+        });
+    } else {
+        let mut requeue = Earliest::default();
+        requeue.maybe(out.requeue_after);
+        requeue.at(clock.real_duration(duration::until(patch_now, due)));
+        out.requeue_after = requeue.get();
+    }
+}

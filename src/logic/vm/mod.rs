@@ -1,0 +1,156 @@
+//! The VirtualMachine phase decision (DESIGN.md §2 and §4), as a pure function of what the
+//! controller knows: the VM, its resolved profile, the image check and the heartbeat, at a time.
+//! The controller turns the outcome into one status write and its Events; everything that needs
+//! remembering (remediation attempts, the drift episode) lives in the status, so a restarted
+//! controller decides the same and never repeats an action.
+//!
+//! `decide` runs the configuration verdict (`configuration`), then three concepts of their own:
+//! change tracking (`tracking`), the seed's availablePatchSummary (`patch_summary`) and the
+//! assessment schedule (`assessment`).
+
+mod assessment;
+mod configuration;
+mod patch_summary;
+#[cfg(test)]
+mod tests;
+mod tracking;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::api::{
+    EffectiveConfiguration, RemediationMode, VirtualMachineSpec, VirtualMachineStatus,
+};
+
+use super::catalog::ImageProblem;
+pub use crate::logic::events::EventSpec;
+
+pub const READY: &str = "Ready";
+pub const PROFILE_RESOLVED: &str = "ProfileResolved";
+pub const IMAGE_SUPPORTED: &str = "ImageSupported";
+pub const HEARTBEAT: &str = "Heartbeat";
+pub const DRIFTED: &str = "Drifted";
+pub const ONBOARDED: &str = "Onboarded";
+
+/// The profile the VM resolves to.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once per reconcile, never stored
+pub enum ProfileChoice {
+    /// Found and resolved. `via_assignment` is set when no profile was named and an assignment
+    /// chose it; `also_matched` lists other profiles whose assignment matched (overlap).
+    Resolved {
+        name: String,
+        generation: i64,
+        configuration: EffectiveConfiguration,
+        remediation: RemediationPolicy,
+        via_assignment: bool,
+        also_matched: Vec<String>,
+    },
+    /// The VM names a profile that does not exist.
+    Missing { name: String },
+    /// The VM names no profile and no assignment matches it.
+    Unassigned,
+}
+
+/// The profile's remediation settings, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemediationPolicy {
+    pub mode: RemediationMode,
+    pub max_attempts: i32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RemediationPolicy {
+    /// The wait after attempt `n` (1-based) before attempt `n + 1`: initial, doubling, capped.
+    pub fn backoff_after(&self, attempt: i32) -> Duration {
+        let doublings = attempt.saturating_sub(1).clamp(0, 30) as u32;
+        self.initial_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+/// The guest's heartbeat as seen through its Lease.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Heartbeat {
+    /// Renewed at `renewed`; counts as running until `renewed + grace`.
+    Alive { renewed: Timestamp },
+    /// Last renewed at the given time (or never), longer ago than the grace period.
+    Missing { last: Option<Timestamp> },
+}
+
+pub struct Inputs<'a> {
+    pub now: Timestamp,
+    pub generation: Option<i64>,
+    pub spec: &'a VirtualMachineSpec,
+    pub status: Option<&'a VirtualMachineStatus>,
+    pub profile: ProfileChoice,
+    pub image_problems: Vec<ImageProblem>,
+    pub heartbeat: Heartbeat,
+    pub grace: Duration,
+    /// The on-demand assessment request (annotation `automend.io/assess`), if any.
+    pub assess_request: Option<String>,
+    /// The patching schedule's clock (assessment intervals run on it; `now` is real time).
+    pub clock: crate::clock::Clock,
+}
+
+/// The annotation that asks for an on-demand assessment; any new value is a new request.
+pub const ASSESS_ANNOTATION: &str = "automend.io/assess";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The controller's half of the status (no `guest`).
+    pub status: VirtualMachineStatus,
+    pub events: Vec<EventSpec>,
+    /// Reconcile again after this long even if nothing changes (backoff or heartbeat expiry).
+    pub requeue_after: Option<Duration>,
+    /// Whether a remediation attempt was made in this decision.
+    pub remediation_attempted: bool,
+}
+
+/// The controller-owned part of a status (everything but `guest`).
+pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
+    let mut s = VirtualMachineStatus {
+        guest: None,
+        ..status.clone()
+    };
+    // The rollout controller's fields (field manager `automend-rollout`).
+    if let Some(d) = s.desired.as_mut() {
+        d.installation = None;
+    }
+    if let Some(p) = s.patch_status.as_mut() {
+        p.last_patch_installation_summary = None;
+        if p.available_patch_summary.is_none() {
+            s.patch_status = None;
+        }
+    }
+    s
+}
+
+/// Decide the VM's phase, conditions, desired state, assessment directive, patch status and Events.
+pub fn decide(input: Inputs<'_>) -> Outcome {
+    let managed = input.spec.management.enabled;
+    let old = input.status;
+    let guest = old.and_then(|s| s.guest.as_ref());
+    let mut out = configuration::decide(&input);
+    out.status = controller_part(&out.status);
+    tracking::publish(
+        managed,
+        old.and_then(|s| s.last_tracked_change.as_ref()),
+        guest.map(|g| g.changes.as_slice()).unwrap_or_default(),
+        &mut out,
+    );
+    let assessment = guest.and_then(|g| g.assessment.as_ref());
+    if let Some(a) = assessment {
+        out.status
+            .patch_status
+            .get_or_insert_with(Default::default)
+            .available_patch_summary = Some(patch_summary::of(a));
+    }
+    if managed {
+        assessment::schedule(&input, assessment, &mut out);
+    }
+    out
+}

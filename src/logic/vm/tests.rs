@@ -1,0 +1,487 @@
+//! The VM decision over whole VM lives: onboarding, drift, remediation, assessment.
+
+use super::*;
+use crate::api::*;
+use crate::logic::resolve::resolve;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+
+fn spec() -> VirtualMachineSpec {
+    serde_json::from_value(serde_json::json!({
+        "management": {"enabled": true, "profile": "production"},
+        "os": {"type": "Linux", "image": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server"}},
+        "placement": {"region": "westeurope"},
+    }))
+    .expect("spec")
+}
+
+fn config() -> EffectiveConfiguration {
+    resolve(&ConfigurationProfileSpec::with_defaults(
+        Environment::Production,
+    ))
+}
+
+fn policy(mode: RemediationMode) -> RemediationPolicy {
+    RemediationPolicy {
+        mode,
+        max_attempts: 3,
+        initial_backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(600),
+    }
+}
+
+fn resolved(mode: RemediationMode) -> ProfileChoice {
+    ProfileChoice::Resolved {
+        name: "production".into(),
+        generation: 1,
+        configuration: config(),
+        remediation: policy(mode),
+        via_assignment: false,
+        also_matched: vec![],
+    }
+}
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).expect("ts")
+}
+
+fn run(
+    spec: &VirtualMachineSpec,
+    status: Option<&VirtualMachineStatus>,
+    now: i64,
+    alive: bool,
+    mode: RemediationMode,
+) -> Outcome {
+    decide(Inputs {
+        now: t(now),
+        generation: Some(1),
+        spec,
+        status,
+        profile: resolved(mode),
+        image_problems: vec![],
+        heartbeat: if alive {
+            Heartbeat::Alive { renewed: t(now) }
+        } else {
+            Heartbeat::Missing { last: None }
+        },
+        grace: Duration::from_secs(300),
+        assess_request: None,
+        clock: crate::clock::Clock::real(),
+    })
+}
+
+#[test]
+fn tracked_changes_become_events_once() {
+    let s = spec();
+    let o = run(&s, None, 0, true, RemediationMode::Auto);
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let changes = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("t{i}: file /etc/f{i} modified"))
+            .collect()
+    };
+    let tracked = |o: &Outcome| -> Vec<String> {
+        o.events
+            .iter()
+            .filter(|e| e.reason == "ChangeTracked")
+            .map(|e| e.note.clone())
+            .collect()
+    };
+    st.guest.as_mut().expect("guest").changes = changes(2);
+    let o = run(&s, Some(&st), 1, true, RemediationMode::Auto);
+    let notes = tracked(&o);
+    assert_eq!(notes, changes(2));
+    let mut st2 = o.status.clone();
+    st2.guest = st.guest.clone();
+    let o = run(&s, Some(&st2), 2, true, RemediationMode::Auto);
+    assert!(
+        o.events.iter().all(|e| e.reason != "ChangeTracked"),
+        "published twice"
+    );
+    st2.guest.as_mut().expect("guest").changes = changes(15);
+    let o = run(&s, Some(&st2), 3, true, RemediationMode::Auto);
+    let notes = tracked(&o);
+    assert_eq!(
+        notes,
+        changes(15)[5..].to_vec(),
+        "the newest 10 of the 13 new ones"
+    );
+    assert_eq!(o.status.last_tracked_change, changes(15).last().cloned());
+}
+
+/// The guest applies what is desired and reports `drifted` services as non-compliant.
+fn guest_acts(status: &mut VirtualMachineStatus, drifted: &[&str]) {
+    let d = status.desired.clone().expect("desired");
+    status.guest = Some(GuestState {
+        applied_hash: d.configuration.map(|c| c.hash),
+        applied_attempt: d.remediation_attempt,
+        services: crate::logic::resolve::SERVICE_NAMES
+            .iter()
+            .map(|n| ServiceObservation {
+                name: n.to_string(),
+                compliant: !drifted.contains(n),
+                differences: if drifted.contains(n) {
+                    vec!["running: want true, have false".into()]
+                } else {
+                    vec![]
+                },
+            })
+            .collect(),
+        ..Default::default()
+    });
+}
+
+fn reasons(o: &Outcome) -> Vec<&'static str> {
+    o.events.iter().map(|e| e.reason).collect()
+}
+
+#[test]
+fn onboarding_goes_in_progress_then_configured_with_one_onboarded_event() {
+    let s = spec();
+    let o = run(&s, None, 0, true, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::InProgress));
+    let d = o.status.desired.clone().expect("desired");
+    assert!(d.enforce);
+    assert_eq!(d.configuration.map(|c| c.hash), Some(config().hash));
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let o = run(&s, Some(&st), 10, true, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::Configured));
+    assert_eq!(reasons(&o), vec!["Onboarded"]);
+    let mut st2 = o.status.clone();
+    st2.guest = st.guest.clone();
+    let again = run(&s, Some(&st2), 20, true, RemediationMode::Auto);
+    assert!(
+        again.events.is_empty(),
+        "no repeated events: {:?}",
+        again.events
+    );
+    // Same decision again: conditions keep their transition times.
+    assert_eq!(again.status.conditions, o.status.conditions);
+}
+
+#[test]
+fn no_heartbeat_is_pending_and_desired_waits_for_the_guest() {
+    let o = run(&spec(), None, 0, false, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::Pending));
+    assert!(o.status.desired.is_some());
+    assert!(
+        o.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == HEARTBEAT && c.status == "False")
+    );
+}
+
+#[test]
+fn drift_is_remediated_with_backoff_then_fails_after_max_attempts() {
+    let s = spec();
+    let mut st = run(&s, None, 0, true, RemediationMode::Auto).status;
+    guest_acts(&mut st, &[]);
+    st = run(&s, Some(&st), 1, true, RemediationMode::Auto).status;
+    assert_eq!(st.phase, Some(VmPhase::Configured));
+    // Drift appears: detected, first attempt at once.
+    guest_acts(&mut st, &["monitoring"]);
+    let o = run(&s, Some(&st), 100, true, RemediationMode::Auto);
+    assert_eq!(reasons(&o), vec!["DriftDetected"]);
+    assert!(o.remediation_attempted);
+    assert_eq!(o.status.phase, Some(VmPhase::InProgress));
+    assert_eq!(
+        o.status.desired.as_ref().map(|d| d.remediation_attempt),
+        Some(1)
+    );
+    let mut st = o.status;
+    // Waiting for the guest: nothing new.
+    let o = run(&s, Some(&st), 101, true, RemediationMode::Auto);
+    assert!(!o.remediation_attempted && o.events.is_empty());
+    // Guest re-applied, still drifted: second attempt only after 30 s.
+    guest_acts(&mut st, &["monitoring"]);
+    let o = run(&s, Some(&st), 110, true, RemediationMode::Auto);
+    assert!(!o.remediation_attempted);
+    assert_eq!(o.requeue_after, Some(Duration::from_secs(20)));
+    let o = run(&s, Some(&st), 130, true, RemediationMode::Auto);
+    assert!(o.remediation_attempted);
+    st = o.status;
+    guest_acts(&mut st, &["monitoring"]);
+    // Third attempt after 60 s more.
+    assert!(!run(&s, Some(&st), 189, true, RemediationMode::Auto).remediation_attempted);
+    let o = run(&s, Some(&st), 190, true, RemediationMode::Auto);
+    assert!(o.remediation_attempted);
+    st = o.status;
+    guest_acts(&mut st, &["monitoring"]);
+    let o = run(&s, Some(&st), 500, true, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::Failed));
+    assert_eq!(reasons(&o), vec!["RemediationFailed"]);
+    assert!(
+        o.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("after 3 attempt(s)") && m.contains("monitoring"))
+    );
+    // Fixed by hand later: Configured and Remediated.
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let o = run(&s, Some(&st), 900, true, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::Configured));
+    assert_eq!(reasons(&o), vec!["Remediated"]);
+}
+
+#[test]
+fn report_only_never_raises_the_attempt() {
+    let s = spec();
+    let mut st = run(&s, None, 0, true, RemediationMode::ReportOnly).status;
+    guest_acts(&mut st, &["timeSync"]);
+    let o = run(&s, Some(&st), 10, true, RemediationMode::ReportOnly);
+    assert_eq!(o.status.phase, Some(VmPhase::Failed));
+    assert_eq!(
+        o.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| c.reason.as_str()),
+        Some("DriftNotRemediated")
+    );
+    assert!(!o.remediation_attempted);
+    assert_eq!(o.status.desired.map(|d| d.remediation_attempt), Some(0));
+}
+
+#[test]
+fn disabling_clears_directives_and_keeps_the_configuration() {
+    let mut s = spec();
+    let mut st = run(&s, None, 0, true, RemediationMode::Auto).status;
+    guest_acts(&mut st, &["backup"]);
+    st = run(&s, Some(&st), 5, true, RemediationMode::Auto).status;
+    s.management.enabled = false;
+    let o = run(&s, Some(&st), 6, true, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::NotManaged));
+    let d = o.status.desired.clone().expect("kept");
+    assert!(!d.enforce);
+    assert_eq!(d.configuration.map(|c| c.hash), Some(config().hash));
+    assert_eq!(o.status.remediation, None);
+    assert!(!o.status.conditions.iter().any(|c| c.type_ == DRIFTED));
+    assert_eq!(reasons(&o), vec!["ManagementDisabled"]);
+}
+
+#[test]
+fn unsupported_image_and_missing_profile_fail_with_the_reason() {
+    let s = spec();
+    let o = decide(Inputs {
+        now: t(0),
+        generation: Some(1),
+        spec: &s,
+        status: None,
+        profile: resolved(RemediationMode::Auto),
+        image_problems: vec![ImageProblem::CapabilityMissing {
+            image: "a/b/c".into(),
+            missing: vec![Capability::Hotpatch],
+        }],
+        heartbeat: Heartbeat::Alive { renewed: t(0) },
+        grace: Duration::from_secs(300),
+        assess_request: None,
+        clock: crate::clock::Clock::real(),
+    });
+    assert_eq!(o.status.phase, Some(VmPhase::Failed));
+    assert!(
+        o.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Hotpatch"))
+    );
+    assert!(
+        o.status.desired.is_none(),
+        "nothing is configured on an unsupported image"
+    );
+    let o = decide(Inputs {
+        now: t(0),
+        generation: Some(1),
+        spec: &s,
+        status: None,
+        profile: ProfileChoice::Missing {
+            name: "gone".into(),
+        },
+        image_problems: vec![],
+        heartbeat: Heartbeat::Alive { renewed: t(0) },
+        grace: Duration::from_secs(300),
+        assess_request: None,
+        clock: crate::clock::Clock::real(),
+    });
+    assert_eq!(o.status.phase, Some(VmPhase::Failed));
+    assert!(
+        o.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("gone"))
+    );
+}
+
+fn assessed(status: &mut VirtualMachineStatus, at: i64, packages: Vec<(Classification, &str)>) {
+    let id = status
+        .desired
+        .as_ref()
+        .and_then(|d| d.assessment.as_ref())
+        .map(|a| a.request_id.clone())
+        .expect("a request");
+    let g = status.guest.get_or_insert_with(Default::default);
+    g.assessment = Some(GuestAssessment {
+        request_id: id,
+        status: OperationStatus::Succeeded,
+        start_time: Some(Time(t(at))),
+        finish_time: Some(Time(t(at))),
+        packages: packages
+            .into_iter()
+            .map(|(c, n)| AvailablePackage {
+                name: n.into(),
+                version: "2".into(),
+                installed_version: None,
+                classification: c,
+            })
+            .collect(),
+        reboot_pending: false,
+        error: None,
+    });
+}
+
+fn with_request(
+    spec: &VirtualMachineSpec,
+    status: Option<&VirtualMachineStatus>,
+    now: i64,
+    alive: bool,
+    request: Option<&str>,
+) -> Outcome {
+    decide(Inputs {
+        now: t(now),
+        generation: Some(1),
+        spec,
+        status,
+        profile: resolved(RemediationMode::Auto),
+        image_problems: vec![],
+        heartbeat: if alive {
+            Heartbeat::Alive { renewed: t(now) }
+        } else {
+            Heartbeat::Missing { last: None }
+        },
+        grace: Duration::from_secs(300),
+        assess_request: request.map(Into::into),
+        clock: crate::clock::Clock::real(),
+    })
+}
+
+#[test]
+fn periodic_assessment_runs_when_due_and_only_while_running() {
+    let s = spec();
+    let o = with_request(&s, None, 0, false, None);
+    assert!(
+        o.status
+            .desired
+            .as_ref()
+            .and_then(|d| d.assessment.as_ref())
+            .is_none(),
+        "not while off"
+    );
+    let o = with_request(&s, None, 0, true, None);
+    let first = o
+        .status
+        .desired
+        .clone()
+        .and_then(|d| d.assessment)
+        .expect("assess at once");
+    assert!(first.request_id.starts_with("periodic-"));
+    let mut st = o.status;
+    // In flight: no new request.
+    let o = with_request(&s, Some(&st), 60, true, None);
+    assert_eq!(
+        o.status.desired.as_ref().and_then(|d| d.assessment.clone()),
+        Some(first.clone())
+    );
+    assessed(
+        &mut st,
+        100,
+        vec![
+            (Classification::Security, "openssl"),
+            (Classification::Critical, "kernel"),
+            (Classification::Other, "vim"),
+        ],
+    );
+    let o = with_request(&s, Some(&st), 200, true, None);
+    let sum = o
+        .status
+        .patch_status
+        .clone()
+        .and_then(|p| p.available_patch_summary)
+        .expect("summary");
+    assert_eq!(
+        (sum.critical_and_security_patch_count, sum.other_patch_count),
+        (2, 1)
+    );
+    assert_eq!(
+        sum.assessment_activity_id.as_deref(),
+        Some(first.request_id.as_str())
+    );
+    assert_eq!(
+        o.status.desired.as_ref().and_then(|d| d.assessment.clone()),
+        Some(first.clone()),
+        "not due yet"
+    );
+    assert_eq!(
+        o.requeue_after.map(|d| d.as_secs() <= 24 * 3600 - 100),
+        Some(true)
+    );
+    // 24h later it is due again.
+    let o = with_request(&s, Some(&st), 100 + 24 * 3600, true, None);
+    let next = o.status.desired.and_then(|d| d.assessment).expect("due");
+    assert_ne!(next.request_id, first.request_id);
+}
+
+#[test]
+fn on_demand_assessment_is_taken_once_and_never_installs() {
+    let s = spec();
+    let mut st = with_request(&s, None, 0, true, None).status;
+    assessed(&mut st, 1, vec![]);
+    let o = with_request(&s, Some(&st), 10, true, Some("r1"));
+    let d = o.status.desired.clone().expect("desired");
+    assert_eq!(
+        d.assessment.as_ref().map(|a| a.request_id.as_str()),
+        Some("ondemand-r1")
+    );
+    assert!(d.installation.is_none());
+    assert_eq!(
+        o.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+        vec!["AssessmentRequested"]
+    );
+    let mut st = o.status;
+    assessed(&mut st, 11, vec![]);
+    let o = with_request(&s, Some(&st), 12, true, Some("r1"));
+    assert!(o.events.is_empty(), "the same request is not taken twice");
+    assert_eq!(
+        o.status
+            .desired
+            .and_then(|d| d.assessment)
+            .and_then(|a| a.on_demand),
+        Some("r1".into())
+    );
+}
+
+proptest! {
+    /// Whatever the guest reports, in any order, the attempt number only grows, by at most one per
+    /// decision, never past maxAttempts within one episode, and only when the guest has caught up.
+    #[test]
+    fn remediation_attempts_are_bounded(steps in proptest::collection::vec((any::<bool>(), any::<bool>(), 0i64..200), 1..40)) {
+        let s = spec();
+        let mut st = run(&s, None, 0, true, RemediationMode::Auto).status;
+        let mut now = 0;
+        for (acts, drifted, dt) in steps {
+            now += dt;
+            if acts { guest_acts(&mut st, if drifted { &["monitoring"] } else { &[] }); }
+            let before = st.desired.as_ref().map_or(0, |d| d.remediation_attempt);
+            let caught_up = st.guest.as_ref().is_some_and(|g| g.applied_attempt == before);
+            let o = run(&s, Some(&st), now, true, RemediationMode::Auto);
+            let after = o.status.desired.as_ref().map_or(0, |d| d.remediation_attempt);
+            prop_assert!(after == before || (after == before + 1 && caught_up && o.remediation_attempted));
+            prop_assert!(o.status.remediation.as_ref().map_or(0, |r| r.attempts) <= 3);
+            let guest = st.guest.clone();
+            st = o.status;
+            st.guest = guest;
+        }
+    }
+}
