@@ -6,6 +6,7 @@
 //! reports `status.guest` with server-side apply as the `automend-guest` field manager. It writes
 //! only when what it reports has changed.
 
+mod install;
 pub mod journal;
 pub mod sim;
 
@@ -16,14 +17,14 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment, GuestInstallation,
-    GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage, RebootSetting,
+    AssessmentDirective, AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment,
+    GuestInstallation, GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage,
     ServiceObservation, VirtualMachine,
 };
 use crate::identity::{self, GUEST_MANAGER};
@@ -139,20 +140,17 @@ pub struct Guest<B: Backend> {
     desired: Option<DesiredState>,
     /// What was last reported (and acknowledged by the API server).
     reported: Option<GuestState>,
-    /// What the guest has applied.
-    applied_hash: Option<String>,
-    applied_attempt: i32,
+    /// What the guest applied, assessed and installed (what the journal keeps).
+    results: journal::Record,
     apply_error: Option<String>,
+    /// Whatever besides the hash decided the last apply (`Backend::apply_key`).
+    applied_key: Option<String>,
+    /// The heartbeat Lease has been acquired.
     acquired: bool,
-    assessment: Option<GuestAssessment>,
-    installation: Option<GuestInstallation>,
     /// The results on disk (the agent); `None` keeps them in memory only (the simulator).
     journal: Option<journal::Journal>,
     /// Results were restored from the journal: they win over what the API server last saw.
     restored: bool,
-    in_progress: Option<GuestInstallation>,
-    acknowledged: bool,
-    applied_key: Option<String>,
     problems: Vec<String>,
 }
 
@@ -168,17 +166,15 @@ impl<B: Backend> Guest<B> {
             timing,
             desired: None,
             reported: None,
-            applied_hash: None,
-            applied_attempt: 0,
+            results: journal::Record {
+                acknowledged: true,
+                ..Default::default()
+            },
             apply_error: None,
+            applied_key: None,
             acquired: false,
-            assessment: None,
-            installation: None,
             journal: None,
             restored: false,
-            in_progress: None,
-            acknowledged: true,
-            applied_key: None,
             problems: Vec::new(),
         }
     }
@@ -194,12 +190,7 @@ impl<B: Backend> Guest<B> {
         match j.load() {
             Ok(Some(r)) => {
                 info!(vm = %self.name, acknowledged = r.acknowledged, "restored results from {}", j.path().display());
-                self.applied_hash = r.applied_hash;
-                self.applied_attempt = r.applied_attempt;
-                self.assessment = r.assessment;
-                self.installation = r.installation;
-                self.in_progress = r.in_progress;
-                self.acknowledged = r.acknowledged;
+                self.results = r;
                 self.restored = true;
             }
             Ok(None) => {}
@@ -212,17 +203,9 @@ impl<B: Backend> Guest<B> {
 
     /// Write the results to the journal (before they are reported).
     fn persist(&mut self, acknowledged: bool) {
-        self.acknowledged = acknowledged;
+        self.results.acknowledged = acknowledged;
         let Some(j) = &self.journal else { return };
-        let record = journal::Record {
-            applied_hash: self.applied_hash.clone(),
-            applied_attempt: self.applied_attempt,
-            assessment: self.assessment.clone(),
-            installation: self.installation.clone(),
-            in_progress: self.in_progress.clone(),
-            acknowledged,
-        };
-        if let Err(e) = j.save(&record) {
+        if let Err(e) = j.save(&self.results) {
             warn!(vm = %self.name, error = %e, "keeping results on disk");
             if !self.problems.contains(&e) {
                 self.problems.push(e);
@@ -232,6 +215,25 @@ impl<B: Backend> Guest<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The VirtualMachine as the watch shows it.
+    fn seen(&mut self, vm: &VirtualMachine) {
+        self.backend
+            .annotations(&vm.metadata.annotations.clone().unwrap_or_default());
+        self.backend.seen(vm);
+        self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
+        if self.reported.is_none() {
+            self.reported = vm.status.as_ref().and_then(|s| s.guest.clone());
+            if let Some(r) = &self.reported
+                && !self.restored
+            {
+                self.results.applied_hash = r.applied_hash.clone();
+                self.results.applied_attempt = r.applied_attempt;
+                self.results.assessment = r.assessment.clone();
+                self.results.installation = r.installation.clone();
+            }
+        }
     }
 
     /// Run until `stop` resolves; gives the backend back.
@@ -253,22 +255,7 @@ impl<B: Backend> Guest<B> {
             tokio::select! {
                 _ = &mut stop => break,
                 item = stream.next() => match item {
-                    Some(Ok(vm)) => {
-                        self.backend.annotations(&vm.metadata.annotations.clone().unwrap_or_default());
-                        self.backend.seen(&vm);
-                        self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
-                        if self.reported.is_none() {
-                            self.reported = vm.status.as_ref().and_then(|s| s.guest.clone());
-                            if let Some(r) = &self.reported
-                                && !self.restored
-                            {
-                                self.applied_hash = r.applied_hash.clone();
-                                self.applied_attempt = r.applied_attempt;
-                                self.assessment = r.assessment.clone();
-                                self.installation = r.installation.clone();
-                            }
-                        }
-                    }
+                    Some(Ok(vm)) => self.seen(&vm),
                     Some(Err(e)) => { warn!(vm = %self.name, error = %e, "watching the VirtualMachine"); continue; }
                     None => break,
                 },
@@ -298,53 +285,18 @@ impl<B: Backend> Guest<B> {
     async fn install(&mut self, d: &InstallationDirective) -> GuestInstallation {
         let clock = self.timing.clock;
         let start = clock.now();
-        let mut record = GuestInstallation {
-            rollout: d.rollout.clone(),
-            wave: d.wave,
-            rollback: d.rollback,
-            status: OperationStatus::Failed,
-            start_time: Some(Time(start)),
-            finish_time: None,
-            installed: Vec::new(),
-            failed: Vec::new(),
-            previous_versions: Vec::new(),
-            reboot_pending: false,
-            maintenance_window_exceeded: false,
-            error: None,
-        };
-        if d.window_end.as_ref().is_some_and(|end| end.0 <= start) {
-            record.maintenance_window_exceeded = true;
-            record.error =
-                Some("the maintenance window ended before the installation could start".into());
-            record.finish_time = Some(Time(start));
-            return record;
+        let record = install::started(d, start);
+        if let Some(refused) = install::refused_after_window(d, &record, start) {
+            return refused;
         }
-        let (packages, remove) = if d.rollback {
-            let before = self
-                .installation
-                .as_ref()
-                .filter(|i| i.rollout == d.rollout && !i.rollback)
-                .map(|i| (i.previous_versions.clone(), i.installed.clone()));
-            let Some((previous, installed)) = before else {
-                record.error = Some(format!(
-                    "nothing of rollout {} was installed here to roll back",
-                    d.rollout
-                ));
-                record.finish_time = Some(Time(clock.now()));
-                return record;
-            };
-            let remove: Vec<String> = installed
-                .iter()
-                .filter(|p| !previous.iter().any(|q| q.name == p.name))
-                .map(|p| p.name.clone())
-                .collect();
-            (previous, remove)
-        } else {
-            (d.packages.clone(), Vec::new())
+        let (packages, remove) = match install::targets(d, self.results.installation.as_ref()) {
+            Ok(t) => t,
+            Err(e) => return install::failed(record, e, clock.now()),
         };
         // The versions in place before anything changes, kept on disk with the directive: an
         // agent stopped mid-install resumes with them, not with what it had half installed.
         let resumed = self
+            .results
             .in_progress
             .as_ref()
             .filter(|i| i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback);
@@ -356,55 +308,19 @@ impl<B: Backend> Guest<B> {
             }
         };
         let previous = match previous {
-            Ok(mut p) => {
-                for q in p.iter_mut().filter(|q| q.classification.is_none()) {
-                    q.classification = packages
-                        .iter()
-                        .find(|x| x.name == q.name)
-                        .and_then(|x| x.classification);
-                }
-                p
-            }
+            Ok(p) => install::classified(p, &packages),
             Err(e) => {
-                record.error = Some(format!(
-                    "reading the installed versions before installing: {e}"
-                ));
-                record.finish_time = Some(Time(clock.now()));
-                return record;
+                let e = format!("reading the installed versions before installing: {e}");
+                return install::failed(record, e, clock.now());
             }
         };
-        let mut started = record.clone();
-        started.status = OperationStatus::InProgress;
-        started.previous_versions = previous.clone();
-        self.in_progress = Some(started);
+        let mut in_progress = record.clone();
+        in_progress.status = OperationStatus::InProgress;
+        in_progress.previous_versions = previous.clone();
+        self.results.in_progress = Some(in_progress);
         self.persist(false);
         let out = self.backend.install(&packages, &remove).await;
-        let finish = clock.now();
-        record.finish_time = Some(Time(finish));
-        record.maintenance_window_exceeded =
-            d.window_end.as_ref().is_some_and(|end| end.0 < finish);
-        record.status = match (
-            out.failed.is_empty(),
-            out.installed.is_empty() && !packages.is_empty(),
-        ) {
-            (true, _) => OperationStatus::Succeeded,
-            (false, true) => OperationStatus::Failed,
-            (false, false) => OperationStatus::CompletedWithWarnings,
-        };
-        record.installed = out.installed;
-        record.failed = out.failed;
-        record.previous_versions = if previous.is_empty() {
-            out.previous_versions
-        } else {
-            previous
-        };
-        record.error = out.error;
-        // Reboot per the directive: Never leaves it pending; the others reboot when needed
-        // (Always: regardless). Hotpatch applies fixes to the running system: no reboot.
-        record.reboot_pending = out.reboot_required
-            && !d.hotpatch_only
-            && d.reboot_setting == Some(RebootSetting::Never);
-        record
+        install::finished(record, d, packages.len(), previous, out, clock.now())
     }
 
     async fn renew(&mut self) {
@@ -432,91 +348,117 @@ impl<B: Backend> Guest<B> {
         }
     }
 
-    /// Apply if asked, observe, and report if anything changed.
+    /// Act on what is asked (assess, install, apply), observe, and report if anything changed.
     async fn step(&mut self) {
         let Some(desired) = self.desired.clone() else {
             return;
         };
-        if let Some(request) = &desired.assessment
-            && self.assessment.as_ref().map(|a| &a.request_id) != Some(&request.request_id)
-        {
-            let start = Time(self.timing.clock.now());
-            let result = self.backend.assess().await;
-            let finish = Some(Time(self.timing.clock.now()));
-            self.assessment = Some(match result {
-                Ok(found) => GuestAssessment {
-                    request_id: request.request_id.clone(),
-                    status: OperationStatus::Succeeded,
-                    start_time: Some(start),
-                    finish_time: finish,
-                    packages: found.packages,
-                    reboot_pending: found.reboot_pending,
-                    error: None,
-                },
-                Err(e) => {
-                    warn!(vm = %self.name, error = %e, "assessing patches");
-                    GuestAssessment {
-                        request_id: request.request_id.clone(),
-                        status: OperationStatus::Failed,
-                        start_time: Some(start),
-                        finish_time: finish,
-                        packages: Vec::new(),
-                        reboot_pending: false,
-                        error: Some(e),
-                    }
-                }
-            });
-            self.persist(false);
+        if let Some(request) = &desired.assessment {
+            self.assess_if_new(request).await;
         }
         if let Some(d) = &desired.installation {
-            let handled = self.installation.as_ref().is_some_and(|i| {
-                i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback
-            });
-            if !handled {
-                let result = self.install(d).await;
-                self.installation = Some(result);
-                self.in_progress = None;
-                self.persist(false);
-            }
+            self.install_if_new(d).await;
         }
         let Some(config) = desired.configuration.clone() else {
             return;
         };
-        let asked = (Some(config.hash.clone()), desired.remediation_attempt);
-        let key = self.backend.apply_key();
-        if desired.enforce
-            && ((self.applied_hash.clone(), self.applied_attempt) != asked
-                || self.applied_key != key)
-        {
-            match self.backend.apply(&config).await {
-                Ok(()) => self.apply_error = None,
-                Err(e) => {
-                    warn!(vm = %self.name, error = %e, "applying the configuration");
-                    self.apply_error = Some(e);
-                }
-            }
-            self.applied_hash = Some(config.hash.clone());
-            self.applied_attempt = desired.remediation_attempt;
-            self.applied_key = key;
-            self.persist(false);
+        if desired.enforce {
+            self.apply_if_asked(&config, desired.remediation_attempt)
+                .await;
         }
-        let mut services = self.backend.observe(&config).await;
+        let state = self.observe(&config).await;
+        self.report(state).await;
+    }
+
+    async fn assess_if_new(&mut self, request: &AssessmentDirective) {
+        if self.results.assessment.as_ref().map(|a| &a.request_id) == Some(&request.request_id) {
+            return;
+        }
+        let start = Some(Time(self.timing.clock.now()));
+        let result = self.backend.assess().await;
+        let finish_time = Some(Time(self.timing.clock.now()));
+        let (status, packages, reboot_pending, error) = match result {
+            Ok(found) => (
+                OperationStatus::Succeeded,
+                found.packages,
+                found.reboot_pending,
+                None,
+            ),
+            Err(e) => {
+                warn!(vm = %self.name, error = %e, "assessing patches");
+                (OperationStatus::Failed, Vec::new(), false, Some(e))
+            }
+        };
+        self.results.assessment = Some(GuestAssessment {
+            request_id: request.request_id.clone(),
+            status,
+            start_time: start,
+            finish_time,
+            packages,
+            reboot_pending,
+            error,
+        });
+        self.persist(false);
+    }
+
+    async fn install_if_new(&mut self, d: &InstallationDirective) {
+        let handled = self.results.installation.as_ref().is_some_and(|i| {
+            i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback
+        });
+        if handled {
+            return;
+        }
+        let result = self.install(d).await;
+        self.results.installation = Some(result);
+        self.results.in_progress = None;
+        self.persist(false);
+    }
+
+    /// Apply when the controller asks for a new (hash, attempt), or what else decides the apply
+    /// changed.
+    async fn apply_if_asked(&mut self, config: &EffectiveConfiguration, attempt: i32) {
+        let asked = (Some(config.hash.clone()), attempt);
+        let key = self.backend.apply_key();
+        if (
+            self.results.applied_hash.clone(),
+            self.results.applied_attempt,
+        ) == asked
+            && self.applied_key == key
+        {
+            return;
+        }
+        match self.backend.apply(config).await {
+            Ok(()) => self.apply_error = None,
+            Err(e) => {
+                warn!(vm = %self.name, error = %e, "applying the configuration");
+                self.apply_error = Some(e);
+            }
+        }
+        self.results.applied_hash = Some(config.hash.clone());
+        self.results.applied_attempt = attempt;
+        self.applied_key = key;
+        self.persist(false);
+    }
+
+    /// What the guest reports now.
+    async fn observe(&mut self, config: &EffectiveConfiguration) -> GuestState {
+        let mut services = self.backend.observe(config).await;
         if let Some(e) = &self.apply_error {
             for s in services.iter_mut().filter(|s| !s.compliant) {
                 s.differences.push(format!("apply failed: {e}"));
             }
         }
-        let mut state = GuestState {
+        GuestState {
             agent_version: Some(AGENT_VERSION.into()),
             os: Some(self.backend.os()),
-            applied_hash: self.applied_hash.clone(),
-            applied_attempt: self.applied_attempt,
+            applied_hash: self.results.applied_hash.clone(),
+            applied_attempt: self.results.applied_attempt,
             services,
             reboot_pending: self.backend.reboot_pending(),
             healthy: Some(self.backend.healthy()),
             last_observed_time: None,
-            assessment: self.assessment.clone(),
-            installation: self.installation.clone(),
+            assessment: self.results.assessment.clone(),
+            installation: self.results.installation.clone(),
             problems: self
                 .problems
                 .iter()
@@ -525,37 +467,28 @@ impl<B: Backend> Guest<B> {
                 .take(32)
                 .collect(),
             changes: self.backend.changes(),
-        };
+        }
+    }
+
+    /// Write `status.guest` when it differs from what was last reported.
+    async fn report(&mut self, mut state: GuestState) {
         let unchanged = self.reported.as_ref().is_some_and(|r| {
             let mut r = r.clone();
             r.last_observed_time = None;
             r == state
         });
         if unchanged {
-            if !self.acknowledged {
+            if !self.results.acknowledged {
                 self.persist(true);
             }
             return;
         }
         state.last_observed_time = Some(Time(Timestamp::now()));
-        let body = serde_json::json!({
-            "apiVersion": VirtualMachine::api_version(&()),
-            "kind": VirtualMachine::kind(&()),
-            "metadata": { "name": self.name },
-            "status": { "guest": state },
-        });
-        match self
-            .vms
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(GUEST_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-        {
+        let status = serde_json::json!({ "guest": state });
+        match crate::status::apply(&self.vms, &self.name, GUEST_MANAGER, &status).await {
             Ok(_) => {
                 self.reported = Some(state);
-                if !self.acknowledged {
+                if !self.results.acknowledged {
                     self.persist(true);
                 }
             }
