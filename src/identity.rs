@@ -34,11 +34,6 @@ pub fn guest_name(vm: &str) -> String {
     format!("{GUEST_PREFIX}{vm}")
 }
 
-/// The guest's user name as the API server sees it.
-pub fn guest_username(namespace: &str, vm: &str) -> String {
-    format!("system:serviceaccount:{namespace}:{}", guest_name(vm))
-}
-
 /// The heartbeat Lease of a VM has the VM's name, in the VM's namespace (like a Node's Lease).
 pub fn lease_name(vm: &str) -> String {
     vm.to_string()

@@ -45,6 +45,14 @@ impl Error {
     }
 }
 
+/// The watch of the ConfigurationProfiles this controller manages (`--profile-selector`).
+pub fn profile_watch(settings: &Settings) -> kube::runtime::watcher::Config {
+    match &settings.profile_selector {
+        Some(sel) => kube::runtime::watcher::Config::default().labels(sel),
+        None => kube::runtime::watcher::Config::default(),
+    }
+}
+
 /// The API of a namespaced kind: one namespace when the controller is limited to one, else all.
 pub fn namespaced<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where

@@ -138,25 +138,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(http::serve(listener, state.clone(), stopped.clone()));
 
-    // Ready once the API server answers and serves our group.
-    loop {
-        match api_group(&client).await {
-            Ok(group) => {
-                info!(
-                    version = group.preferred_version_or_latest(),
-                    "the automend.io API is installed"
-                );
-                state.set_ready(true);
-                break;
-            }
-            Err(e) => {
-                warn!(error = %e, "waiting for the automend.io API (are the CRDs installed?)")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = stopped.clone() => { let _ = server.await; return Ok(()); }
-        }
+    if !wait_for_api(&client, &state, stopped.clone()).await {
+        let _ = server.await;
+        return Ok(());
     }
 
     let me = identity(&settings);
@@ -176,52 +160,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
 
     let result = if settings.leader_elect {
-        let manager = LeaseManagerBuilder::new(client.clone(), &settings.leader_election_id)
-            .with_namespace(&settings.leader_election_namespace)
-            .with_identity(&me)
-            .with_duration(15)
-            .with_grace(5)
-            .build()
-            .await
-            .context("setting up leader election")?;
-        let (mut leader, handle) = manager.watch().await;
-        info!(identity = %me, lease = %settings.leader_election_id, "waiting to be elected leader");
-        let elected = tokio::select! {
-            r = leader.wait_for(|l| *l) => r.is_ok(),
-            _ = stopped.clone() => false,
-        };
-        let result = if elected {
-            info!(identity = %me, "elected leader; starting the controllers");
-            ctx.metrics.leader.set(1);
-            let mut lost_rx = leader.clone();
-            let lost = async move {
-                let _ = lost_rx.wait_for(|l| !*l).await;
-            }
-            .shared();
-            let stop = futures::future::select(stopped.clone(), lost.clone())
-                .map(|_| ())
-                .shared();
-            run_controllers(ctx.clone(), stop).await;
-            ctx.metrics.leader.set(0);
-            if lost.now_or_never().is_some() {
-                Err(anyhow::anyhow!(
-                    "lost the leader election Lease; exiting so that a fresh replica takes over"
-                ))
-            } else {
-                Ok(())
-            }
-        } else {
-            Ok(())
-        };
-        // Dropping the receiver makes the manager release the Lease, so another replica takes
-        // over at once instead of after the Lease expires.
-        drop(leader);
-        match tokio::time::timeout(Duration::from_secs(5), handle).await {
-            Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader Lease"),
-            Err(_) => warn!("timed out releasing the leader Lease"),
-            _ => info!("released the leader Lease"),
-        }
-        result
+        lead(ctx.clone(), &me, stopped.clone()).await
     } else {
         run_controllers(ctx.clone(), stopped.clone()).await;
         Ok(())
@@ -232,6 +171,89 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         error!(error = %e, "controller stopped");
     }
     info!("shut down");
+    result
+}
+
+/// Wait until the API server answers and serves our group (readiness follows); false when
+/// stopped first.
+async fn wait_for_api(
+    client: &Client,
+    state: &State,
+    stopped: impl std::future::Future<Output = ()> + Clone,
+) -> bool {
+    loop {
+        match api_group(client).await {
+            Ok(group) => {
+                info!(
+                    version = group.preferred_version_or_latest(),
+                    "the automend.io API is installed"
+                );
+                state.set_ready(true);
+                return true;
+            }
+            Err(e) => {
+                warn!(error = %e, "waiting for the automend.io API (are the CRDs installed?)")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stopped.clone() => return false,
+        }
+    }
+}
+
+/// Run the controllers while this replica holds the leader Lease; losing it is an error (the Pod
+/// restarts and a fresh replica takes over).
+async fn lead(
+    ctx: Arc<Context>,
+    me: &str,
+    stopped: impl std::future::Future<Output = ()> + Send + Sync + Clone + Unpin + 'static,
+) -> anyhow::Result<()> {
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &ctx.settings.leader_election_id)
+        .with_namespace(&ctx.settings.leader_election_namespace)
+        .with_identity(me)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leader, handle) = manager.watch().await;
+    info!(identity = %me, lease = %ctx.settings.leader_election_id, "waiting to be elected leader");
+    let elected = tokio::select! {
+        r = leader.wait_for(|l| *l) => r.is_ok(),
+        _ = stopped.clone() => false,
+    };
+    let result = if elected {
+        info!(identity = %me, "elected leader; starting the controllers");
+        ctx.metrics.leader.set(1);
+        let mut lost_rx = leader.clone();
+        let lost = async move {
+            let _ = lost_rx.wait_for(|l| !*l).await;
+        }
+        .shared();
+        let stop = futures::future::select(stopped.clone(), lost.clone())
+            .map(|_| ())
+            .shared();
+        run_controllers(ctx.clone(), stop).await;
+        ctx.metrics.leader.set(0);
+        if lost.now_or_never().is_some() {
+            Err(anyhow::anyhow!(
+                "lost the leader election Lease; exiting so that a fresh replica takes over"
+            ))
+        } else {
+            Ok(())
+        }
+    } else {
+        Ok(())
+    };
+    // Dropping the receiver makes the manager release the Lease, so another replica takes
+    // over at once instead of after the Lease expires.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), handle).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader Lease"),
+        Err(_) => warn!("timed out releasing the leader Lease"),
+        _ => info!("released the leader Lease"),
+    }
     result
 }
 

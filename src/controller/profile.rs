@@ -10,10 +10,9 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use tracing::info;
 
-use super::context::{Context, Error};
+use super::context::{Context, Error, profile_watch};
 use super::metrics::Metrics;
 use super::reconcile::{instrumented, on_error};
 use super::shared::Shared;
@@ -31,10 +30,7 @@ pub async fn run(
     shared: Shared,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let config = match &ctx.settings.profile_selector {
-        Some(sel) => watcher::Config::default().labels(sel),
-        None => watcher::Config::default(),
-    };
+    let config = profile_watch(&ctx.settings);
     let api = Api::<ConfigurationProfile>::all(ctx.client.clone());
     let shared2 = shared.clone();
     Controller::new(api, config)

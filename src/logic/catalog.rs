@@ -212,12 +212,6 @@ impl ImageCatalog {
         }
         problems
     }
-
-    /// Whether the image can take hotpatches.
-    pub fn hotpatch_capable(&self, image: &ImageReference) -> bool {
-        self.lookup(image)
-            .is_some_and(|e| e.capabilities.contains(&Capability::Hotpatch))
-    }
 }
 
 #[cfg(test)]

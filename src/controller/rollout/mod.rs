@@ -33,7 +33,7 @@ use crate::api::{
 };
 use crate::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use crate::logic::rollout::{
-    Settings as RolloutSettings, VmView, Written, decide_gathered, facts, gather,
+    Gathered, Settings as RolloutSettings, VmView, Written, decide_gathered, facts, gather,
 };
 
 /// Expectations of the whole process, shared by every rollout: a VM's directive is the last one any
@@ -190,24 +190,11 @@ async fn reconcile(
     .await
 }
 
-async fn apply(
-    r: &PatchRollout,
-    ctx: &Context,
-    shared: &Shared,
-    stores: &Stores,
-) -> Result<Action, Error> {
+/// Expectations for one decision: what the cache already shows (or VMs that are gone) is
+/// dropped; the rest stands in for the cache.
+fn expectations(stores: &Stores, r: &PatchRollout, g: &Gathered) -> Written {
     let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
-    let now = ctx.clock.now();
-    let g = gather(
-        r,
-        &stores.rollouts.state(),
-        &stores.rings.state(),
-        &shared.vms.state(),
-        &ctx.clock,
-    );
-    // Expectations: drop what the cache already shows (or VMs that are gone), use the rest.
-    let key = (ns.clone(), name.clone());
+    let key = (ns.clone(), r.name_any());
     let by_name: HashMap<&str, &VmView> = g
         .views
         .iter()
@@ -235,6 +222,27 @@ async fn apply(
             }
         }
     }
+    expected
+}
+
+async fn apply(
+    r: &PatchRollout,
+    ctx: &Context,
+    shared: &Shared,
+    stores: &Stores,
+) -> Result<Action, Error> {
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let now = ctx.clock.now();
+    let g = gather(
+        r,
+        &stores.rollouts.state(),
+        &stores.rings.state(),
+        &shared.vms.state(),
+        &ctx.clock,
+    );
+    let key = (ns.clone(), name.clone());
+    let mut expected = expectations(stores, r, &g);
     let out = decide_gathered(r, &g, now, &settings_of(ctx), &expected);
 
     // 1. VM writes: directives first, so a crash before the status write loses nothing.

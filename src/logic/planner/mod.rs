@@ -76,6 +76,56 @@ pub struct Plan {
     pub done: bool,
 }
 
+/// Regions into phases so that no geo-pair shares one: a 2-colouring of the pair graph (more
+/// phases only for an odd cycle), heaviest regions first, each into the lighter phase its partner
+/// is not in. Returns the phases (region ids) and each region's phase.
+fn colour_phases(
+    regions: &[String],
+    load: &[usize],
+    partner: &[Vec<u16>],
+) -> (Vec<Vec<u16>>, Vec<u16>) {
+    let mut order: Vec<u16> = (0..regions.len() as u16).collect();
+    order.sort_by(|a, b| {
+        load[*b as usize]
+            .cmp(&load[*a as usize])
+            .then_with(|| regions[*a as usize].cmp(&regions[*b as usize]))
+    });
+    let mut region_phase = vec![u16::MAX; regions.len()];
+    // Two phases (more only if the pairs form an odd cycle), so every region has a partner
+    // phase to fall back on.
+    let mut phase_load: Vec<usize> = vec![0; regions.len().min(2)];
+    for r in order {
+        let banned: Vec<u16> = partner[r as usize]
+            .iter()
+            .map(|p| region_phase[*p as usize])
+            .filter(|p| *p != u16::MAX)
+            .collect();
+        let p = match (0..phase_load.len() as u16)
+            .filter(|p| !banned.contains(p))
+            .min_by_key(|p| (phase_load[*p as usize], *p))
+        {
+            Some(p) => p,
+            None => {
+                phase_load.push(0);
+                (phase_load.len() - 1) as u16
+            }
+        };
+        region_phase[r as usize] = p;
+        phase_load[p as usize] += load[r as usize];
+    }
+    let mut phases: Vec<Vec<u16>> = vec![Vec::new(); phase_load.len()];
+    for (r, p) in region_phase.iter().enumerate() {
+        phases[*p as usize].push(r as u16);
+    }
+    phases.retain(|p| !p.is_empty());
+    for (i, p) in phases.iter().enumerate() {
+        for r in p {
+            region_phase[*r as usize] = i as u16;
+        }
+    }
+    (phases, region_phase)
+}
+
 impl Topology {
     /// Index a fleet. `pairs` are geo-pairs (region names); regions are placed in phases so that
     /// no pair shares one: a 2-colouring of the pair graph, balanced by VM count, largest first.
@@ -125,45 +175,7 @@ impl Topology {
                 partner[b as usize].push(a);
             }
         }
-        let mut order: Vec<u16> = (0..regions.len() as u16).collect();
-        order.sort_by(|a, b| {
-            load[*b as usize]
-                .cmp(&load[*a as usize])
-                .then_with(|| regions[*a as usize].cmp(&regions[*b as usize]))
-        });
-        let mut region_phase = vec![u16::MAX; regions.len()];
-        // Two phases (more only if the pairs form an odd cycle), so every region has a partner
-        // phase to fall back on.
-        let mut phase_load: Vec<usize> = vec![0; regions.len().min(2)];
-        for r in order {
-            let banned: Vec<u16> = partner[r as usize]
-                .iter()
-                .map(|p| region_phase[*p as usize])
-                .filter(|p| *p != u16::MAX)
-                .collect();
-            let p = match (0..phase_load.len() as u16)
-                .filter(|p| !banned.contains(p))
-                .min_by_key(|p| (phase_load[*p as usize], *p))
-            {
-                Some(p) => p,
-                None => {
-                    phase_load.push(0);
-                    (phase_load.len() - 1) as u16
-                }
-            };
-            region_phase[r as usize] = p;
-            phase_load[p as usize] += load[r as usize];
-        }
-        let mut phases: Vec<Vec<u16>> = vec![Vec::new(); phase_load.len()];
-        for (r, p) in region_phase.iter().enumerate() {
-            phases[*p as usize].push(r as u16);
-        }
-        phases.retain(|p| !p.is_empty());
-        for (i, p) in phases.iter().enumerate() {
-            for r in p {
-                region_phase[*r as usize] = i as u16;
-            }
-        }
+        let (phases, region_phase) = colour_phases(&regions, &load, &partner);
         let mut phase_members: Vec<Vec<u32>> = vec![Vec::new(); phases.len()];
         for (id, n) in nodes.iter().enumerate() {
             phase_members[region_phase[n.region as usize] as usize].push(id as u32);

@@ -1,9 +1,9 @@
 //! The VirtualMachine controller: guest identity, profile resolution, the phase decision, the
 //! guest protocol's controller half, Events and the cleanup finalizer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -20,26 +20,23 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::context::{Context, Error, namespaced};
+use super::context::{Context, Error, namespaced, profile_watch};
 use super::metrics::{Metrics, PhaseLabel};
 use super::reconcile::{instrumented, on_error};
 use super::shared::Shared;
 use crate::api::{ConfigurationProfile, VirtualMachine, VmPhase};
 use crate::identity::{self, CONTROLLER_MANAGER, OWNED_SELECTOR};
 use crate::logic::assign::{self, Candidate};
-use crate::logic::conditions::is_true;
 use crate::logic::duration::parse_or;
 use crate::logic::resolve;
 use crate::logic::vm::{self as decide, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
 
-pub const FINALIZER: &str = "automend.io/guest-identity";
+mod guest_identity;
+mod triggers;
 
-fn profile_config(ctx: &Context) -> watcher::Config {
-    match &ctx.settings.profile_selector {
-        Some(sel) => watcher::Config::default().labels(sel),
-        None => watcher::Config::default(),
-    }
-}
+use guest_identity::{cleanup, ensure_identity};
+
+pub const FINALIZER: &str = "automend.io/guest-identity";
 
 /// Run the VirtualMachine controller until `stop` resolves.
 pub async fn run(
@@ -72,54 +69,19 @@ pub async fn run(
         }
     });
 
-    // Profiles: re-reconcile exactly the VMs that use (or could be assigned) a profile when its
-    // spec changes or it goes away; its status updates are ignored.
-    let seen_generations: Mutex<HashMap<String, Option<i64>>> = Mutex::default();
-    let profiles_store = shared.profiles.clone();
-    let vms_for_profiles = shared.vms.clone();
     let profile_stream = watcher(
         Api::<ConfigurationProfile>::all(client.clone()),
-        profile_config(&ctx),
+        profile_watch(&ctx.settings),
     )
     .default_backoff()
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(w.profiles)
     .touched_objects();
-    let profile_mapper = move |p: ConfigurationProfile| {
-        let name = p.name_any();
-        let current = profiles_store.get(&ObjectRef::new(&name));
-        let generation = current.as_ref().and_then(|c| c.metadata.generation);
-        let changed = match seen_generations.lock() {
-            Ok(mut seen) => {
-                let before = seen.insert(name.clone(), generation);
-                if current.is_none() {
-                    seen.remove(&name);
-                }
-                before != Some(generation) || current.is_none()
-            }
-            Err(_) => true,
-        };
-        if !changed {
-            return Vec::new();
-        }
-        vms_for_profiles
-            .state()
-            .into_iter()
-            .filter(|vm| {
-                vm.spec.management.profile.as_deref() == Some(name.as_str())
-                    || vm.status.as_ref().and_then(|s| s.profile.as_deref()) == Some(name.as_str())
-                    || vm.spec.management.profile.is_none()
-            })
-            .map(|vm| ObjectRef::from_obj(&*vm))
-            .collect()
-    };
-
     // Namespaces: their labels feed assignment namespace selectors.
     let ns_config = match ns {
         Some(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
         None => watcher::Config::default(),
     };
-    let vms_for_ns = shared.vms.clone();
     let ns_stream = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         ns_config,
@@ -127,47 +89,11 @@ pub async fn run(
     .default_backoff()
     .reflect(w.namespaces)
     .touched_objects();
-    let ns_mapper = move |n: PartialObjectMeta<Namespace>| {
-        let name = n.name_any();
-        vms_for_ns
-            .state()
-            .into_iter()
-            .filter(|vm| {
-                vm.namespace().as_deref() == Some(name.as_str())
-                    && vm.spec.management.profile.is_none()
-            })
-            .map(|vm| ObjectRef::from_obj(&*vm))
-            .collect::<Vec<_>>()
-    };
-
-    // Heartbeats: a renewal only matters when the VM is not known to be running; expiry is
-    // caught by the requeue each reconcile sets at the Lease's expiry. No reconcile per renewal.
-    let vms_for_leases = shared.vms.clone();
-    let leases_store = shared.leases.clone();
     let lease_stream = watcher(namespaced::<Lease>(client, ns), owned())
         .default_backoff()
         .modify(|l| l.managed_fields_mut().clear())
         .reflect(w.leases)
         .touched_objects();
-    let lease_mapper = move |lease: Lease| {
-        let (Some(name), Some(ns)) = (
-            lease.metadata.name.clone(),
-            lease.metadata.namespace.clone(),
-        ) else {
-            return None;
-        };
-        let vm_ref = ObjectRef::<VirtualMachine>::new(&name).within(&ns);
-        let vm = vms_for_leases.get(&vm_ref)?;
-        let gone = leases_store
-            .get(&ObjectRef::new(&name).within(&ns))
-            .is_none();
-        let known_alive = vm
-            .status
-            .as_ref()
-            .is_some_and(|s| is_true(&s.conditions, decide::HEARTBEAT));
-        (gone || !known_alive).then_some(vm_ref)
-    };
-
     let sa_stream = watcher(
         namespaced::<PartialObjectMeta<ServiceAccount>>(client, ns),
         owned(),
@@ -191,9 +117,9 @@ pub async fn run(
     let shared2 = shared.clone();
     Controller::for_stream(vm_stream, shared.vms.clone())
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .watches_stream(profile_stream, profile_mapper)
-        .watches_stream(ns_stream, ns_mapper)
-        .watches_stream(lease_stream, lease_mapper)
+        .watches_stream(profile_stream, triggers::profile_changes(&shared))
+        .watches_stream(ns_stream, triggers::namespace_changes(&shared))
+        .watches_stream(lease_stream, triggers::heartbeat_changes(&shared))
         .owns_stream(sa_stream)
         .owns_stream(role_stream)
         .owns_stream(binding_stream)
@@ -250,76 +176,6 @@ async fn reconcile(
         },
     )
     .await
-}
-
-/// Create what the VM's guest needs to act as itself, if missing.
-async fn ensure_identity(vm: &VirtualMachine, ctx: &Context, shared: &Shared) -> Result<(), Error> {
-    let ns = vm.namespace().unwrap_or_default();
-    let name = vm.name_any();
-    let guest = identity::guest_name(&name);
-    let pp = PostParams {
-        field_manager: Some(CONTROLLER_MANAGER.into()),
-        ..Default::default()
-    };
-    async fn create<K>(api: Api<K>, obj: K, pp: &PostParams) -> Result<(), Error>
-    where
-        K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        match api.create(pp, &obj).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-    if shared
-        .service_accounts
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::service_account(vm),
-            &pp,
-        )
-        .await?;
-    }
-    if shared
-        .roles
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::role(vm),
-            &pp,
-        )
-        .await?;
-    }
-    if shared
-        .role_bindings
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::role_binding(vm),
-            &pp,
-        )
-        .await?;
-    }
-    if shared
-        .leases
-        .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::lease(vm),
-            &pp,
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 fn policy(p: &ConfigurationProfile) -> RemediationPolicy {
@@ -482,44 +338,6 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
-}
-
-/// The VM is being deleted: revoke its guest's identity at once (deleting the ServiceAccount
-/// invalidates its tokens) and remove the heartbeat Lease. Nothing on the guest is touched.
-async fn cleanup(vm: Arc<VirtualMachine>, ctx: &Context) -> Result<Action, Error> {
-    let ns = vm.namespace().unwrap_or_default();
-    let name = vm.name_any();
-    let guest = identity::guest_name(&name);
-    let dp = DeleteParams::default();
-    fn ok_if_gone<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
-        match r {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-    ok_if_gone(
-        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-            .delete(&guest, &dp)
-            .await,
-    )?;
-    ok_if_gone(
-        Api::<Role>::namespaced(ctx.client.clone(), &ns)
-            .delete(&guest, &dp)
-            .await,
-    )?;
-    ok_if_gone(
-        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-            .delete(&guest, &dp)
-            .await,
-    )?;
-    ok_if_gone(
-        Api::<Lease>::namespaced(ctx.client.clone(), &ns)
-            .delete(&identity::lease_name(&name), &dp)
-            .await,
-    )?;
-    info!("guest identity and heartbeat Lease removed");
-    Ok(Action::await_change())
 }
 
 /// Keep the `automend_virtual_machines{phase}` gauges current from the cache.

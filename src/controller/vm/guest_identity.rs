@@ -1,0 +1,130 @@
+//! A VM's guest identity (ServiceAccount, Role, RoleBinding, heartbeat Lease): created when
+//! missing, revoked when the VM is deleted. Nothing on the guest is touched.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::info;
+
+use super::super::context::{Context, Error};
+use super::super::shared::Shared;
+use crate::api::VirtualMachine;
+use crate::identity::{self, CONTROLLER_MANAGER};
+
+/// Create what the VM's guest needs to act as itself, if missing.
+pub(super) async fn ensure_identity(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let name = vm.name_any();
+    let guest = identity::guest_name(&name);
+    let pp = PostParams {
+        field_manager: Some(CONTROLLER_MANAGER.into()),
+        ..Default::default()
+    };
+    async fn create<K>(api: Api<K>, obj: K, pp: &PostParams) -> Result<(), Error>
+    where
+        K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.create(pp, &obj).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    if shared
+        .service_accounts
+        .get(&ObjectRef::new(&guest).within(&ns))
+        .is_none()
+    {
+        create(
+            Api::namespaced(ctx.client.clone(), &ns),
+            identity::service_account(vm),
+            &pp,
+        )
+        .await?;
+    }
+    if shared
+        .roles
+        .get(&ObjectRef::new(&guest).within(&ns))
+        .is_none()
+    {
+        create(
+            Api::namespaced(ctx.client.clone(), &ns),
+            identity::role(vm),
+            &pp,
+        )
+        .await?;
+    }
+    if shared
+        .role_bindings
+        .get(&ObjectRef::new(&guest).within(&ns))
+        .is_none()
+    {
+        create(
+            Api::namespaced(ctx.client.clone(), &ns),
+            identity::role_binding(vm),
+            &pp,
+        )
+        .await?;
+    }
+    if shared
+        .leases
+        .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns))
+        .is_none()
+    {
+        create(
+            Api::namespaced(ctx.client.clone(), &ns),
+            identity::lease(vm),
+            &pp,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The VM is being deleted: revoke its guest's identity at once (deleting the ServiceAccount
+/// invalidates its tokens) and remove the heartbeat Lease. Nothing on the guest is touched.
+pub(super) async fn cleanup(vm: Arc<VirtualMachine>, ctx: &Context) -> Result<Action, Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let name = vm.name_any();
+    let guest = identity::guest_name(&name);
+    let dp = DeleteParams::default();
+    fn ok_if_gone<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    ok_if_gone(
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .delete(&guest, &dp)
+            .await,
+    )?;
+    ok_if_gone(
+        Api::<Role>::namespaced(ctx.client.clone(), &ns)
+            .delete(&guest, &dp)
+            .await,
+    )?;
+    ok_if_gone(
+        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+            .delete(&guest, &dp)
+            .await,
+    )?;
+    ok_if_gone(
+        Api::<Lease>::namespaced(ctx.client.clone(), &ns)
+            .delete(&identity::lease_name(&name), &dp)
+            .await,
+    )?;
+    info!("guest identity and heartbeat Lease removed");
+    Ok(Action::await_change())
+}
