@@ -289,8 +289,12 @@ impl Linux {
             self.health_problem = None;
             return;
         };
-        let timeout =
-            crate::logic::duration::parse(&check.timeout).unwrap_or(Duration::from_secs(10));
+        let timeout = crate::logic::duration::parse_or(
+            &check.timeout,
+            Duration::from_secs(10),
+            "this VirtualMachine",
+            "spec.healthCheck.timeout",
+        );
         let result = if let Some(argv) = check.command.as_ref().filter(|a| !a.is_empty()) {
             match exec::run(&argv[0], &argv[1..], &[], timeout).await {
                 Ok(o) if o.success() => Ok(()),

@@ -10,12 +10,14 @@ pub mod ring;
 pub mod rollout;
 pub mod schema;
 pub mod vm;
+pub mod vm_status;
 
 pub use common::*;
 pub use profile::*;
 pub use ring::*;
 pub use rollout::*;
 pub use vm::*;
+pub use vm_status::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

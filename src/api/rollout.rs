@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Classification, Condition, default_classifications};
 use super::schema;
-use super::vm::PinnedPackage;
+use super::vm_status::PinnedPackage;
 
 /// The desired state of the PatchRollout: the release, what it installs and how it is steered.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

@@ -281,3 +281,89 @@ pub fn decide_gathered(
         settings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConfigurationProfileSpec, Environment, VirtualMachineStatus};
+    use crate::logic::conditions::Conditions;
+
+    fn vm(name: &str, mode: &str, onboarded: bool, heartbeat: bool) -> Arc<VirtualMachine> {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "automend.io/v1alpha1",
+            "kind": "VirtualMachine",
+            "metadata": { "name": name, "namespace": "ns", "uid": format!("uid-{name}"), "labels": { "ring": "a" } },
+            "spec": {
+                "management": { "enabled": true, "profile": "production" },
+                "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                "placement": { "region": "westeurope" },
+                "patchSettings": { "patchMode": mode },
+            },
+        }))
+        .expect("vm");
+        let now = jiff::Timestamp::now();
+        let mut c = Conditions::new(&[], Some(1), now);
+        c.set(HEARTBEAT, heartbeat, "x", "x");
+        let mut status = VirtualMachineStatus {
+            conditions: c.into_vec(),
+            ..Default::default()
+        };
+        if onboarded {
+            status.desired = Some(crate::api::DesiredState {
+                configuration: Some(crate::logic::resolve::resolve(
+                    &ConfigurationProfileSpec::with_defaults(Environment::Production),
+                )),
+                ..Default::default()
+            });
+        }
+        vm.status = Some(status);
+        Arc::new(vm)
+    }
+
+    fn ring() -> Arc<UpdateRing> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "automend.io/v1alpha1",
+                "kind": "UpdateRing",
+                "metadata": { "name": "a", "namespace": "ns" },
+                "spec": { "order": 0, "selector": { "matchLabels": { "ring": "a" } } },
+            }))
+            .expect("ring"),
+        )
+    }
+
+    #[test]
+    fn eligibility_names_why_a_vm_stays_out_and_ring_status_counts_it() {
+        let vms = vec![
+            vm("ok", "AutomaticByPlatform", true, true),
+            vm("image-default", "ImageDefault", true, true),
+            vm("new", "AutomaticByPlatform", false, true),
+            vm("off", "AutomaticByPlatform", true, false),
+        ];
+        let rings = vec![ring()];
+        let v = views(&vms, &rings, &Clock::real());
+        assert!(v.iter().all(|v| v.ring == Some(0)));
+        assert_eq!(v[0].ineligible, None);
+        assert!(v[0].running);
+        assert!(
+            v[1].ineligible
+                .as_deref()
+                .is_some_and(|r| r.contains("only AutomaticByPlatform")),
+            "{:?}",
+            v[1].ineligible
+        );
+        assert_eq!(
+            v[2].ineligible.as_deref(),
+            Some("not onboarded to a ConfigurationProfile yet")
+        );
+        // Off for less than 5 days: still eligible (patched when it returns), not running.
+        assert_eq!(v[3].ineligible, None);
+        assert!(!v[3].running);
+        let st = crate::logic::rollout::ring_status(&rings[0], 0, &v, Some("r".into()));
+        assert_eq!(
+            (st.total, st.eligible, st.healthy, st.unhealthy),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(st.current_rollout.as_deref(), Some("r"));
+    }
+}

@@ -1,0 +1,346 @@
+//! The VirtualMachine's status: the controller's half (phase, conditions, desired state and
+//! directives, patch status) and the guest's half (`status.guest`), the two sides of the guest
+//! protocol (DESIGN.md §4).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::Condition;
+use super::profile::EffectiveConfiguration;
+use super::vm::PatchMode;
+
+// The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum VmPhase {
+    /// The VM is not running (no heartbeat); onboarding or remediation waits until it runs.
+    Pending,
+    /// Being configured.
+    InProgress,
+    /// Compliant with its profile, no drift.
+    Configured,
+    /// Drifted and remediation failed, or a prerequisite is unmet; the message says why.
+    Failed,
+    /// Management is disabled.
+    NotManaged,
+}
+
+/// Observed state of a VirtualMachine. Written by two field managers: the controller (everything
+/// but `guest`) and the VM's guest agent (`guest` only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, InProgress, Configured, Failed or NotManaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<VmPhase>,
+    /// Why the VM is in its phase, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The profile the VM is onboarded to (named in the spec, or chosen by assignment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The effective patch mode, defaults applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_mode: Option<PatchMode>,
+    /// Conditions: Ready (Configured), ProfileResolved, ImageSupported, Heartbeat (the guest renews its Lease), Drifted, Onboarded (configured at least once with this profile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// What the controller asks of the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
+    /// What the guest reports. Written only by the VM's own guest agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestState>,
+    /// Patch status, with the names of the seed's instance view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_status: Option<PatchStatus>,
+    /// The current drift episode and its remediation attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<RemediationStatus>,
+    /// The newest change of `status.guest.changes` published as a `ChangeTracked` Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tracked_change: Option<String>,
+}
+
+/// A drift episode: when it started and the remediation attempts made so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStatus {
+    /// When the guest first reported this drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_since: Option<Time>,
+    /// Remediation attempts in this episode.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When the last attempt was asked of the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+}
+
+/// The controller's half of the guest protocol.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    /// The profile and its generation the configuration comes from.
+    #[serde(default)]
+    pub profile: String,
+    #[serde(default)]
+    pub profile_generation: i64,
+    /// The configuration to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<EffectiveConfiguration>,
+    /// Raised for every remediation attempt; the guest re-applies when it changes.
+    #[serde(default)]
+    pub remediation_attempt: i32,
+    /// Whether the guest enforces (false after management is disabled or in ReportOnly mode).
+    #[serde(default)]
+    pub enforce: bool,
+    /// An on-demand or periodic assessment request; the guest assesses when the id changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<AssessmentDirective>,
+    /// An installation the guest should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<InstallationDirective>,
+}
+
+/// Ask the guest to assess available patches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssessmentDirective {
+    /// The guest assesses when this changes ("periodic-<time>" or "ondemand-<request>").
+    pub request_id: String,
+    /// The last on-demand request (annotation `automend.io/assess`) the controller took up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<String>,
+}
+
+/// Ask the guest to install a pinned set of packages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallationDirective {
+    pub rollout: String,
+    pub wave: i32,
+    /// Exact package versions to install.
+    #[serde(default)]
+    pub packages: Vec<PinnedPackage>,
+    /// No installation starts after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_setting: Option<super::profile::RebootSetting>,
+    #[serde(default)]
+    pub hotpatch_only: bool,
+    /// Return the packages to the versions recorded before the install.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// A package at an exact version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedPackage {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<super::common::Classification>,
+}
+
+/// The guest's half of the guest protocol.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// OS facts: distribution id and version, kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<GuestOs>,
+    /// The configuration hash the guest last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+    /// The remediation attempt the guest last acted on.
+    #[serde(default)]
+    pub applied_attempt: i32,
+    /// Per service: compliant or the exact difference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub services: Vec<ServiceObservation>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_observed_time: Option<Time>,
+    /// The latest patch assessment the guest ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment: Option<GuestAssessment>,
+    /// The latest installation (or rollback) the guest ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<GuestInstallation>,
+    /// Problems the agent met on the machine that are not a service's drift (an unreadable
+    /// os-release, a damaged state file, a failing health check command), each naming its cause.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub problems: Vec<String>,
+    /// Changes change tracking saw (packages, enabled services, tracked files), newest last,
+    /// at most 50, each prefixed with the time it was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub changes: Vec<String>,
+}
+
+/// An installation (or rollback) as the guest ran it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInstallation {
+    /// The directive this answers: rollout, wave and whether it was a rollback.
+    pub rollout: String,
+    pub wave: i32,
+    #[serde(default)]
+    pub rollback: bool,
+    pub status: OperationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// Packages now at the pinned version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed: Vec<PinnedPackage>,
+    /// Packages that failed to install, with the reason in `error`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<PinnedPackage>,
+    /// The versions in place before the install, for a rollback (absent: the package was not installed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_versions: Vec<PinnedPackage>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    /// The installation did not finish before the window's end.
+    #[serde(default)]
+    pub maintenance_window_exceeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A patch assessment as the guest ran it. Assessing never installs anything.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestAssessment {
+    /// The directive's request id this answers.
+    pub request_id: String,
+    pub status: OperationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// Updates available, with their classification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<AvailablePackage>,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An available update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailablePackage {
+    pub name: String,
+    /// The version available.
+    pub version: String,
+    /// The version installed now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_version: Option<String>,
+    pub classification: super::common::Classification,
+}
+
+/// Guest OS facts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestOs {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// One service as observed on the guest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceObservation {
+    pub name: String,
+    pub compliant: bool,
+    /// Each difference between desired and observed, e.g. "sshd PermitRootLogin: want no, have yes".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
+}
+
+/// Patch status, named as the seed's instance view.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_patch_summary: Option<AvailablePatchSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_patch_installation_summary: Option<LastPatchInstallationSummary>,
+}
+
+// Outcome of an operation on the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum OperationStatus {
+    Unknown,
+    InProgress,
+    Succeeded,
+    CompletedWithWarnings,
+    Failed,
+}
+
+/// The latest assessment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailablePatchSummary {
+    pub status: OperationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assessment_activity_id: Option<String>,
+    #[serde(default)]
+    pub critical_and_security_patch_count: i32,
+    #[serde(default)]
+    pub other_patch_count: i32,
+    #[serde(default)]
+    pub reboot_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The latest installation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastPatchInstallationSummary {
+    pub status: OperationStatus,
+    #[serde(default)]
+    pub installed_patch_count: i32,
+    #[serde(default)]
+    pub pending_patch_count: i32,
+    #[serde(default)]
+    pub failed_patch_count: i32,
+    #[serde(default)]
+    pub excluded_patch_count: i32,
+    #[serde(default)]
+    pub not_selected_patch_count: i32,
+    #[serde(default)]
+    pub maintenance_window_exceeded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
