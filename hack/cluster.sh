@@ -67,22 +67,34 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm
 }
 
+timed() { # <what> <command...>: run, then log how long it took
+  local what="$1" start=$SECONDS; shift
+  "$@"
+  log "$what built in $((SECONDS - start))s"
+}
+
 cmd_build() {
   command -v go >/dev/null || die "the Go toolchain is needed to build the control plane binaries"
   local want=(etcd kube-apiserver kube-controller-manager kubectl helm) missing=0 b
   for b in "${want[@]}"; do [ -x "$bindir/$b" ] || missing=1; done
   if [ "$missing" = 0 ]; then return 0; fi
-  local tmp="$bindir.tmp.$$"
-  mkdir -p "$tmp"
-  trap 'rm -rf "$tmp"' RETURN
-  [ -x "$bindir/etcd" ] || build_etcd "$tmp"
-  [ -x "$bindir/helm" ] || build_helm "$tmp"
-  if [ ! -x "$bindir/kube-apiserver" ] || [ ! -x "$bindir/kube-controller-manager" ] || [ ! -x "$bindir/kubectl" ]; then
-    build_kubernetes "$tmp"
-  fi
-  mkdir -p "$bindir"
-  for b in "$tmp"/*; do mv -f "$b" "$bindir/"; done
-  log "binaries ready in $bindir"
+  log "first run: building the control plane from published Go modules into $bindir"
+  log "(downloads about 250 MB of Go modules once; 8-15 minutes on 2 cores)"
+  local tmp="$bindir.tmp.$$" start=$SECONDS
+  # A subshell, so the clean-up trap ends with the build (a RETURN trap would outlive this
+  # function and fire on the next function's return, with `tmp` out of scope under `set -u`).
+  (
+    trap 'rm -rf "$tmp"' EXIT
+    mkdir -p "$tmp"
+    [ -x "$bindir/etcd" ] || timed etcd build_etcd "$tmp"
+    [ -x "$bindir/helm" ] || timed helm build_helm "$tmp"
+    if [ ! -x "$bindir/kube-apiserver" ] || [ ! -x "$bindir/kube-controller-manager" ] || [ ! -x "$bindir/kubectl" ]; then
+      timed "kube-apiserver, kube-controller-manager, kubectl" build_kubernetes "$tmp"
+    fi
+    mkdir -p "$bindir"
+    for b in "$tmp"/*; do mv -f "$b" "$bindir/"; done
+  )
+  log "binaries ready in $bindir ($((SECONDS - start))s)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +270,7 @@ cmd_status() {
 }
 
 cmd_env() {
+  # shellcheck disable=SC2016 # $PATH is for the shell that evals this
   printf 'export PATH=%q:"$PATH"\n' "$bindir"
   printf 'export KUBECONFIG=%q\n' "$state/kubeconfig"
 }

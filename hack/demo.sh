@@ -18,7 +18,21 @@ virtual_now() {
 }
 export PATH="$PWD/target/debug:$PATH"   # kubectl-automend: the kubectl plugin
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Each step says how long the one before it took; the end says the total.
+demo_start=$SECONDS
+step_start=$SECONDS
+step_name=""
+step_done() {
+  if [[ -n "$step_name" ]]; then
+    printf '\033[2m    (%ss: %s)\033[0m\n' $((SECONDS - step_start)) "$step_name"
+  fi
+}
+step() {
+  step_done
+  step_name="$*"
+  step_start=$SECONDS
+  printf '\n\033[1m==> %s\033[0m\n' "$*"
+}
 
 stop_processes() {
   for p in controller sim; do
@@ -34,6 +48,9 @@ if [[ "${1:-}" == "down" ]]; then
   bash hack/cluster.sh down
   exit 0
 fi
+
+step "checking what the demo needs (openssl, curl, python3, jq, setsid; Go and Rust)"
+bash hack/deps.sh install demo
 
 step "starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (builds them the first time)"
 bash hack/cluster.sh up
@@ -208,6 +225,9 @@ sleep 3
 kubectl automend -n demo plan release-oob | head -12
 watch_rollout release-oob 600 'Halted|Succeeded'
 kubectl automend -n demo status
+
+step_done
+printf '\nThe demo took %ss.\n' $((SECONDS - demo_start))
 
 cat <<EOF2
 

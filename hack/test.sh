@@ -12,19 +12,15 @@ if [ "${1:-}" != "--use-kubeconfig" ]; then
   unset KUBECONFIG
 fi
 
-# The agent's tests drive the real package managers and systemctl on sandboxed roots.
-missing=()
-for tool in dpkg-deb dpkg-scanpackages apt-get systemctl dnf rpm rpmbuild createrepo_c modifyrepo_c; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "missing for the agent's tests: ${missing[*]}" >&2
-  echo "install Debian's dpkg-dev, systemd, dnf, rpm and createrepo-c (as .ci/run does)" >&2
-  exit 1
-fi
+# The agent's tests drive the real package managers and systemctl on sandboxed roots; installed
+# here when missing (as root), else the exact apt-get command is printed.
+bash hack/deps.sh install test
 
 echo "==> building the control plane binaries (first run only)"
 bash hack/cluster.sh build
+
+echo "==> shellcheck hack/ .ci/"
+shellcheck -x hack/*.sh hack/tools/*.sh .ci/run
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
