@@ -16,7 +16,10 @@ virtual_now() {
   s=$(date -u -d "$AUTOMEND_CLOCK_START" +%s); n=$(date -u +%s)
   date -u -d "@$(( s + (n - s) * AUTOMEND_CLOCK_SPEED ))" +%Y-%m-%dT%H:%M:%SZ
 }
-export PATH="$PWD/target/debug:$PATH"   # kubectl-automend: the kubectl plugin
+# The binaries, wherever cargo puts them (CARGO_TARGET_DIR is honoured).
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+bin="$target/debug"
+export PATH="$bin:$PATH"   # kubectl-automend: the kubectl plugin
 
 # Each step says how long the one before it took; the end says the total.
 demo_start=$SECONDS
@@ -61,7 +64,7 @@ step "building automend"
 cargo build --locked
 
 step "installing the CRDs from the types and the chart's guest admission policy"
-./target/debug/automend crds | kubectl apply --server-side -f -
+"$bin/automend" crds | kubectl apply --server-side -f -
 kubectl wait --for=condition=Established --timeout=60s \
   crd/virtualmachines.automend.io crd/configurationprofiles.automend.io \
   crd/updaterings.automend.io crd/patchrollouts.automend.io
@@ -70,7 +73,7 @@ helm template automend charts/automend --kube-version "$(kubectl version -o json
 
 step "starting the controller (logs: $DEMO_DIR/controller.log)"
 stop_processes
-RUST_LOG=info,kube=warn ./target/debug/automend controller --leader-elect=false \
+RUST_LOG=info,kube=warn "$bin/automend" controller --leader-elect=false \
   --heartbeat-grace 20s --http-addr 127.0.0.1:0 --region-pairs northeurope=westeurope \
   --release-cadence off >"$DEMO_DIR/controller.log" 2>&1 &
 echo $! >"$DEMO_DIR/controller.pid"
@@ -102,7 +105,7 @@ done | kubectl apply -n demo -f - >/dev/null
 echo "$(kubectl get virtualmachines -n demo --no-headers | wc -l) VirtualMachines in namespace demo"
 
 step "starting the simulated guests, each with its own identity (logs: $DEMO_DIR/sim.log)"
-RUST_LOG=info,kube=warn ./target/debug/automend sim -n demo --heartbeat-interval 5s --observe-interval 3s \
+RUST_LOG=info,kube=warn "$bin/automend" sim -n demo --heartbeat-interval 5s --observe-interval 3s \
   >"$DEMO_DIR/sim.log" 2>&1 &
 echo $! >"$DEMO_DIR/sim.pid"
 
@@ -234,10 +237,10 @@ cat <<EOF2
 The control plane, the controller and the simulated fleet keep running. Try:
   eval "\$(hack/cluster.sh env)"
   kubectl get automend -n demo
-  export PATH="\$PWD/target/debug:\$PATH" AUTOMEND_CLOCK_START=$AUTOMEND_CLOCK_START AUTOMEND_CLOCK_SPEED=$AUTOMEND_CLOCK_SPEED
+  export PATH="$bin:\$PATH" AUTOMEND_CLOCK_START=$AUTOMEND_CLOCK_START AUTOMEND_CLOCK_SPEED=$AUTOMEND_CLOCK_SPEED
   kubectl automend -n demo status; kubectl automend -n demo why app-05
   kubectl describe virtualmachine -n demo app-13
   kubectl annotate -n demo virtualmachine app-02 sim.automend.io/power=off   # Pending after 20s
-  ./target/debug/automend guest-kubeconfig -n demo app-02 > guest.kubeconfig  # a guest's own identity
+  $bin/automend guest-kubeconfig -n demo app-02 > guest.kubeconfig  # a guest's own identity
 Stop everything with: hack/demo.sh down
 EOF2
