@@ -503,6 +503,84 @@ async fn a_guest_may_write_only_its_own_status_guest() {
         err.to_string().contains("may write only status.guest"),
         "{err}"
     );
+    // Every other property of the status, read from the CRD, is the controller's.
+    let crd = automend::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "VirtualMachine")
+        .expect("VirtualMachine CRD");
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
+    let status = &schema["openAPIV3Schema"]["properties"]["status"];
+    let props = status["properties"].as_object().expect("status properties");
+    assert!(
+        props.contains_key("lastTrackedChange"),
+        "{:?}",
+        props.keys()
+    );
+    for (field, field_schema) in props.iter().filter(|(k, _)| *k != "guest") {
+        let value = sample(field_schema);
+        let err = mine
+            .patch_status(
+                "a",
+                &pp,
+                &Patch::Merge(json!({ "status": { field.as_str(): value } })),
+            )
+            .await
+            .expect_err(&format!("status.{field} belongs to the controller"));
+        assert!(
+            err.to_string()
+                .contains(&format!("status.{field} belongs to the controller")),
+            "status.{field} = {value}: {err}"
+        );
+    }
+    // Nonsense inside its own status.guest is refused at admission, naming the field: a time
+    // the controller's time type cannot hold (the poison pill that once stopped every list of
+    // VirtualMachines), unbounded lists and texts, negative counts.
+    let long = "d".repeat(10_000);
+    let services: Vec<serde_json::Value> = (0..1400)
+        .map(|i| json!({ "name": format!("s{i}"), "compliant": false }))
+        .collect();
+    for (guest_status, field, why) in [
+        (
+            json!({ "installation": { "rollout": "r", "wave": 1, "status": "Succeeded",
+                "finishTime": "9999-12-31T23:59:59Z" } }),
+            "status.guest.installation.finishTime",
+            "between 2000-01-01 and 2200-01-01",
+        ),
+        (
+            json!({ "lastObservedTime": "1970-01-01T00:00:00Z" }),
+            "status.guest.lastObservedTime",
+            "between 2000-01-01 and 2200-01-01",
+        ),
+        (
+            json!({ "services": services }),
+            "status.guest.services",
+            "Too many",
+        ),
+        (
+            json!({ "services": [{ "name": "backup", "compliant": false, "differences": [long] }] }),
+            "status.guest.services[0].differences[0]",
+            "Too long",
+        ),
+        (
+            json!({ "installation": { "rollout": "r", "wave": -1, "status": "Failed" } }),
+            "status.guest.installation.wave",
+            "greater than or equal to 0",
+        ),
+    ] {
+        let err = mine
+            .patch_status(
+                "a",
+                &pp,
+                &Patch::Merge(json!({ "status": { "guest": guest_status } })),
+            )
+            .await
+            .expect_err(&format!("{field} is refused"));
+        let text = err.to_string();
+        assert!(
+            text.contains(field) && text.contains(why),
+            "{field}: want {why:?} in {text}"
+        );
+    }
     mine.patch_status(
         "a",
         &pp,
@@ -900,4 +978,34 @@ async fn guests_install_pinned_packages_roll_back_and_respect_the_window() {
 
     let ctl = env.controller(&["--leader-elect=false"]);
     env.finish(ctl).await;
+}
+
+/// A value of a schema that passes the schema (so that admission policies, not the schema, answer):
+/// required properties filled, one item per list, the first enum value.
+fn sample(schema: &serde_json::Value) -> serde_json::Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let mut obj = serde_json::Map::new();
+            let required: Vec<&str> = schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, v) in props {
+                    if required.contains(&k.as_str()) || required.is_empty() && obj.is_empty() {
+                        obj.insert(k.clone(), sample(v));
+                    }
+                }
+            }
+            serde_json::Value::Object(obj)
+        }
+        Some("array") => json!([sample(&schema["items"])]),
+        Some("integer") | Some("number") => json!(987_654),
+        Some("boolean") => json!(true),
+        _ if schema["format"] == "date-time" => json!("2026-01-01T00:00:00Z"),
+        _ => json!("forged"),
+    }
 }

@@ -33,6 +33,20 @@ pub fn immutable(what: &str) -> Rule {
         .reason(Reason::FieldValueForbidden)
 }
 
+/// A time a guest reports: a date-time between 2000 and 2200. A guest's clock far off (or a
+/// forged value such as the year 9999, beyond what the controller's time type holds) is refused
+/// at admission, naming the field.
+pub fn guest_time(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "format": "date-time",
+        "x-kubernetes-validations": [{
+            "rule": "self >= timestamp('2000-01-01T00:00:00Z') && self < timestamp('2200-01-01T00:00:00Z')",
+            "message": "must be a time between 2000-01-01 and 2200-01-01 (RFC 3339, e.g. \"2026-11-10T17:00:00Z\")"
+        }]
+    })
+}
+
 /// A count (`3`) or percentage (`"25%"`) as the `maxUnavailable` of Deployments, with rules:
 /// a count of at least 1, or a percentage from 1% to 100%.
 pub fn count_or_percent(_: &mut SchemaGenerator) -> Schema {

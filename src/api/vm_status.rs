@@ -10,6 +10,28 @@ use super::common::Condition;
 use super::profile::EffectiveConfiguration;
 use super::vm::PatchMode;
 
+/// Bounds on what a guest may report (the schema enforces them at admission; the guest clips its
+/// report to them before writing). Together they keep `status.guest` under about 700 KB, well
+/// below the API server's object size limit.
+pub mod bounds {
+    pub const PACKAGE_NAME: usize = 100;
+    pub const VERSION: usize = 64;
+    pub const ASSESSED_PACKAGES: usize = 1000;
+    pub const INSTALLED_PACKAGES: usize = 300;
+    pub const SERVICES: usize = 16;
+    pub const SERVICE_NAME: usize = 64;
+    pub const DIFFERENCES: usize = 32;
+    pub const DIFFERENCE: usize = 256;
+    pub const PROBLEMS: usize = 32;
+    pub const CHANGES: usize = 50;
+    pub const LINE: usize = 1024;
+    pub const ERROR: usize = 4096;
+    pub const ID: usize = 253;
+    pub const SHORT: usize = 64;
+    pub const KERNEL: usize = 128;
+    pub const HASH: usize = 128;
+}
+
 // The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum VmPhase {
@@ -142,7 +164,9 @@ pub struct InstallationDirective {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PinnedPackage {
+    #[schemars(length(min = 1, max = bounds::PACKAGE_NAME))]
     pub name: String,
+    #[schemars(length(max = bounds::VERSION))]
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classification: Option<super::common::Classification>,
@@ -153,18 +177,22 @@ pub struct PinnedPackage {
 #[serde(rename_all = "camelCase")]
 pub struct GuestState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::SHORT))]
     pub agent_version: Option<String>,
     /// OS facts: distribution id and version, kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<GuestOs>,
     /// The configuration hash the guest last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::HASH))]
     pub applied_hash: Option<String>,
     /// The remediation attempt the guest last acted on.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub applied_attempt: i32,
-    /// Per service: compliant or the exact difference.
+    /// Per service: compliant or the exact difference (at most 16 services).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::SERVICES))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub services: Vec<ServiceObservation>,
     #[serde(default)]
@@ -172,6 +200,7 @@ pub struct GuestState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
     pub last_observed_time: Option<Time>,
     /// The latest patch assessment the guest ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,12 +211,12 @@ pub struct GuestState {
     /// Problems the agent met on the machine that are not a service's drift (an unreadable
     /// os-release, a damaged state file, a failing health check command), each naming its cause.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = bounds::PROBLEMS), inner(length(max = bounds::LINE)))]
     pub problems: Vec<String>,
     /// Changes change tracking saw (packages, enabled services, tracked files), newest last,
     /// at most 50, each prefixed with the time it was seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = bounds::CHANGES), inner(length(max = bounds::LINE)))]
     pub changes: Vec<String>,
 }
 
@@ -196,23 +225,31 @@ pub struct GuestState {
 #[serde(rename_all = "camelCase")]
 pub struct GuestInstallation {
     /// The directive this answers: rollout, wave and whether it was a rollback.
+    #[schemars(length(max = bounds::ID))]
     pub rollout: String,
+    #[schemars(range(min = 0))]
     pub wave: i32,
     #[serde(default)]
     pub rollback: bool,
     pub status: OperationStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
     pub finish_time: Option<Time>,
-    /// Packages now at the pinned version.
+    /// Packages now at the pinned version (at most 300).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::INSTALLED_PACKAGES))]
     pub installed: Vec<PinnedPackage>,
-    /// Packages that failed to install, with the reason in `error`.
+    /// Packages that failed to install, with the reason in `error` (at most 300).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::INSTALLED_PACKAGES))]
     pub failed: Vec<PinnedPackage>,
-    /// The versions in place before the install, for a rollback (absent: the package was not installed).
+    /// The versions in place before the install, for a rollback (absent: the package was not
+    /// installed; at most 300).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::INSTALLED_PACKAGES))]
     pub previous_versions: Vec<PinnedPackage>,
     #[serde(default)]
     pub reboot_pending: bool,
@@ -220,6 +257,7 @@ pub struct GuestInstallation {
     #[serde(default)]
     pub maintenance_window_exceeded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
 }
 
@@ -228,18 +266,23 @@ pub struct GuestInstallation {
 #[serde(rename_all = "camelCase")]
 pub struct GuestAssessment {
     /// The directive's request id this answers.
+    #[schemars(length(max = bounds::ID))]
     pub request_id: String,
     pub status: OperationStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
     pub finish_time: Option<Time>,
-    /// Updates available, with their classification.
+    /// Updates available, with their classification (at most 1000).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::ASSESSED_PACKAGES))]
     pub packages: Vec<AvailablePackage>,
     #[serde(default)]
     pub reboot_pending: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
 }
 
@@ -247,11 +290,14 @@ pub struct GuestAssessment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AvailablePackage {
+    #[schemars(length(min = 1, max = bounds::PACKAGE_NAME))]
     pub name: String,
     /// The version available.
+    #[schemars(length(max = bounds::VERSION))]
     pub version: String,
     /// The version installed now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::VERSION))]
     pub installed_version: Option<String>,
     pub classification: super::common::Classification,
 }
@@ -261,10 +307,13 @@ pub struct AvailablePackage {
 #[serde(rename_all = "camelCase")]
 pub struct GuestOs {
     #[serde(default)]
+    #[schemars(length(max = bounds::SHORT))]
     pub id: String,
     #[serde(default)]
+    #[schemars(length(max = bounds::SHORT))]
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::KERNEL))]
     pub kernel: Option<String>,
 }
 
@@ -272,10 +321,13 @@ pub struct GuestOs {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceObservation {
+    #[schemars(length(min = 1, max = bounds::SERVICE_NAME))]
     pub name: String,
     pub compliant: bool,
-    /// Each difference between desired and observed, e.g. "sshd PermitRootLogin: want no, have yes".
+    /// Each difference between desired and observed, e.g. "sshd PermitRootLogin: want no, have
+    /// yes" (at most 32, each at most 256 characters).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::DIFFERENCES), inner(length(max = bounds::DIFFERENCE)))]
     pub differences: Vec<String>,
 }
 

@@ -295,7 +295,11 @@ pub(crate) async fn publish_events(
                 kube::runtime::events::EventType::Normal
             },
             reason: ev.reason.into(),
-            note: Some(ev.note.clone()),
+            // The API server refuses notes over 1024 bytes (and the Event would be lost).
+            note: Some(crate::logic::text::safe(
+                &ev.note,
+                crate::logic::text::EVENT_NOTE,
+            )),
             action: ev.action.into(),
             secondary: None,
         };

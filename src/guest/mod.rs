@@ -8,6 +8,7 @@
 
 mod install;
 pub mod journal;
+mod report;
 pub mod sim;
 
 use std::future::Future;
@@ -484,7 +485,7 @@ impl<B: Backend> Guest<B> {
             return;
         }
         state.last_observed_time = Some(Time(Timestamp::now()));
-        let status = serde_json::json!({ "guest": state });
+        let status = serde_json::json!({ "guest": report::fit(state.clone()) });
         match crate::status::apply(&self.vms, &self.name, GUEST_MANAGER, &status).await {
             Ok(_) => {
                 self.reported = Some(state);

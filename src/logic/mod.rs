@@ -10,5 +10,6 @@ pub mod planner;
 pub mod resolve;
 pub mod rings;
 pub mod rollout;
+pub mod text;
 pub mod vm;
 pub mod window;

@@ -134,9 +134,11 @@ fn of(
                 // Never started: retried in the next window.
             }
             _ => {
-                return VmState::Failed(r.error.clone().unwrap_or_else(|| {
-                    format!("{} package(s) failed to install", r.failed.len())
-                }));
+                // The guest's words, bounded: they reach Events, conditions and `why`.
+                return VmState::Failed(r.error.as_deref().map_or_else(
+                    || format!("{} package(s) failed to install", r.failed.len()),
+                    |e| crate::logic::text::safe(e, 256),
+                ));
             }
         }
     } else if let Some(reason) = &vm.ineligible {

@@ -12,6 +12,7 @@ use crate::api::{
 use crate::logic::catalog::ImageProblem;
 use crate::logic::conditions::{Conditions, is_true};
 use crate::logic::duration::{self, Earliest};
+use crate::logic::text;
 
 use super::{
     DRIFTED, EventSpec, HEARTBEAT, Heartbeat, IMAGE_SUPPORTED, Inputs, ONBOARDED, Outcome,
@@ -377,7 +378,8 @@ impl Decision<'_> {
         if drift.is_empty() {
             self.compliant(p)
         } else {
-            self.drifted(p, &drift.join("; "))
+            // Guest text: one printable line, bounded (it reaches messages, Events and logs).
+            self.drifted(p, &text::safe(&drift.join("; "), text::MESSAGE))
         }
     }
 

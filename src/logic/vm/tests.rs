@@ -485,3 +485,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn guest_text_reaches_messages_and_events_sanitised_and_bounded() {
+    let s = spec();
+    let mut st = run(&s, None, 0, true, RemediationMode::ReportOnly).status;
+    guest_acts(&mut st, &["monitoring"]);
+    if let Some(g) = st.guest.as_mut() {
+        g.services[0].differences = vec![format!("{}\r\x1b[2J", "y".repeat(10_000))];
+        g.services[0].compliant = false;
+    }
+    let o = run(&s, Some(&st), 1, true, RemediationMode::ReportOnly);
+    let msg = o.status.message.clone().expect("message");
+    assert!(
+        msg.len() <= crate::logic::text::MESSAGE + 200,
+        "{}",
+        msg.len()
+    );
+    assert!(
+        !msg.chars().any(char::is_control),
+        "control characters in {msg:?}"
+    );
+    let drifted = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DRIFTED)
+        .expect("Drifted");
+    assert!(drifted.message.len() <= crate::logic::text::MESSAGE);
+    let note = &o
+        .events
+        .iter()
+        .find(|e| e.reason == "DriftDetected")
+        .expect("DriftDetected")
+        .note;
+    assert!(!note.chars().any(char::is_control));
+}
