@@ -191,14 +191,33 @@ async fn wait_for_api(
                 state.set_ready(true);
                 return true;
             }
-            Err(e) => {
-                warn!(error = %e, "waiting for the automend.io API (are the CRDs installed?)")
-            }
+            Err(e) => warn!(error = %e, "waiting for the automend.io API: {}", api_wait_reason(&e)),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stopped.clone() => return false,
         }
+    }
+}
+
+/// What a failed API discovery means, for the log: only a missing group is "install the CRDs".
+fn api_wait_reason(e: &kube::Error) -> String {
+    use kube::error::DiscoveryError;
+    match e {
+        kube::Error::Discovery(DiscoveryError::MissingApiGroup(g)) => format!(
+            "the API server does not serve {g}; install the CRDs (helm install, or kubectl apply -f crds/)"
+        ),
+        kube::Error::Api(s) if s.code == 401 => {
+            "the API server refuses our credentials (401); check the kubeconfig or the ServiceAccount token".into()
+        }
+        kube::Error::Api(s) if s.code == 403 => {
+            "not allowed to read API discovery (403); check the controller's RBAC".into()
+        }
+        kube::Error::Api(s) => format!("the API server answered {} {}", s.code, s.reason),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            "cannot reach the API server (is it running, and is the kubeconfig's server address right?)".into()
+        }
+        other => format!("unexpected error: {other}"),
     }
 }
 
@@ -329,4 +348,28 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_wait_reasons_tell_a_closed_port_from_missing_crds() {
+        let missing = kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(
+            "automend.io".into(),
+        ));
+        assert!(api_wait_reason(&missing).contains("install the CRDs"));
+        let unreachable = kube::Error::Service(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        let r = api_wait_reason(&unreachable);
+        assert!(r.contains("cannot reach the API server"), "{r}");
+        assert!(!r.contains("CRD"), "{r}");
+        let forbidden = kube::Error::Api(Box::new(
+            kube::core::Status::failure("no", "Forbidden").with_code(403),
+        ));
+        assert!(api_wait_reason(&forbidden).contains("RBAC"));
+    }
 }
