@@ -24,6 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
@@ -481,7 +482,9 @@ pub async fn run(
     stats: Stats,
     stop: impl Future<Output = ()>,
 ) {
-    let api: Api<VirtualMachine> = Api::namespaced(admin.clone(), &settings.namespace);
+    // Object by object: an unreadable VM is skipped, never a broken watch of the namespace.
+    let api: Api<DeserializeGuard<VirtualMachine>> =
+        Api::namespaced(admin.clone(), &settings.namespace);
     let config = match &settings.selector {
         Some(s) => watcher::Config::default().labels(s),
         None => watcher::Config::default(),
@@ -495,20 +498,27 @@ pub async fn run(
             _ = &mut stop => break,
             e = events.next() => e,
         };
-        let vms: Vec<VirtualMachine> = match event {
-            Some(Ok(watcher::Event::Apply(vm) | watcher::Event::InitApply(vm))) => vec![vm],
+        let guarded = match event {
+            Some(Ok(watcher::Event::Apply(vm) | watcher::Event::InitApply(vm))) => vm,
             Some(Ok(watcher::Event::Delete(vm))) => {
                 if let Some(tx) = guests.remove(&vm.name_any()) {
                     let _ = tx.send(());
                 }
-                vec![]
+                continue;
             }
-            Some(Ok(_)) => vec![],
+            Some(Ok(_)) => continue,
             Some(Err(e)) => {
                 warn!(error = %e, "watching VirtualMachines");
-                vec![]
+                continue;
             }
             None => break,
+        };
+        let vms: Vec<VirtualMachine> = match guarded.0 {
+            Ok(vm) => vec![vm],
+            Err(e) => {
+                warn!(vm = ?e.metadata.name, error = %e.error, "an unreadable VirtualMachine is not simulated");
+                continue;
+            }
         };
         for vm in vms {
             let name = vm.name_any();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::{Client, ResourceExt};
 
 use crate::api::{PatchRollout, RolloutPhase, UpdateRing, VirtualMachine};
@@ -52,15 +53,25 @@ impl Cluster {
             .into_iter()
             .map(Arc::new)
             .collect();
-        let vms = self
-            .vms()
+        // Object by object: one unreadable VM is named and left out, never a failed listing.
+        let guarded: Api<DeserializeGuard<VirtualMachine>> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let mut vms = Vec::new();
+        for item in guarded
             .list(&lp)
             .await
             .context("listing VirtualMachines")?
             .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        {
+            match item.0 {
+                Ok(vm) => vms.push(Arc::new(vm)),
+                Err(e) => eprintln!(
+                    "warning: VirtualMachine {} cannot be read and is left out: {}",
+                    e.metadata.name.as_deref().unwrap_or("?"),
+                    crate::logic::text::safe(&e.error, 512)
+                ),
+            }
+        }
         Ok(Snapshot {
             rollouts,
             rings,

@@ -6,13 +6,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -32,6 +32,7 @@ use crate::logic::resolve;
 use crate::logic::vm::{self as decide, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
 
 mod guest_identity;
+mod invalid;
 mod triggers;
 
 use guest_identity::{cleanup, ensure_identity};
@@ -52,11 +53,15 @@ pub async fn run(
     let ns = &ctx.settings.namespace;
     let owned = || watcher::Config::default().labels(OWNED_SELECTOR);
 
+    // Object by object: an unreadable VM is reported and left out, never a broken watch.
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(invalid::reporter(ctx.clone(), reports));
     let vm_stream = watcher(
-        namespaced::<VirtualMachine>(client, ns),
+        namespaced::<DeserializeGuard<VirtualMachine>>(client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
+    .try_filter_map(move |event| futures::future::ready(Ok(invalid::screen(event, &report))))
     .modify(|vm| vm.managed_fields_mut().clear())
     .reflect(w.vms)
     .applied_objects()

@@ -1,0 +1,156 @@
+//! End to end: what one broken or hostile guest can do to the controller. This binary has its own
+//! control plane, because it loosens the VirtualMachine CRD for a moment (to store a value an older
+//! CRD accepted) and restores it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use automend::api::VmPhase;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::env::{Env, LONG};
+use support::{cluster, repo, wait_for};
+
+/// The VirtualMachine CRD without the bounds on guest times (as CRDs before them were).
+fn loosened_crd() -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("crds/virtualmachines.automend.io.yaml"))
+        .expect("reading the CRD");
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        // Drop each `x-kubernetes-validations:` block whose rule is the guest-time bound.
+        if line.trim() == "x-kubernetes-validations:"
+            && lines
+                .peek()
+                .is_some_and(|next| next.contains("must be a time between 2000-01-01"))
+        {
+            lines.next();
+            lines.next();
+            continue;
+        }
+        out.push(line);
+    }
+    let loose = out.join("\n");
+    assert!(!loose.contains("timestamp('2200"), "the time bound is gone");
+    let path = repo().join("target/e2e-loosened-vm-crd.yaml");
+    std::fs::write(&path, loose + "\n").expect("writing the loosened CRD");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_vm_is_reported_and_every_other_vm_stays_managed() {
+    let mut env = Env::new("poison").await;
+    let c = cluster();
+    let prod = env
+        .profile(
+            "prod",
+            json!({ "environment": "Production",
+                    "remediation": { "mode": "Auto", "maxAttempts": 3, "initialBackoff": "1s", "maxBackoff": "2s" } }),
+        )
+        .await;
+    for vm in ["bad", "good-1", "good-2"] {
+        env.vm(vm, Some(&prod), BTreeMap::new(), BTreeMap::new())
+            .await;
+    }
+
+    // A time the controller's time type cannot hold, stored while the CRD allowed it (an object
+    // from before the bounds). The restored CRD keeps it (validation ratcheting).
+    let loose = loosened_crd();
+    let loose = loose.to_string_lossy();
+    c.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &loose]);
+    let poison = json!({ "status": { "guest": { "installation": {
+        "rollout": "r", "wave": 1, "status": "Succeeded", "finishTime": "9999-12-31T23:59:59Z" } } } })
+    .to_string();
+    // kubectl, since this crate cannot even read the answer.
+    let ns = env.ns.name.clone();
+    wait_for("the loosened CRD to take the poison", LONG, || async {
+        let out = c.kubectl(&[
+            "patch",
+            "virtualmachine",
+            "-n",
+            &ns,
+            "bad",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &poison,
+        ]);
+        out.status.success().then_some(())
+    })
+    .await;
+    c.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "crds/virtualmachines.automend.io.yaml",
+    ]);
+    let raw = c.kubectl_ok(&[
+        "get",
+        "virtualmachine",
+        "-n",
+        &env.ns.name,
+        "bad",
+        "-o",
+        "jsonpath={.status.guest.installation.finishTime}",
+    ]);
+    assert_eq!(raw.trim(), "9999-12-31T23:59:59Z");
+
+    // A controller started now lists every VM of the namespace, the poisoned one among them.
+    let ctl = env.controller(&["--leader-elect=false"]);
+    env.sim().await;
+    env.wait_phase("good-1", VmPhase::Configured).await;
+    env.wait_phase("good-2", VmPhase::Configured).await;
+
+    // The poisoned VM is reported: a Warning Event and the Ready condition, phase and message.
+    let notes = wait_for("the InvalidObject Event", LONG, || async {
+        let notes = env.event_notes("bad").await;
+        notes
+            .iter()
+            .any(|(r, _)| r == "InvalidObject")
+            .then_some(notes)
+    })
+    .await;
+    let (_, note) = notes
+        .iter()
+        .find(|(r, _)| r == "InvalidObject")
+        .expect("event");
+    assert!(note.contains("cannot read this VirtualMachine"), "{note}");
+    let status = c.kubectl_ok(&[
+        "get",
+        "virtualmachine",
+        "-n",
+        &env.ns.name,
+        "bad",
+        "-o",
+        "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Ready\")].reason}",
+    ]);
+    assert_eq!(status.trim(), "Failed InvalidObject");
+
+    // Drift on the others is still handled.
+    env.annotate("good-1", "sim.automend.io/drift", "monitoring")
+        .await;
+    wait_for("good-1's drift to be remediated", LONG, || async {
+        env.events("good-1")
+            .await
+            .iter()
+            .any(|e| e == "Remediated")
+            .then_some(())
+    })
+    .await;
+
+    // Fixed by hand (the field removed): managed again.
+    env.vms
+        .patch_status(
+            "bad",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "guest": { "installation": null } } })),
+        )
+        .await
+        .expect("removing the poison");
+    env.wait_phase("bad", VmPhase::Configured).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.finish(ctl).await;
+}
