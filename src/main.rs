@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             automend::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
             tokio::runtime::Runtime::new()?.block_on(async {
                 let config = kube::Config::infer().await?;
-                let client = kube::Client::try_from(config.clone())?;
+                let client = automend::kubeclient::client_for(config.clone())?;
                 let stats = automend::guest::sim::Stats::default();
                 let stop = async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -466,7 +466,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config)?;
+    let client = crate::kubeclient::client_for(config)?;
     let backend = Linux::new(
         &args.root,
         &args.state_dir,

@@ -30,6 +30,8 @@ pub enum Error {
     CachesStopped,
     #[error("the {0} cache has not synced within a minute (is the list/watch permission missing?)")]
     CacheNotReady(&'static str),
+    #[error("the reconcile took longer than {0:?} (an API request that never answered?)")]
+    Timeout(std::time::Duration),
 }
 
 impl Error {
@@ -41,6 +43,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer".into(),
             Error::CachesStopped => "caches_stopped".into(),
             Error::CacheNotReady(_) => "cache_not_ready".into(),
+            Error::Timeout(_) => "timeout".into(),
         }
     }
 }
@@ -48,8 +51,8 @@ impl Error {
 /// The watch of the ConfigurationProfiles this controller manages (`--profile-selector`).
 pub fn profile_watch(settings: &Settings) -> kube::runtime::watcher::Config {
     match &settings.profile_selector {
-        Some(sel) => kube::runtime::watcher::Config::default().labels(sel),
-        None => kube::runtime::watcher::Config::default(),
+        Some(sel) => crate::watch::config().labels(sel),
+        None => crate::watch::config(),
     }
 }
 

@@ -119,7 +119,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => ImageCatalog::default(),
     };
     let clock = crate::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
-    let client = Client::try_default().await?;
+    let client = crate::kubeclient::client().await?;
     let state = State::new();
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
     info!(addr = %settings.http_addr, leader_elect = settings.leader_elect, "serving /metrics, /healthz and /readyz");

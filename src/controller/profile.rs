@@ -10,6 +10,8 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::info;
 
 use super::context::{Context, Error, profile_watch};
@@ -21,6 +23,7 @@ use crate::api::{ConfigurationProfile, ConfigurationProfileStatus, PhaseCounts, 
 use crate::identity::CONTROLLER_MANAGER;
 use crate::logic::conditions::Conditions;
 use crate::logic::resolve;
+use crate::watch;
 
 /// How often VM counts are refreshed.
 const RECOUNT: Duration = Duration::from_secs(10);
@@ -32,8 +35,14 @@ pub async fn run(
 ) {
     let config = profile_watch(&ctx.settings);
     let api = Api::<ConfigurationProfile>::all(ctx.client.clone());
+    let (store, writer) = reflector::store();
+    let profiles = watcher(api, config)
+        .backoff(watch::backoff())
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
     let shared2 = shared.clone();
-    Controller::new(api, config)
+    Controller::for_stream(watch::events_only(profiles, "configurationprofiles"), store)
         .graceful_shutdown_on(stop)
         .run(
             move |p, ctx| {

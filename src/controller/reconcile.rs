@@ -12,6 +12,9 @@ use tracing::{Instrument, warn};
 use super::context::{Context, Error};
 use super::metrics::{ErrorLabel, Metrics};
 
+/// The longest a reconcile may take.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Run `work` as one reconcile of `controller` (a metric label such as "virtualmachine") for
 /// the object, after `ready` (the caches it reads).
 pub async fn instrumented<K, Fut>(
@@ -36,7 +39,12 @@ where
         ready.await?;
         let label = Metrics::label(controller);
         ctx.metrics.reconciles.get_or_create(&label).inc();
-        let result = work().await;
+        // A reconcile never holds one of the controller's slots for ever (a request to an API
+        // server that went away mid-answer): it fails and is retried.
+        let result = match tokio::time::timeout(RECONCILE_TIMEOUT, work()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
+        };
         ctx.metrics
             .reconcile_duration
             .get_or_create(&label)

@@ -239,10 +239,10 @@ impl<B: Backend> Guest<B> {
 
     /// Run until `stop` resolves; gives the backend back.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> B {
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let config = crate::watch::config().fields(&format!("metadata.name={}", self.name));
         let mut stream = std::pin::pin!(
             watcher(self.vms.clone(), config)
-                .default_backoff()
+                .backoff(crate::watch::backoff())
                 .applied_objects()
         );
         let mut stop = std::pin::pin!(stop);

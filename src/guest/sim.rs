@@ -449,7 +449,7 @@ pub async fn guest_client(
         ..Default::default()
     };
     config.default_namespace = namespace.into();
-    Client::try_from(config)
+    crate::kubeclient::client_for(config).map_err(|e| kube::Error::Service(e.into()))
 }
 
 /// A TokenRequest for the VM's guest ServiceAccount.
@@ -489,7 +489,7 @@ pub async fn run(
         Some(s) => watcher::Config::default().labels(s),
         None => watcher::Config::default(),
     };
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, config).backoff(crate::watch::backoff()));
     let mut guests: HashMap<String, tokio::sync::oneshot::Sender<()>> = HashMap::new();
     let mut stop = std::pin::pin!(stop);
     info!(namespace = %settings.namespace, "simulating the namespace's VirtualMachines");

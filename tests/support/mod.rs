@@ -284,7 +284,10 @@ impl ControllerProcess {
             ])
             .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("AUTOMEND_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

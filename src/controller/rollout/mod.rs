@@ -35,6 +35,7 @@ use crate::identity::{CONTROLLER_MANAGER, ROLLOUT_MANAGER};
 use crate::logic::rollout::{
     Gathered, Settings as RolloutSettings, VmView, Written, decide_gathered, facts, gather,
 };
+use crate::watch;
 
 /// Expectations of the whole process, shared by every rollout: a VM's directive is the last one any
 /// rollout wrote, so an older rollout never acts on a directive a newer one has replaced.
@@ -79,13 +80,13 @@ pub async fn run(
         rings: rings.clone(),
         expectations: Expectations::default(),
     };
-    let rollout_stream = watcher(namespaced::<PatchRollout>(client, ns), Default::default())
-        .default_backoff()
+    let rollout_stream = watcher(namespaced::<PatchRollout>(client, ns), watch::config())
+        .backoff(watch::backoff())
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(rollout_writer)
         .applied_objects();
-    let ring_stream = watcher(namespaced::<UpdateRing>(client, ns), Default::default())
-        .default_backoff()
+    let ring_stream = watcher(namespaced::<UpdateRing>(client, ns), watch::config())
+        .backoff(watch::backoff())
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(ring_writer)
         .touched_objects();
@@ -142,25 +143,28 @@ pub async fn run(
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
     let stores2 = stores.clone();
-    let controller = Controller::for_stream(rollout_stream, rollouts.clone())
-        // No debounce: kube-runtime's debounce pushes a request back on every new trigger, and
-        // VM changes arrive continuously in a busy namespace. Triggers during a reconcile
-        // coalesce into one rerun anyway.
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .watches_stream(ring_stream, ring_mapper)
-        .reconcile_on(vm_triggers)
-        .graceful_shutdown_on(stop)
-        .run(
-            move |r, _| {
-                let ctx = ctx2.clone();
-                let shared = shared2.clone();
-                let stores = stores2.clone();
-                async move { reconcile(r, &ctx, &shared, &stores).await }
-            },
-            on_error("patchrollout"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+    let controller = Controller::for_stream(
+        watch::events_only(rollout_stream, "patchrollouts"),
+        rollouts.clone(),
+    )
+    // No debounce: kube-runtime's debounce pushes a request back on every new trigger, and
+    // VM changes arrive continuously in a busy namespace. Triggers during a reconcile
+    // coalesce into one rerun anyway.
+    .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+    .watches_stream(watch::events_only(ring_stream, "updaterings"), ring_mapper)
+    .reconcile_on(vm_triggers)
+    .graceful_shutdown_on(stop)
+    .run(
+        move |r, _| {
+            let ctx = ctx2.clone();
+            let shared = shared2.clone();
+            let stores = stores2.clone();
+            async move { reconcile(r, &ctx, &shared, &stores).await }
+        },
+        on_error("patchrollout"),
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
     tokio::join!(controller, ring_loop, cadence);
     info!("PatchRollout controller stopped");
 }

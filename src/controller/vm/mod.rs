@@ -30,6 +30,7 @@ use crate::logic::assign::{self, Candidate};
 use crate::logic::duration::parse_or;
 use crate::logic::resolve;
 use crate::logic::vm::{self as decide, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
+use crate::watch;
 
 mod guest_identity;
 mod invalid;
@@ -51,16 +52,16 @@ pub async fn run(
     };
     let client = &ctx.client;
     let ns = &ctx.settings.namespace;
-    let owned = || watcher::Config::default().labels(OWNED_SELECTOR);
+    let owned = || watch::config().labels(OWNED_SELECTOR);
 
     // Object by object: an unreadable VM is reported and left out, never a broken watch.
     let (report, reports) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(invalid::reporter(ctx.clone(), reports));
     let vm_stream = watcher(
         namespaced::<DeserializeGuard<VirtualMachine>>(client, ns),
-        watcher::Config::default(),
+        watch::config(),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .try_filter_map(move |event| futures::future::ready(Ok(invalid::screen(event, &report))))
     .modify(|vm| vm.managed_fields_mut().clear())
     .reflect(w.vms)
@@ -78,24 +79,24 @@ pub async fn run(
         Api::<ConfigurationProfile>::all(client.clone()),
         profile_watch(&ctx.settings),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(w.profiles)
     .touched_objects();
     // Namespaces: their labels feed assignment namespace selectors.
     let ns_config = match ns {
-        Some(n) => watcher::Config::default().fields(&format!("metadata.name={n}")),
-        None => watcher::Config::default(),
+        Some(n) => watch::config().fields(&format!("metadata.name={n}")),
+        None => watch::config(),
     };
     let ns_stream = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         ns_config,
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .reflect(w.namespaces)
     .touched_objects();
     let lease_stream = watcher(namespaced::<Lease>(client, ns), owned())
-        .default_backoff()
+        .backoff(watch::backoff())
         .modify(|l| l.managed_fields_mut().clear())
         .reflect(w.leases)
         .touched_objects();
@@ -103,43 +104,56 @@ pub async fn run(
         namespaced::<PartialObjectMeta<ServiceAccount>>(client, ns),
         owned(),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .reflect(w.service_accounts)
     .touched_objects();
     let role_stream = watcher(namespaced::<PartialObjectMeta<Role>>(client, ns), owned())
-        .default_backoff()
+        .backoff(watch::backoff())
         .reflect(w.roles)
         .touched_objects();
     let binding_stream = watcher(
         namespaced::<PartialObjectMeta<RoleBinding>>(client, ns),
         owned(),
     )
-    .default_backoff()
+    .backoff(watch::backoff())
     .reflect(w.role_bindings)
     .touched_objects();
 
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
-    Controller::for_stream(vm_stream, shared.vms.clone())
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-        .watches_stream(profile_stream, triggers::profile_changes(&shared))
-        .watches_stream(ns_stream, triggers::namespace_changes(&shared))
-        .watches_stream(lease_stream, triggers::heartbeat_changes(&shared))
-        .owns_stream(sa_stream)
-        .owns_stream(role_stream)
-        .owns_stream(binding_stream)
-        .graceful_shutdown_on(stop)
-        .run(
-            move |vm, _| {
-                let ctx = ctx2.clone();
-                let shared = shared2.clone();
-                async move { reconcile(vm, &ctx, &shared).await }
-            },
-            on_error("virtualmachine"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    use watch::events_only;
+    Controller::for_stream(
+        events_only(vm_stream, "virtualmachines"),
+        shared.vms.clone(),
+    )
+    .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+    .watches_stream(
+        events_only(profile_stream, "configurationprofiles"),
+        triggers::profile_changes(&shared),
+    )
+    .watches_stream(
+        events_only(ns_stream, "namespaces"),
+        triggers::namespace_changes(&shared),
+    )
+    .watches_stream(
+        events_only(lease_stream, "leases"),
+        triggers::heartbeat_changes(&shared),
+    )
+    .owns_stream(events_only(sa_stream, "serviceaccounts"))
+    .owns_stream(events_only(role_stream, "roles"))
+    .owns_stream(events_only(binding_stream, "rolebindings"))
+    .graceful_shutdown_on(stop)
+    .run(
+        move |vm, _| {
+            let ctx = ctx2.clone();
+            let shared = shared2.clone();
+            async move { reconcile(vm, &ctx, &shared).await }
+        },
+        on_error("virtualmachine"),
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()))
+    .await;
     info!("VirtualMachine controller stopped");
 }
 
