@@ -87,16 +87,24 @@ async fn a_poisoned_vm_is_reported_and_every_other_vm_stays_managed() {
         "-f",
         "crds/virtualmachines.automend.io.yaml",
     ]);
-    let raw = c.kubectl_ok(&[
-        "get",
-        "virtualmachine",
-        "-n",
-        &env.ns.name,
-        "bad",
-        "-o",
-        "jsonpath={.status.guest.installation.finishTime}",
-    ]);
-    assert_eq!(raw.trim(), "9999-12-31T23:59:59Z");
+    // kubectl, since this crate cannot even read the object.
+    let bad = |jsonpath: &str| {
+        c.kubectl_ok(&[
+            "get",
+            "virtualmachine",
+            "-n",
+            &ns,
+            "bad",
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        bad("{.status.guest.installation.finishTime}"),
+        "9999-12-31T23:59:59Z"
+    );
 
     // A controller started now lists every VM of the namespace, the poisoned one among them.
     let ctl = env.controller(&["--leader-elect=false"]);
@@ -118,16 +126,10 @@ async fn a_poisoned_vm_is_reported_and_every_other_vm_stays_managed() {
         .find(|(r, _)| r == "InvalidObject")
         .expect("event");
     assert!(note.contains("cannot read this VirtualMachine"), "{note}");
-    let status = c.kubectl_ok(&[
-        "get",
-        "virtualmachine",
-        "-n",
-        &env.ns.name,
-        "bad",
-        "-o",
-        "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Ready\")].reason}",
-    ]);
-    assert_eq!(status.trim(), "Failed InvalidObject");
+    assert_eq!(
+        bad("{.status.phase} {.status.conditions[?(@.type==\"Ready\")].reason}"),
+        "Failed InvalidObject"
+    );
 
     // Drift on the others is still handled.
     env.annotate("good-1", "sim.automend.io/drift", "monitoring")
