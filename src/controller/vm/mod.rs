@@ -100,25 +100,6 @@ pub async fn run(
         .modify(|l| l.managed_fields_mut().clear())
         .reflect(w.leases)
         .touched_objects();
-    let sa_stream = watcher(
-        namespaced::<PartialObjectMeta<ServiceAccount>>(client, ns),
-        owned(),
-    )
-    .backoff(watch::backoff())
-    .reflect(w.service_accounts)
-    .touched_objects();
-    let role_stream = watcher(namespaced::<PartialObjectMeta<Role>>(client, ns), owned())
-        .backoff(watch::backoff())
-        .reflect(w.roles)
-        .touched_objects();
-    let binding_stream = watcher(
-        namespaced::<PartialObjectMeta<RoleBinding>>(client, ns),
-        owned(),
-    )
-    .backoff(watch::backoff())
-    .reflect(w.role_bindings)
-    .touched_objects();
-
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
     use watch::events_only;
@@ -139,9 +120,19 @@ pub async fn run(
         events_only(lease_stream, "leases"),
         triggers::heartbeat_changes(&shared),
     )
-    .owns_stream(events_only(sa_stream, "serviceaccounts"))
-    .owns_stream(events_only(role_stream, "roles"))
-    .owns_stream(events_only(binding_stream, "rolebindings"))
+    .owns_stream(owned_meta::<ServiceAccount>(
+        client,
+        ns,
+        w.service_accounts,
+        "serviceaccounts",
+    ))
+    .owns_stream(owned_meta::<Role>(client, ns, w.roles, "roles"))
+    .owns_stream(owned_meta::<RoleBinding>(
+        client,
+        ns,
+        w.role_bindings,
+        "rolebindings",
+    ))
     .graceful_shutdown_on(stop)
     .run(
         move |vm, _| {
@@ -155,6 +146,31 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()))
     .await;
     info!("VirtualMachine controller stopped");
+}
+
+/// A metadata-only watch of the guest identity objects of one kind, into the shared cache.
+fn owned_meta<K>(
+    client: &kube::Client,
+    ns: &Option<String>,
+    writer: kube::runtime::reflector::store::Writer<PartialObjectMeta<K>>,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(
+        namespaced::<PartialObjectMeta<K>>(client, ns),
+        watch::config().labels(OWNED_SELECTOR),
+    )
+    .backoff(watch::backoff())
+    .reflect(writer)
+    .touched_objects();
+    watch::events_only(stream, what)
 }
 
 async fn reconcile(
