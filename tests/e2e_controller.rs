@@ -1009,3 +1009,45 @@ fn sample(schema: &serde_json::Value) -> serde_json::Value {
         _ => json!("forged"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_reports_again_when_its_report_is_changed_behind_its_back() {
+    let mut env = Env::new("reassert").await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    env.vm("a", Some(&prod), no_labels(), no_labels()).await;
+    env.sim().await;
+    env.wait_phase("a", VmPhase::Configured).await;
+
+    // A partial apply as the guest's own field manager drops every other field of status.guest.
+    let partial = json!({
+        "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+        "metadata": { "name": "a" },
+        "status": { "guest": { "agentVersion": "someone-else" } },
+    });
+    env.vms
+        .patch_status(
+            "a",
+            &PatchParams::apply("automend-guest").force(),
+            &Patch::Apply(&partial),
+        )
+        .await
+        .expect("partial apply");
+    let now = env.get("a").await;
+    let guest = now.status.and_then(|s| s.guest).expect("guest");
+    assert!(
+        guest.services.is_empty(),
+        "the partial apply removed the services"
+    );
+
+    // The guest notices and says it all again; the VM stays (or returns to) Configured.
+    wait_for("the guest's whole report back", LONG, || async {
+        let g = env.get("a").await.status.and_then(|s| s.guest)?;
+        (g.services.len() == 7 && g.agent_version.as_deref() != Some("someone-else")).then_some(())
+    })
+    .await;
+    env.wait_phase("a", VmPhase::Configured).await;
+    env.finish(ctl).await;
+}

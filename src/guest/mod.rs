@@ -139,8 +139,11 @@ pub struct Guest<B: Backend> {
     backend: B,
     timing: Timing,
     desired: Option<DesiredState>,
-    /// What was last reported (and acknowledged by the API server).
+    /// What was last reported (and acknowledged by the API server), as the API server holds it
+    /// (`report::as_stored`).
     reported: Option<GuestState>,
+    /// `status.guest` was changed behind the guest's back: write the whole report again.
+    tampered: bool,
     /// What the guest applied, assessed and installed (what the journal keeps).
     results: journal::Record,
     apply_error: Option<String>,
@@ -167,6 +170,7 @@ impl<B: Backend> Guest<B> {
             timing,
             desired: None,
             reported: None,
+            tampered: false,
             results: journal::Record {
                 acknowledged: true,
                 ..Default::default()
@@ -224,8 +228,22 @@ impl<B: Backend> Guest<B> {
             .annotations(&vm.metadata.annotations.clone().unwrap_or_default());
         self.backend.seen(vm);
         self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
+        let now_stored = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.guest.as_ref())
+            .map(report::without_time);
+        if let Some(mine) = &self.reported
+            && now_stored.as_ref() != Some(mine)
+        {
+            // Someone else changed (or removed part of) the report: say it all again.
+            if !self.tampered {
+                info!(vm = %self.name, "status.guest differs from what this guest reported; reporting again");
+            }
+            self.tampered = true;
+        }
         if self.reported.is_none() {
-            self.reported = vm.status.as_ref().and_then(|s| s.guest.clone());
+            self.reported = now_stored;
             if let Some(r) = &self.reported
                 && !self.restored
             {
@@ -471,24 +489,22 @@ impl<B: Backend> Guest<B> {
         }
     }
 
-    /// Write `status.guest` when it differs from what was last reported.
+    /// Write `status.guest` when it differs from what was last reported, or was changed by
+    /// someone else.
     async fn report(&mut self, mut state: GuestState) {
-        let unchanged = self.reported.as_ref().is_some_and(|r| {
-            let mut r = r.clone();
-            r.last_observed_time = None;
-            r == state
-        });
-        if unchanged {
+        let stored = report::as_stored(&state);
+        if self.reported == stored && !self.tampered {
             if !self.results.acknowledged {
                 self.persist(true);
             }
             return;
         }
         state.last_observed_time = Some(Time(Timestamp::now()));
-        let status = serde_json::json!({ "guest": report::fit(state.clone()) });
+        let status = serde_json::json!({ "guest": report::fit(state) });
         match crate::status::apply(&self.vms, &self.name, GUEST_MANAGER, &status).await {
             Ok(_) => {
-                self.reported = Some(state);
+                self.reported = stored;
+                self.tampered = false;
                 if !self.results.acknowledged {
                     self.persist(true);
                 }

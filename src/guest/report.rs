@@ -111,6 +111,26 @@ pub fn fit(state: GuestState) -> GuestState {
     }
 }
 
+/// A report as the API server stores it (fitted, times at the second), without its observation
+/// time: what the guest compares its next report, and what the watch shows, against.
+pub fn as_stored(state: &GuestState) -> Option<GuestState> {
+    let fitted = fit(GuestState {
+        last_observed_time: None,
+        ..state.clone()
+    });
+    serde_json::to_value(&fitted)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// A stored report without its observation time.
+pub fn without_time(state: &GuestState) -> GuestState {
+    GuestState {
+        last_observed_time: None,
+        ..state.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +196,29 @@ mod tests {
         })
         .expect("json");
         assert!(json.len() < 100);
+    }
+
+    #[test]
+    fn the_stored_form_matches_what_the_api_server_echoes() {
+        let now = jiff::Timestamp::now();
+        let state = GuestState {
+            agent_version: Some("1".into()),
+            last_observed_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+            assessment: Some(GuestAssessment {
+                request_id: "a".into(),
+                status: OperationStatus::Succeeded,
+                start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+                finish_time: None,
+                packages: vec![],
+                reboot_pending: false,
+                error: None,
+            }),
+            ..Default::default()
+        };
+        let stored = as_stored(&state).expect("stored");
+        // The echo: the JSON the API server keeps, read back.
+        let echo: GuestState =
+            serde_json::from_value(serde_json::to_value(fit(state)).expect("json")).expect("echo");
+        assert_eq!(without_time(&echo), stored);
     }
 }
