@@ -61,8 +61,21 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
         "{events:?}"
     );
 
-    // Steady state: guests renew their Leases every second, yet nothing is written and the VMs
-    // are not reconciled once per renewal (at most once per grace period, to catch expiry).
+    // Steady state (once every VM's first assessment is reported, which writes its
+    // availablePatchSummary): guests renew their Leases every second, yet nothing is written and
+    // the VMs are not reconciled once per renewal (at most once per grace period, to catch expiry).
+    for vm in ["web-1", "web-2", "web-3", "build-1"] {
+        wait_for("the first assessment's summary", LONG, || async {
+            env.get(vm)
+                .await
+                .status
+                .and_then(|s| s.patch_status)
+                .and_then(|p| p.available_patch_summary)
+                .map(|_| ())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let reconciles = r#"automend_reconciles_total{controller="virtualmachine"}"#;
     let writes = r#"automend_status_writes_total{controller="virtualmachine"}"#;
     let (r0, w0) = (ctl.metric(reconciles).await, ctl.metric(writes).await);
