@@ -230,6 +230,18 @@ pub struct Wave {
     /// Members that failed (install failed, or unhealthy before `healthyFor` passed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_members: Vec<String>,
+    /// Members whose guest reported a successful install, with when the controller first saw it:
+    /// `healthyFor` counts from then, never from a time the guest reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed_seen: Vec<SeenInstall>,
+}
+
+/// When the controller first saw a member's successful install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenInstall {
+    pub name: String,
+    pub time: Time,
 }
 
 /// Progress against the SLO.

@@ -140,6 +140,8 @@ struct Run<'a> {
     times: Vec<ring::RingTimes>,
     /// VMs that failed in an earlier wave of this rollout (failures are sticky).
     failed_before: BTreeSet<&'a str>,
+    /// When the controller first saw each VM's successful install (by VM and wave).
+    installed_seen: std::collections::BTreeMap<(&'a str, i32), Timestamp>,
     /// Succeeded or RolledBack: the record is kept as it is.
     terminal: bool,
     /// A halt is final: nothing new starts (only rolling back), even if the failures it counted
@@ -191,6 +193,16 @@ impl<'a> Run<'a> {
                 .iter()
                 .flat_map(|r| r.waves.iter())
                 .flat_map(|w| w.failed_members.iter().map(String::as_str))
+                .collect(),
+            installed_seen: old
+                .rings
+                .iter()
+                .flat_map(|r| r.waves.iter())
+                .flat_map(|w| {
+                    w.installed_seen
+                        .iter()
+                        .map(move |s| ((s.name.as_str(), w.index), s.time.0))
+                })
                 .collect(),
             terminal,
             halted_before,

@@ -108,7 +108,12 @@ fn of(
         };
         match r.status {
             OperationStatus::Succeeded => {
-                let finished = r.finish_time.as_ref().map_or(input.now, |f| f.0);
+                // From when this controller first saw the result, not a time the guest chose.
+                let finished = run
+                    .installed_seen
+                    .get(&(vm.name, d.wave))
+                    .copied()
+                    .unwrap_or(input.now);
                 let healthy_for = vm
                     .ring
                     .map_or(std::time::Duration::ZERO, |ri| run.times[ri].healthy_for);

@@ -125,6 +125,19 @@ fn count(
         let Some(&i) = by_name.get(m.as_str()) else {
             continue;
         };
+        let vm = &run.input.vms[i];
+        let installed = vm.result.is_some_and(|r| {
+            r.rollout == run.input.name
+                && r.wave == w.index
+                && !r.rollback
+                && r.status == crate::api::OperationStatus::Succeeded
+        });
+        if installed && !w.installed_seen.iter().any(|s| s.name == *m) {
+            w.installed_seen.push(crate::api::SeenInstall {
+                name: m.clone(),
+                time: Time(run.input.now),
+            });
+        }
         match &states[i] {
             s if s.is_done() => ok += 1,
             s if s.is_failed() => {

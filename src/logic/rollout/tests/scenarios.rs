@@ -501,3 +501,30 @@ fn a_finished_rollout_keeps_its_record_when_rings_change() {
     );
     assert!(out.writes.is_empty());
 }
+
+#[test]
+fn healthy_for_counts_from_when_the_controller_saw_the_install_not_the_guests_clock() {
+    let mut w = World::new(2, vec![("test".into(), ring(0, "0s", "1h", 10))]);
+    w.step(); // directives written; the guests install at once
+    let vm = (0..2)
+        .find(|i| w.vms[*i].result.is_some())
+        .expect("one VM installed");
+    // The guest claims it finished two days ago.
+    if let Some(r) = w.vms[vm].result.as_mut() {
+        r.finish_time = Some(Time(ts("2026-11-08T18:00:00Z")));
+    }
+    w.now = add(w.now, Duration::from_secs(60));
+    let out = w.step();
+    assert_eq!(out.states[vm], VmState::Patching, "not proven yet");
+    let seen = &w.status.as_ref().expect("status").rings[0].waves[0].installed_seen;
+    assert!(
+        seen.iter()
+            .any(|s| s.name == w.vms[vm].name && s.time == Time(w.now)),
+        "{seen:?}"
+    );
+    // healthyFor (30m) from first sight.
+    w.now = add(w.now, Duration::from_secs(29 * 60));
+    assert_eq!(w.step().states[vm], VmState::Patching);
+    w.now = add(w.now, Duration::from_secs(60));
+    assert_eq!(w.step().states[vm], VmState::Succeeded);
+}
