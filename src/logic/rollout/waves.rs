@@ -121,6 +121,8 @@ fn count(
     states: &[VmState],
 ) {
     let (mut ok, mut bad, mut busy) = (0, 0, 0);
+    let mut seen: std::collections::HashSet<String> =
+        w.installed_seen.iter().map(|s| s.name.clone()).collect();
     for m in &w.members {
         let Some(&i) = by_name.get(m.as_str()) else {
             continue;
@@ -132,7 +134,7 @@ fn count(
                 && !r.rollback
                 && r.status == crate::api::OperationStatus::Succeeded
         });
-        if installed && !w.installed_seen.iter().any(|s| s.name == *m) {
+        if installed && seen.insert(m.clone()) {
             w.installed_seen.push(crate::api::SeenInstall {
                 name: m.clone(),
                 time: Time(run.input.now),
