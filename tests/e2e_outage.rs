@@ -65,6 +65,7 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
 
     // Within 30 s: drift on a VM is remediated (the VM controller and the guests are back), a
     // VM created now is onboarded, and a profile edit is resolved (the profile controller).
+    // (The rollout controller shares the VM controller's watch and the same trigger fix.)
     let client = c.client().await;
     let vms: kube::Api<automend::api::VirtualMachine> = kube::Api::namespaced(client, &env.ns.name);
     wait_for("the API server to answer", LONG, || async {
@@ -75,6 +76,15 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
         .await;
     env.vm("late", Some(&prod), BTreeMap::new(), BTreeMap::new())
         .await;
+    let edited = env
+        .profiles
+        .patch(
+            &prod,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "spec": { "remediation": { "maxAttempts": 4 } } })),
+        )
+        .await
+        .expect("editing the profile");
     let within = Duration::from_secs(30);
     wait_for("vm-07's drift to be remediated", within, || async {
         env.events("vm-07")
@@ -92,6 +102,11 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
                 .then_some(())
         },
     )
+    .await;
+    wait_for("the profile edit to be resolved", within, || async {
+        let p = env.profiles.get(&prod).await.ok()?;
+        (p.status.and_then(|s| s.observed_generation) == edited.metadata.generation).then_some(())
+    })
     .await;
     let took = back.elapsed();
     eprintln!("recovered {took:?} after the control plane came back");
