@@ -156,3 +156,79 @@ async fn a_poisoned_vm_is_reported_and_every_other_vm_stays_managed() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     env.finish(ctl).await;
 }
+
+/// A guest's clock (or a forged `renewTime`) three hours ahead: reported as skew, and a guest
+/// that then stops renewing is Pending after the grace period, not three hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_clock_ahead_is_reported_and_does_not_keep_a_stopped_vm_alive() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut env = Env::new("clock").await;
+    let prod = env
+        .profile("prod", json!({ "environment": "Production" }))
+        .await;
+    env.vm("ahead", Some(&prod), BTreeMap::new(), BTreeMap::new())
+        .await;
+    let ctl = env.controller(&["--leader-elect=false"]);
+    env.sim().await;
+    env.wait_phase("ahead", VmPhase::Configured).await;
+    // The simulated machine stops; its heartbeats stop with it.
+    env.annotate("ahead", "sim.automend.io/power", "off").await;
+    env.wait_phase("ahead", VmPhase::Pending).await;
+
+    // As the VM's own guest identity: a renewal stamped three hours ahead.
+    let c = cluster();
+    let guest = automend::guest::sim::guest_client(
+        &env.client,
+        &c.config().await,
+        &env.ns.name,
+        "ahead",
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("guest client");
+    let leases: kube::Api<Lease> = kube::Api::namespaced(guest, &env.ns.name);
+    let ahead = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(3);
+    let renew =
+        json!({ "spec": { "renewTime": ahead.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string() } });
+    leases
+        .patch("ahead", &PatchParams::default(), &Patch::Merge(renew))
+        .await
+        .expect("the guest renews its own Lease");
+    let renewed_at = std::time::Instant::now();
+
+    // Counted as a heartbeat, with the skew reported.
+    let heartbeat = |vm: automend::api::VirtualMachine| {
+        vm.status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Heartbeat"))
+    };
+    let hb = wait_for("the skew to be reported", LONG, || async {
+        heartbeat(env.get("ahead").await).filter(|c| c.reason == "ClockSkewed")
+    })
+    .await;
+    assert_eq!(hb.status, "True");
+    assert!(
+        hb.message.contains("ahead of the controller's"),
+        "{}",
+        hb.message
+    );
+    wait_for("the ClockSkewed Event", LONG, || async {
+        env.events("ahead")
+            .await
+            .iter()
+            .any(|e| e == "ClockSkewed")
+            .then_some(())
+    })
+    .await;
+
+    // No renewal since: Pending once the grace period (6 s) has passed on the controller's
+    // clock — not when the guest's claimed time plus grace comes, three hours from now.
+    env.wait_phase("ahead", VmPhase::Pending).await;
+    let took = renewed_at.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let hb = heartbeat(env.get("ahead").await).expect("heartbeat condition");
+    assert_eq!(
+        (hb.status.as_str(), hb.reason.as_str()),
+        ("False", "NoHeartbeat")
+    );
+    env.finish(ctl).await;
+}

@@ -40,16 +40,49 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
         env.vm(n, Some(&prod), BTreeMap::new(), BTreeMap::new())
             .await;
     }
-    let ctl = env.controller(&["--leader-elect=false"]);
+    // Short watch bounds, so the probes' answers can be seen within the outage.
+    let ctl = env.controller(&[
+        "--leader-elect=false",
+        "--watch-idle=4s",
+        "--watch-unhealthy-after=8s",
+    ]);
     env.sim().await;
     for n in &names {
         env.wait_phase(n, VmPhase::Configured).await;
     }
+    // Quiet watches (no UpdateRing in the namespace) are re-established after --watch-idle and
+    // the controller stays ready and live meanwhile.
+    wait_for("a quiet watch to be re-established", LONG, || async {
+        let restarts = ctl
+            .metric("automend_watch_restarts_total{watch=\"rollout/updaterings\"}")
+            .await;
+        (restarts >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(ctl.http_get("/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(ctl.http_get("/healthz").await.map(|r| r.0), Some(200));
 
     // The crash: etcd and the API server die; 20 s later they start again.
     kill9(&state, "kube-apiserver");
     kill9(&state, "etcd");
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    let down = Instant::now();
+    // Not ready as soon as the watches fail; not live once they have failed for 8 s, so a
+    // kubelet would restart the controller.
+    let (code, body) = wait_for("/readyz to fail", Duration::from_secs(10), || async {
+        ctl.http_get("/readyz")
+            .await
+            .filter(|(code, _)| *code == 503)
+    })
+    .await;
+    assert!(body.contains("is failing"), "{code} {body}");
+    let (_, body) = wait_for("/healthz to fail", Duration::from_secs(18), || async {
+        ctl.http_get("/healthz")
+            .await
+            .filter(|(code, _)| *code == 500)
+    })
+    .await;
+    assert!(body.contains("has failed for"), "{body}");
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(down.elapsed())).await;
     let up = Command::new("bash")
         .arg(repo().join("hack/cluster.sh"))
         .arg("up")
@@ -107,6 +140,15 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
         let p = env.profiles.get(&prod).await.ok()?;
         (p.status.and_then(|s| s.observed_generation) == edited.metadata.generation).then_some(())
     })
+    .await;
+    wait_for(
+        "/healthz and /readyz to answer ok again",
+        within,
+        || async {
+            let ok = |r: Option<(u16, String)>| r.is_some_and(|(code, _)| code == 200);
+            (ok(ctl.http_get("/healthz").await) && ok(ctl.http_get("/readyz").await)).then_some(())
+        },
+    )
     .await;
     let took = back.elapsed();
     eprintln!("recovered {took:?} after the control plane came back");

@@ -15,6 +15,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub catalog: ImageCatalog,
     pub metrics: Metrics,
+    /// The records of every watch, behind /readyz and /healthz.
+    pub health: crate::watch::Health,
     pub settings: Settings,
     /// The patching schedule's clock.
     pub clock: crate::clock::Clock,

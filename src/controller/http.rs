@@ -1,4 +1,9 @@
 //! The controller's small HTTP server: `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+//!
+//! `/readyz` answers ok once the automend.io API is served and while every watch has listed and
+//! is not failing; `/healthz` fails when a watch has failed, or stayed silent after being
+//! re-established, for longer than `--watch-unhealthy-after` (see `watch::health`), so the
+//! kubelet restarts a controller that can no longer see the cluster.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,18 +29,13 @@ pub struct State {
 
 struct Inner {
     ready: AtomicBool,
+    health: crate::watch::Health,
     ready_gauge: Gauge,
     registry: Registry,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl State {
-    pub fn new() -> Self {
+    pub fn new(health: crate::watch::Health) -> Self {
         let mut registry = Registry::with_prefix("automend");
         registry.register(
             "build",
@@ -48,11 +48,22 @@ impl State {
             "1 when the controller is ready",
             ready_gauge.clone(),
         );
+        registry.register(
+            "watch_restarts",
+            "Watches re-established after delivering nothing for --watch-idle",
+            health.restarts.clone(),
+        );
+        registry.register(
+            "watch_failures",
+            "Errors of watches (each retried)",
+            health.failures.clone(),
+        );
         let metrics = super::metrics::Metrics::register(&mut registry);
         State {
             metrics,
             inner: Arc::new(Inner {
                 ready: AtomicBool::new(false),
+                health,
                 ready_gauge,
                 registry,
             }),
@@ -74,20 +85,35 @@ impl State {
 
 pub fn router(state: State) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn readyz(AxumState(state): AxumState<State>) -> impl IntoResponse {
-    if state.inner.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (
+    if !state.inner.ready.load(Ordering::Relaxed) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for the automend.io API",
-        )
+            "not ready: waiting for the automend.io API".to_string(),
+        );
+    }
+    match state.inner.health.verdict().ready {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+    }
+}
+
+async fn healthz(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    match state.inner.health.verdict().live {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => {
+            tracing::error!(%why, "unhealthy: the kubelet should restart this controller");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unhealthy: {why}"),
+            )
+        }
     }
 }
 
@@ -117,7 +143,7 @@ mod tests {
 
     #[test]
     fn metrics_carry_build_info_and_readiness() {
-        let state = State::new();
+        let state = State::new(crate::watch::Health::default());
         state.set_ready(true);
         let text = state.metrics_text();
         assert!(text.contains("automend_build_info{version=\""), "{text}");
@@ -126,7 +152,11 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_follows_readiness() {
-        let state = State::new();
+        let health = crate::watch::Health::new(crate::watch::Limits {
+            idle: std::time::Duration::from_millis(10),
+            unhealthy_after: std::time::Duration::from_millis(10),
+        });
+        let state = State::new(health.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -149,6 +179,21 @@ mod tests {
         state.set_ready(true);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/metrics").await.contains("automend_ready 1"));
+        // A watch that has not listed: not ready, and once silent beyond its bounds, not live.
+        let _probe = health.probe("virtualmachines");
+        let r = get("/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains("virtualmachines has not completed its first list"),
+            "{r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let h = get("/healthz").await;
+        assert!(h.starts_with("HTTP/1.1 500"), "{h}");
+        assert!(
+            h.contains("watch virtualmachines has delivered nothing"),
+            "{h}"
+        );
         let _ = tx.send(());
         server.await.expect("join").expect("serve");
     }

@@ -74,6 +74,13 @@ pub struct Settings {
     /// UTC, e.g. "2 Tuesday 17:00" (Patch Tuesday), or "off".
     #[arg(long, default_value = "2 Tuesday 17:00", value_parser = crate::logic::rings::Cadence::parse)]
     pub release_cadence: crate::logic::rings::Cadence,
+    /// A watch that delivers nothing for this long is re-established (a fresh list).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub watch_idle: Duration,
+    /// /healthz fails (so Kubernetes restarts the controller) when a watch has failed, or stayed
+    /// silent after being re-established, for this long; /readyz fails at once.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub watch_unhealthy_after: Duration,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,
 }
@@ -120,7 +127,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let clock = crate::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
     let client = crate::kubeclient::client().await?;
-    let state = State::new();
+    let health = crate::watch::Health::new(crate::watch::Limits {
+        idle: settings.watch_idle,
+        unhealthy_after: settings.watch_unhealthy_after,
+    });
+    let state = State::new(health.clone());
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
     info!(addr = %settings.http_addr, leader_elect = settings.leader_elect, "serving /metrics, /healthz and /readyz");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -155,6 +166,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         client: client.clone(),
         catalog,
         metrics: state.metrics.clone(),
+        health,
         settings: settings.clone(),
         clock,
     });

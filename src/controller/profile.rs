@@ -9,9 +9,9 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
 use tracing::info;
 
 use super::context::{Context, Error, profile_watch};
@@ -36,13 +36,17 @@ pub async fn run(
     let config = profile_watch(&ctx.settings);
     let api = Api::<ConfigurationProfile>::all(ctx.client.clone());
     let (store, writer) = reflector::store();
-    let profiles = watcher(api, config)
-        .backoff(watch::backoff())
-        .modify(|p| p.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects();
+    let profiles = watch::supervised(
+        api,
+        config,
+        ctx.health.probe("profile/configurationprofiles"),
+    )
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect(writer)
+    .applied_objects();
     let shared2 = shared.clone();
-    Controller::for_stream(watch::events_only(profiles, "configurationprofiles"), store)
+    let profiles = watch::events_only(watch::changed(profiles), "configurationprofiles");
+    Controller::for_stream(profiles, store)
         .graceful_shutdown_on(stop)
         .run(
             move |p, ctx| {

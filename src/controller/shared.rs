@@ -1,5 +1,6 @@
 //! The caches the controllers share (read side), and when they are ready.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,48 @@ use kube::runtime::reflector::{self, Store};
 
 use super::context::Error;
 use crate::api::{ConfigurationProfile, VirtualMachine};
+use crate::logic::vm::heartbeat::{self, Observed};
+
+/// The controller's own record of every guest's last heartbeat, fed by the Lease watch (see
+/// `logic::vm::heartbeat`: renewals are timed with the controller's clock, not the guest's).
+#[derive(Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<HashMap<(String, String), Observed>>>);
+
+impl Heartbeats {
+    /// Record what the Lease watch delivered.
+    pub fn record(&self, event: &kube::runtime::watcher::Event<Lease>) {
+        use kube::runtime::watcher::Event;
+        let Ok(mut seen) = self.0.lock() else {
+            return;
+        };
+        let key = |l: &Lease| Some((l.metadata.namespace.clone()?, l.metadata.name.clone()?));
+        match event {
+            Event::Apply(l) | Event::InitApply(l) => {
+                let Some(k) = key(l) else { return };
+                let renew = l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.renew_time.as_ref())
+                    .map(|t| t.0);
+                if let Some(o) = heartbeat::observe(seen.get(&k), renew, jiff::Timestamp::now()) {
+                    seen.insert(k, o);
+                }
+            }
+            Event::Delete(l) => {
+                if let Some(k) = key(l) {
+                    seen.remove(&k);
+                }
+            }
+            Event::Init | Event::InitDone => {}
+        }
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Observed> {
+        let seen = self.0.lock().ok()?;
+        seen.get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+}
 
 /// Caches the two controllers share (read side).
 #[derive(Clone)]
@@ -23,6 +66,7 @@ pub struct Shared {
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     pub roles: Store<PartialObjectMeta<Role>>,
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+    pub heartbeats: Heartbeats,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
     /// The namespace of every VM change the VM watch sees (for the rollout controller).
@@ -62,6 +106,7 @@ impl Shared {
             service_accounts,
             roles,
             role_bindings,
+            heartbeats: Heartbeats::default(),
             writers: Arc::new(Mutex::new(Some(Writers {
                 vms: vw,
                 profiles: pw,

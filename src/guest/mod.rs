@@ -20,7 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::WatchStreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{
@@ -160,6 +160,10 @@ pub struct Guest<B: Backend> {
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A guest's watch of its VirtualMachine that delivers nothing for this long is re-established,
+/// so a stalled connection cannot leave the guest deaf to its directives.
+pub const WATCH_IDLE: Duration = Duration::from_secs(300);
+
 impl<B: Backend> Guest<B> {
     pub fn new(client: Client, namespace: &str, vm: &str, backend: B, timing: Timing) -> Self {
         Guest {
@@ -258,10 +262,9 @@ impl<B: Backend> Guest<B> {
     /// Run until `stop` resolves; gives the backend back.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> B {
         let config = crate::watch::config().fields(&format!("metadata.name={}", self.name));
+        let probe = crate::watch::Probe::detached("guest/virtualmachine", WATCH_IDLE);
         let mut stream = std::pin::pin!(
-            watcher(self.vms.clone(), config)
-                .backoff(crate::watch::backoff())
-                .applied_objects()
+            crate::watch::supervised(self.vms.clone(), config, probe).applied_objects()
         );
         let mut stop = std::pin::pin!(stop);
         let mut heartbeat = tokio::time::interval(self.timing.heartbeat);

@@ -25,7 +25,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -37,6 +37,9 @@ use crate::api::{
 };
 use crate::identity;
 use crate::logic::resolve::SERVICE_NAMES;
+
+/// The simulator's fleet watch is re-established after this much silence.
+const GUEST_WATCH_IDLE: Duration = super::WATCH_IDLE;
 
 pub const DRIFT: &str = "sim.automend.io/drift";
 pub const FAIL_REMEDIATION: &str = "sim.automend.io/fail-remediation";
@@ -486,10 +489,11 @@ pub async fn run(
     let api: Api<DeserializeGuard<VirtualMachine>> =
         Api::namespaced(admin.clone(), &settings.namespace);
     let config = match &settings.selector {
-        Some(s) => watcher::Config::default().labels(s),
-        None => watcher::Config::default(),
+        Some(s) => crate::watch::config().labels(s),
+        None => crate::watch::config(),
     };
-    let mut events = std::pin::pin!(watcher(api, config).backoff(crate::watch::backoff()));
+    let probe = crate::watch::Probe::detached("sim/virtualmachines", GUEST_WATCH_IDLE);
+    let mut events = std::pin::pin!(crate::watch::supervised(api, config, probe));
     let mut guests: HashMap<String, tokio::sync::oneshot::Sender<()>> = HashMap::new();
     let mut stop = std::pin::pin!(stop);
     info!(namespace = %settings.namespace, "simulating the namespace's VirtualMachines");

@@ -298,17 +298,25 @@ impl ControllerProcess {
 
     /// The controller's /metrics text ("" while it is not serving).
     pub async fn metrics(&self) -> String {
+        self.http_get("/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// GET a path of the controller's HTTP server: (status code, whole response), or None while
+    /// it is not serving.
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return String::new();
-        };
-        let req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        if s.write_all(req.as_bytes()).await.is_err() {
-            return String::new();
-        }
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
         let mut buf = String::new();
         let _ = s.read_to_string(&mut buf).await;
-        buf
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, buf))
     }
 
     /// The value of a metric line (exact series name with labels), 0 when absent.

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
@@ -80,16 +80,22 @@ pub async fn run(
         rings: rings.clone(),
         expectations: Expectations::default(),
     };
-    let rollout_stream = watcher(namespaced::<PatchRollout>(client, ns), watch::config())
-        .backoff(watch::backoff())
-        .modify(|r| r.managed_fields_mut().clear())
-        .reflect(rollout_writer)
-        .applied_objects();
-    let ring_stream = watcher(namespaced::<UpdateRing>(client, ns), watch::config())
-        .backoff(watch::backoff())
-        .modify(|r| r.managed_fields_mut().clear())
-        .reflect(ring_writer)
-        .touched_objects();
+    let rollout_stream = watch::supervised(
+        namespaced::<PatchRollout>(client, ns),
+        watch::config(),
+        ctx.health.probe("rollout/patchrollouts"),
+    )
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(rollout_writer)
+    .applied_objects();
+    let ring_stream = watch::supervised(
+        namespaced::<UpdateRing>(client, ns),
+        watch::config(),
+        ctx.health.probe("rollout/updaterings"),
+    )
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(ring_writer)
+    .touched_objects();
 
     // Ring spec changes and VM changes trigger the namespace's unfinished rollouts.
     let unfinished_in = {
@@ -144,14 +150,17 @@ pub async fn run(
     let shared2 = shared.clone();
     let stores2 = stores.clone();
     let controller = Controller::for_stream(
-        watch::events_only(rollout_stream, "patchrollouts"),
+        watch::events_only(watch::changed(rollout_stream), "patchrollouts"),
         rollouts.clone(),
     )
     // No debounce: kube-runtime's debounce pushes a request back on every new trigger, and
     // VM changes arrive continuously in a busy namespace. Triggers during a reconcile
     // coalesce into one rerun anyway.
     .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
-    .watches_stream(watch::events_only(ring_stream, "updaterings"), ring_mapper)
+    .watches_stream(
+        watch::events_only(watch::changed(ring_stream), "updaterings"),
+        ring_mapper,
+    )
     .reconcile_on(vm_triggers)
     .graceful_shutdown_on(stop)
     .run(

@@ -29,7 +29,7 @@ use crate::identity::{self, CONTROLLER_MANAGER, OWNED_SELECTOR};
 use crate::logic::assign::{self, Candidate};
 use crate::logic::duration::parse_or;
 use crate::logic::resolve;
-use crate::logic::vm::{self as decide, Heartbeat, Inputs, ProfileChoice, RemediationPolicy};
+use crate::logic::vm::{self as decide, Inputs, ProfileChoice, RemediationPolicy};
 use crate::watch;
 
 mod guest_identity;
@@ -57,16 +57,17 @@ pub async fn run(
     // Object by object: an unreadable VM is reported and left out, never a broken watch.
     let (report, reports) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(invalid::reporter(ctx.clone(), reports));
-    let vm_stream = watcher(
+    let probe = |name| ctx.health.probe(name);
+    let vm_stream = watch::supervised(
         namespaced::<DeserializeGuard<VirtualMachine>>(client, ns),
         watch::config(),
+        probe("vm/virtualmachines"),
     )
-    .backoff(watch::backoff())
     .try_filter_map(move |event| futures::future::ready(Ok(invalid::screen(event, &report))))
     .modify(|vm| vm.managed_fields_mut().clear())
     .reflect(w.vms)
-    .applied_objects()
-    .inspect({
+    .applied_objects();
+    let vm_stream = watch::changed(vm_stream).inspect({
         let tx = shared.vm_changes.clone();
         move |vm| {
             if let Ok(vm) = vm {
@@ -75,11 +76,11 @@ pub async fn run(
         }
     });
 
-    let profile_stream = watcher(
+    let profile_stream = watch::supervised(
         Api::<ConfigurationProfile>::all(client.clone()),
         profile_watch(&ctx.settings),
+        probe("vm/configurationprofiles"),
     )
-    .backoff(watch::backoff())
     .modify(|p| p.managed_fields_mut().clear())
     .reflect(w.profiles)
     .touched_objects();
@@ -88,50 +89,50 @@ pub async fn run(
         Some(n) => watch::config().fields(&format!("metadata.name={n}")),
         None => watch::config(),
     };
-    let ns_stream = watcher(
+    let ns_stream = watch::supervised(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         ns_config,
+        probe("vm/namespaces"),
     )
-    .backoff(watch::backoff())
     .reflect(w.namespaces)
     .touched_objects();
-    let lease_stream = watcher(namespaced::<Lease>(client, ns), owned())
-        .backoff(watch::backoff())
-        .modify(|l| l.managed_fields_mut().clear())
-        .reflect(w.leases)
-        .touched_objects();
+    let heartbeats = shared.heartbeats.clone();
+    let lease_stream =
+        watch::supervised(namespaced::<Lease>(client, ns), owned(), probe("vm/leases"))
+            .modify(|l| l.managed_fields_mut().clear())
+            .inspect_ok(move |event| heartbeats.record(event))
+            .reflect(w.leases)
+            .touched_objects();
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
-    use watch::events_only;
+    use watch::{changed, events_only};
     Controller::for_stream(
         events_only(vm_stream, "virtualmachines"),
         shared.vms.clone(),
     )
     .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
     .watches_stream(
-        events_only(profile_stream, "configurationprofiles"),
+        events_only(changed(profile_stream), "configurationprofiles"),
         triggers::profile_changes(&shared),
     )
     .watches_stream(
-        events_only(ns_stream, "namespaces"),
+        events_only(changed(ns_stream), "namespaces"),
         triggers::namespace_changes(&shared),
     )
     .watches_stream(
-        events_only(lease_stream, "leases"),
+        events_only(changed(lease_stream), "leases"),
         triggers::heartbeat_changes(&shared),
     )
     .owns_stream(owned_meta::<ServiceAccount>(
-        client,
-        ns,
+        &ctx,
         w.service_accounts,
-        "serviceaccounts",
+        "vm/serviceaccounts",
     ))
-    .owns_stream(owned_meta::<Role>(client, ns, w.roles, "roles"))
+    .owns_stream(owned_meta::<Role>(&ctx, w.roles, "vm/roles"))
     .owns_stream(owned_meta::<RoleBinding>(
-        client,
-        ns,
+        &ctx,
         w.role_bindings,
-        "rolebindings",
+        "vm/rolebindings",
     ))
     .graceful_shutdown_on(stop)
     .run(
@@ -150,8 +151,7 @@ pub async fn run(
 
 /// A metadata-only watch of the guest identity objects of one kind, into the shared cache.
 fn owned_meta<K>(
-    client: &kube::Client,
-    ns: &Option<String>,
+    ctx: &Context,
     writer: kube::runtime::reflector::store::Writer<PartialObjectMeta<K>>,
     what: &'static str,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
@@ -163,14 +163,14 @@ where
         + Sync
         + 'static,
 {
-    let stream = watcher(
-        namespaced::<PartialObjectMeta<K>>(client, ns),
+    let stream = watch::supervised(
+        namespaced::<PartialObjectMeta<K>>(&ctx.client, &ctx.settings.namespace),
         watch::config().labels(OWNED_SELECTOR),
+        ctx.health.probe(what),
     )
-    .backoff(watch::backoff())
     .reflect(writer)
     .touched_objects();
-    watch::events_only(stream, what)
+    watch::events_only(watch::changed(stream), what)
 }
 
 async fn reconcile(
@@ -298,18 +298,6 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
     }
 }
 
-fn heartbeat(lease: Option<Arc<Lease>>, now: Timestamp, grace: Duration) -> Heartbeat {
-    let renewed = lease
-        .as_ref()
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.renew_time.as_ref())
-        .map(|t| t.0);
-    match renewed {
-        Some(r) if r + grace > now => Heartbeat::Alive { renewed: r },
-        last => Heartbeat::Missing { last },
-    }
-}
-
 async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Result<Action, Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
@@ -336,7 +324,13 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         status: vm.status.as_ref(),
         profile,
         image_problems,
-        heartbeat: heartbeat(lease, now, grace),
+        heartbeat: decide::heartbeat::judge(
+            lease
+                .and_then(|_| shared.heartbeats.get(&ns, &identity::lease_name(&name)))
+                .as_ref(),
+            now,
+            grace,
+        ),
         grace,
         assess_request: vm.annotations().get(decide::ASSESS_ANNOTATION).cloned(),
         clock: ctx.clock,

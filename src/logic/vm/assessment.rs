@@ -9,6 +9,29 @@ use crate::logic::duration::{self, Earliest};
 
 use super::{EventSpec, Heartbeat, Inputs, Outcome};
 
+/// When the last assessment happened, on the controller's clock where it can be: the answer to
+/// the controller's own periodic request dates from that request (its id carries the time);
+/// otherwise the guest's time, unless it lies in the future (a guest's wrong clock must not
+/// postpone assessments; the VM is then assessed at once, and dated by that request).
+fn assessed_at(
+    a: &GuestAssessment,
+    current: Option<&AssessmentDirective>,
+    latest_believable: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    let ours = current
+        .filter(|c| c.request_id == a.request_id)
+        .and_then(|c| c.request_id.strip_prefix("periodic-"))
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|s| jiff::Timestamp::from_second(s).ok());
+    ours.or_else(|| {
+        a.finish_time
+            .as_ref()
+            .or(a.start_time.as_ref())
+            .map(|t| t.0)
+            .filter(|t| *t <= latest_believable)
+    })
+}
+
 pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out: &mut Outcome) {
     let Some(desired) = out.status.desired.as_mut() else {
         return;
@@ -48,12 +71,16 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
         format_args!("ConfigurationProfile {}", desired.profile),
         "spec.preferences.updateManagement.assessmentInterval",
     );
-    let last = latest
-        .and_then(|a| a.finish_time.as_ref().or(a.start_time.as_ref()))
-        .map(|t| t.0);
     // Guests stamp assessments on the patching clock.
     let clock = input.clock;
     let patch_now = clock.at(input.now);
+    let last = latest.and_then(|a| {
+        assessed_at(
+            a,
+            current.as_ref(),
+            clock.at(duration::add(input.now, super::heartbeat::MAX_CLOCK_SKEW)),
+        )
+    });
     let due = last.map_or(patch_now, |l| l + interval);
     if patch_now >= due {
         desired.assessment = Some(AssessmentDirective {

@@ -19,6 +19,9 @@ use super::{
     PROFILE_RESOLVED, ProfileChoice, READY, RemediationPolicy,
 };
 
+/// The Heartbeat condition's reason (and the Event's) for a guest whose clock is off.
+pub const CLOCK_SKEWED: &str = "ClockSkewed";
+
 /// Where the VM stands, and why.
 struct Verdict {
     phase: VmPhase,
@@ -124,14 +127,39 @@ impl Decision<'_> {
     /// The Heartbeat condition; the requeue at the Lease's expiry while alive.
     fn heartbeat(&mut self) -> Option<Duration> {
         match &self.input.heartbeat {
-            Heartbeat::Alive { renewed } => {
-                let expires = *renewed + self.input.grace;
-                self.conditions.set(
-                    HEARTBEAT,
-                    true,
-                    "LeaseRenewed",
-                    "the guest renews its heartbeat Lease",
-                );
+            Heartbeat::Alive {
+                renewed,
+                clock_skew,
+            } => {
+                let expires = duration::add(*renewed, self.input.grace);
+                match clock_skew {
+                    None => self.conditions.set(
+                        HEARTBEAT,
+                        true,
+                        "LeaseRenewed",
+                        "the guest renews its heartbeat Lease",
+                    ),
+                    Some(skew) => {
+                        let msg = format!(
+                            "the guest renews its heartbeat Lease, but its clock is {} the controller's (tolerance {}): the controller times the guest's heartbeats, assessments and installs with its own clock; fix the guest's time synchronisation (chrony, systemd-timesyncd)",
+                            super::heartbeat::describe_skew(*skew),
+                            duration::format(super::heartbeat::MAX_CLOCK_SKEW),
+                        );
+                        let was_skewed = self
+                            .old
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == HEARTBEAT && c.reason == CLOCK_SKEWED);
+                        if !was_skewed {
+                            self.events.push(EventSpec::warning(
+                                CLOCK_SKEWED,
+                                "Heartbeat",
+                                msg.clone(),
+                            ));
+                        }
+                        self.conditions.set(HEARTBEAT, true, CLOCK_SKEWED, msg);
+                    }
+                }
                 Some(duration::until(self.input.now, expires) + Duration::from_secs(1))
             }
             Heartbeat::Missing { last } => {

@@ -10,6 +10,7 @@
 
 mod assessment;
 mod configuration;
+pub mod heartbeat;
 mod patch_summary;
 #[cfg(test)]
 mod tests;
@@ -75,9 +76,13 @@ impl RemediationPolicy {
 /// The guest's heartbeat as seen through its Lease.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Heartbeat {
-    /// Renewed at `renewed`; counts as running until `renewed + grace`.
-    Alive { renewed: Timestamp },
-    /// Last renewed at the given time (or never), longer ago than the grace period.
+    /// Renewal seen at `renewed` (the controller's clock); counts as running until
+    /// `renewed + grace`. `clock_skew`: the guest's clock is this far off (beyond the tolerance).
+    Alive {
+        renewed: Timestamp,
+        clock_skew: Option<jiff::SignedDuration>,
+    },
+    /// Last renewal seen at the given time (or never), longer ago than the grace period.
     Missing { last: Option<Timestamp> },
 }
 

@@ -60,7 +60,10 @@ fn run(
         profile: resolved(mode),
         image_problems: vec![],
         heartbeat: if alive {
-            Heartbeat::Alive { renewed: t(now) }
+            Heartbeat::Alive {
+                renewed: t(now),
+                clock_skew: None,
+            }
         } else {
             Heartbeat::Missing { last: None }
         },
@@ -276,7 +279,10 @@ fn unsupported_image_and_missing_profile_fail_with_the_reason() {
             image: "a/b/c".into(),
             missing: vec![Capability::Hotpatch],
         }],
-        heartbeat: Heartbeat::Alive { renewed: t(0) },
+        heartbeat: Heartbeat::Alive {
+            renewed: t(0),
+            clock_skew: None,
+        },
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
@@ -301,7 +307,10 @@ fn unsupported_image_and_missing_profile_fail_with_the_reason() {
             name: "gone".into(),
         },
         image_problems: vec![],
-        heartbeat: Heartbeat::Alive { renewed: t(0) },
+        heartbeat: Heartbeat::Alive {
+            renewed: t(0),
+            clock_skew: None,
+        },
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
@@ -357,7 +366,10 @@ fn with_request(
         profile: resolved(RemediationMode::Auto),
         image_problems: vec![],
         heartbeat: if alive {
-            Heartbeat::Alive { renewed: t(now) }
+            Heartbeat::Alive {
+                renewed: t(now),
+                clock_skew: None,
+            }
         } else {
             Heartbeat::Missing { last: None }
         },
@@ -520,4 +532,86 @@ fn guest_text_reaches_messages_and_events_sanitised_and_bounded() {
         .expect("DriftDetected")
         .note;
     assert!(!note.chars().any(char::is_control));
+}
+
+#[test]
+fn a_guest_clock_in_the_future_does_not_postpone_assessments() {
+    let s = spec();
+    let o = with_request(&s, None, 0, true, Some("first"));
+    let mut st = o.status;
+    // The on-demand answer claims to be from a year ahead.
+    assessed(&mut st, 365 * 24 * 3600, vec![]);
+    let o = with_request(&s, Some(&st), 10, true, Some("first"));
+    let next = o
+        .status
+        .desired
+        .and_then(|d| d.assessment)
+        .expect("assessed again");
+    assert!(next.request_id.starts_with("periodic-"), "{next:?}");
+    // That periodic answer, however dated by the guest, dates from the controller's request.
+    let mut st2 = st.clone();
+    st2.desired.as_mut().expect("desired").assessment = Some(next.clone());
+    assessed(&mut st2, 365 * 24 * 3600, vec![]);
+    let o = with_request(&s, Some(&st2), 20, true, Some("first"));
+    assert_eq!(
+        o.status.desired.as_ref().and_then(|d| d.assessment.clone()),
+        Some(next.clone()),
+        "not due yet"
+    );
+    let o = with_request(&s, Some(&st2), 10 + 24 * 3600, true, Some("first"));
+    let again = o
+        .status
+        .desired
+        .and_then(|d| d.assessment)
+        .expect("due after 24h");
+    assert_ne!(again.request_id, next.request_id);
+}
+
+#[test]
+fn a_skewed_guest_clock_is_reported_once_and_the_vm_still_managed() {
+    let s = spec();
+    let skewed = |now: i64| Heartbeat::Alive {
+        renewed: t(now),
+        clock_skew: Some(jiff::SignedDuration::from_hours(3)),
+    };
+    let input = |status, now| Inputs {
+        now: t(now),
+        generation: Some(1),
+        spec: &s,
+        status,
+        profile: resolved(RemediationMode::Auto),
+        image_problems: vec![],
+        heartbeat: skewed(now),
+        grace: Duration::from_secs(300),
+        assess_request: None,
+        clock: crate::clock::Clock::real(),
+    };
+    let o = decide(input(None, 0));
+    let hb = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == HEARTBEAT)
+        .expect("heartbeat condition");
+    assert_eq!(
+        (hb.status.as_str(), hb.reason.as_str()),
+        ("True", "ClockSkewed")
+    );
+    assert!(
+        hb.message.contains("3h0m0s ahead of the controller's"),
+        "{}",
+        hb.message
+    );
+    let skew_events = |o: &Outcome| {
+        o.events
+            .iter()
+            .filter(|e| e.reason == "ClockSkewed")
+            .count()
+    };
+    assert_eq!(skew_events(&o), 1);
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let o = decide(input(Some(&st), 30));
+    assert_eq!(skew_events(&o), 0, "once per transition");
+    assert_eq!(o.status.phase, Some(VmPhase::Configured));
 }

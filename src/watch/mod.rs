@@ -6,7 +6,13 @@
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
+
+pub mod health;
+mod supervise;
+
+pub use health::{Health, Limits, Probe};
 use kube::runtime::watcher::{self, ListSemantic};
+pub use supervise::{supervise, supervised};
 
 /// The longest wait between two attempts of a failing watch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -71,6 +77,21 @@ where
     })
 }
 
+/// The objects of a watch that changed since it last delivered them: a relist (after an error or
+/// when a silent watch is re-established) passes on only objects with a new resource version, so
+/// it does not reconcile everything again.
+pub fn changed<S, K>(stream: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+where
+    S: futures::Stream<Item = Result<K, watcher::Error>>,
+    K: kube::Resource + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    stream.predicate_filter(
+        kube::runtime::predicates::resource_version,
+        kube::runtime::PredicateConfig::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +106,36 @@ mod tests {
         assert_eq!(waits[6], MAX_BACKOFF);
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(250)));
+    }
+
+    #[tokio::test]
+    async fn a_relist_passes_on_only_the_objects_that_changed() {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cm = |name: &str, rv: &str| {
+            let mut c = ConfigMap::default();
+            c.metadata.name = Some(name.into());
+            c.metadata.namespace = Some("ns".into());
+            c.metadata.resource_version = Some(rv.into());
+            Ok::<_, watcher::Error>(c)
+        };
+        // The first list, then a relist in which only b changed.
+        let seen: Vec<String> = changed(futures::stream::iter([
+            cm("a", "1"),
+            cm("b", "2"),
+            cm("a", "1"),
+            cm("b", "3"),
+        ]))
+        .filter_map(|r| async move { r.ok() })
+        .map(|c| {
+            format!(
+                "{}@{}",
+                c.metadata.name.unwrap_or_default(),
+                c.metadata.resource_version.unwrap_or_default()
+            )
+        })
+        .collect()
+        .await;
+        assert_eq!(seen, ["a@1", "b@2", "b@3"]);
     }
 }
