@@ -12,6 +12,7 @@ pub mod dnf;
 pub mod exec;
 pub mod inventory;
 pub mod os;
+pub mod patching;
 pub mod services;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,8 @@ pub struct AgentArgs {
     pub observe_interval: Duration,
     #[command(flatten)]
     pub host: HostSettings,
+    #[command(flatten)]
+    pub reboot: patching::RebootSettings,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,
 }
@@ -150,6 +153,7 @@ pub struct Linux {
     problems: Vec<String>,
     health_problem: Option<String>,
     tracking: Tracking,
+    reboot: patching::RebootSettings,
 }
 
 impl Linux {
@@ -218,7 +222,14 @@ impl Linux {
             problems,
             health_problem: None,
             tracking,
+            reboot: patching::RebootSettings::default(),
         }
+    }
+
+    /// How this machine reboots and where its boot marker lives.
+    pub fn with_reboot(mut self, reboot: patching::RebootSettings) -> Self {
+        self.reboot = reboot;
+        self
     }
 
     pub fn host(&self) -> &Host {
@@ -367,6 +378,28 @@ impl Backend for Linux {
         self.os.clone()
     }
 
+    async fn run_hook(
+        &mut self,
+        hook: crate::api::HookName,
+        spec: &crate::api::Hook,
+        env: Vec<(String, String)>,
+    ) -> crate::api::HookRun {
+        info!(hook = %hook, command = %spec.command, "running a patch hook");
+        patching::run_hook(hook, spec, env).await
+    }
+
+    fn mark_boot(&mut self, what: &str) -> Result<(), String> {
+        patching::mark(&self.reboot.marker(), what)
+    }
+
+    fn boot_marked(&self) -> bool {
+        self.reboot.marker().exists()
+    }
+
+    async fn reboot(&mut self) -> Result<(), String> {
+        patching::reboot(&self.reboot.reboot_command).await
+    }
+
     async fn apply(&mut self, config: &EffectiveConfiguration) -> Result<(), String> {
         self.host.apply(config, self.patch_mode).await
     }
@@ -473,7 +506,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.package_manager,
         args.host.clone(),
         clock,
-    );
+    )
+    .with_reboot(args.reboot.clone());
     for p in backend.problems() {
         warn!(problem = %p, "on this machine");
     }

@@ -5,6 +5,7 @@
 //! rules (`x-kubernetes-validations`); every rule's message names the field and says what is allowed.
 
 pub mod common;
+pub mod hooks;
 pub mod profile;
 pub mod ring;
 pub mod rollout;
@@ -13,6 +14,7 @@ pub mod vm;
 pub mod vm_status;
 
 pub use common::*;
+pub use hooks::*;
 pub use profile::*;
 pub use ring::*;
 pub use rollout::*;

@@ -134,6 +134,9 @@ pub struct UpdateManagementPreferences {
     /// Install hotpatch-eligible fixes without a reboot on images that support hotpatching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotpatch: Option<bool>,
+    /// Commands the guest runs around each installation (an UpdateRing may override each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<super::hooks::PatchHooks>,
 }
 
 // When a guest reboots after installing patches.
@@ -410,6 +413,8 @@ pub struct EffectiveUpdateManagement {
     pub maintenance_window: Option<MaintenanceWindow>,
     #[serde(default)]
     pub hotpatch: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<super::hooks::PatchHooks>,
 }
 
 /// Resolved backup.

@@ -78,6 +78,11 @@ pub struct UpdateRingSpec {
     /// Overrides the profile's maintenance window for the ring's VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
+
+    /// Patch hooks for the ring's VMs: each hook set here replaces the profile's hook of the
+    /// same name (see the profile's updateManagement.hooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<super::hooks::PatchHooks>,
 }
 
 fn zero_duration() -> String {
@@ -105,6 +110,11 @@ pub struct HealthGate {
     #[serde(default = "HealthGate::default_healthy_for")]
     #[x_kube(validation = schema::duration_between("0s", "168h"))]
     pub healthy_for: String,
+    /// How long a VM may be away after announcing its reboot before it counts as failed
+    /// (reason RebootTimeout), 1m to 24h (default 15m). Its heartbeat gap meanwhile is no failure.
+    #[serde(default = "HealthGate::default_reboot_timeout")]
+    #[x_kube(validation = schema::duration_between("1m", "24h"))]
+    pub reboot_timeout: String,
 }
 
 impl HealthGate {
@@ -117,6 +127,9 @@ impl HealthGate {
     fn default_healthy_for() -> String {
         "30m".into()
     }
+    fn default_reboot_timeout() -> String {
+        "15m".into()
+    }
 }
 
 impl Default for HealthGate {
@@ -125,6 +138,7 @@ impl Default for HealthGate {
             max_failed_percent: Self::default_max_failed_percent(),
             bake_time: Self::default_bake_time(),
             healthy_for: Self::default_healthy_for(),
+            reboot_timeout: Self::default_reboot_timeout(),
         }
     }
 }

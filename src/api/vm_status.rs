@@ -30,6 +30,7 @@ pub mod bounds {
     pub const SHORT: usize = 64;
     pub const KERNEL: usize = 128;
     pub const HASH: usize = 128;
+    pub const HOOK_OUTPUT: usize = 2048;
 }
 
 // The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
@@ -158,6 +159,9 @@ pub struct InstallationDirective {
     /// Return the packages to the versions recorded before the install.
     #[serde(default)]
     pub rollback: bool,
+    /// The hooks to run around this installation (the ring's over the profile's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<super::hooks::PatchHooks>,
 }
 
 /// A package at an exact version.
@@ -253,12 +257,30 @@ pub struct GuestInstallation {
     pub previous_versions: Vec<PinnedPackage>,
     #[serde(default)]
     pub reboot_pending: bool,
-    /// The installation did not finish before the window's end.
+    /// The installation did not finish before the window's end (or its reboot would not have).
     #[serde(default)]
     pub maintenance_window_exceeded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
+    /// Why it failed, in one word: PreInstallHookFailed, PreRebootHookFailed,
+    /// PostInstallHookFailed or RebootFailed (absent for package failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::SHORT))]
+    pub reason: Option<String>,
+    /// The guest announced a reboot at this time and is restarting the machine (status
+    /// InProgress until it is back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
+    pub reboot_started_at: Option<Time>,
+    /// The machine came back from the installation's reboot at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
+    pub rebooted_at: Option<Time>,
+    /// The hooks that ran, in order (at most 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub hooks: Vec<super::hooks::HookRun>,
 }
 
 /// A patch assessment as the guest ran it. Assessing never installs anything.

@@ -6,7 +6,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{GuestAssessment, GuestInstallation};
+use crate::api::{GuestAssessment, GuestInstallation, InstallationDirective, OperationStatus};
+
+/// A reboot the guest announced (journaled before it starts): the installation it belongs to
+/// finishes when the machine is back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingReboot {
+    /// The directive of the installation (its postInstall hook runs after the boot).
+    pub directive: InstallationDirective,
+    /// The status the installation finishes with once the machine is back.
+    pub then: OperationStatus,
+}
 
 /// What the journal holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +35,9 @@ pub struct Record {
     /// `previousVersions` were read before anything changed.
     #[serde(default)]
     pub in_progress: Option<GuestInstallation>,
+    /// A reboot announced and not yet seen to complete.
+    #[serde(default)]
+    pub reboot: Option<PendingReboot>,
     /// Whether the API server has acknowledged everything above.
     #[serde(default)]
     pub acknowledged: bool,

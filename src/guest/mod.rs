@@ -7,6 +7,7 @@
 //! only when what it reports has changed.
 
 mod install;
+mod lifecycle;
 pub mod journal;
 mod report;
 pub mod sim;
@@ -23,6 +24,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use tracing::{debug, info, warn};
 
+use crate::api::{Hook, HookName, HookRun};
 use crate::api::{
     AssessmentDirective, AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment,
     GuestInstallation, GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage,
@@ -90,6 +92,35 @@ pub trait Backend: Send {
     fn powered_on(&self) -> bool {
         true
     }
+    /// Run a patch hook (the agent: `/bin/sh -c` with the environment and the time limit).
+    fn run_hook(
+        &mut self,
+        hook: HookName,
+        _spec: &Hook,
+        _env: Vec<(String, String)>,
+    ) -> impl Future<Output = HookRun> + Send {
+        async move {
+            HookRun {
+                hook,
+                exit_code: Some(0),
+                succeeded: true,
+                output: String::new(),
+            }
+        }
+    }
+    /// Leave the boot marker before a reboot: a file under `/run`, which every boot clears
+    /// (on VMs and containers alike; `boot_id` does not change inside a container).
+    fn mark_boot(&mut self, _what: &str) -> Result<(), String> {
+        Err("this guest cannot reboot".into())
+    }
+    /// Whether the boot marker is still there, i.e. the machine has not booted since.
+    fn boot_marked(&self) -> bool {
+        false
+    }
+    /// Start the reboot (it returns before the machine goes down).
+    fn reboot(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Err("this guest cannot reboot".into()) }
+    }
 }
 
 /// What an assessment found.
@@ -155,6 +186,10 @@ pub struct Guest<B: Backend> {
     journal: Option<journal::Journal>,
     /// Results were restored from the journal: they win over what the API server last saw.
     restored: bool,
+    /// When this process started the announced reboot.
+    reboot_issued: Option<std::time::Instant>,
+    /// The announced reboot came from the journal: this process started after it.
+    reboot_restored: bool,
     problems: Vec<String>,
 }
 
@@ -184,6 +219,8 @@ impl<B: Backend> Guest<B> {
             acquired: false,
             journal: None,
             restored: false,
+            reboot_issued: None,
+            reboot_restored: false,
             problems: Vec::new(),
         }
     }
@@ -199,6 +236,7 @@ impl<B: Backend> Guest<B> {
         match j.load() {
             Ok(Some(r)) => {
                 info!(vm = %self.name, acknowledged = r.acknowledged, "restored results from {}", j.path().display());
+                self.reboot_restored = r.reboot.is_some();
                 self.results = r;
                 self.restored = true;
             }
@@ -321,8 +359,9 @@ impl<B: Backend> Guest<B> {
             .results
             .in_progress
             .as_ref()
-            .filter(|i| i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback);
-        let previous = match resumed {
+            .filter(|i| i.rollout == d.rollout && i.wave == d.wave && i.rollback == d.rollback)
+            .cloned();
+        let previous = match &resumed {
             Some(i) => Ok(i.previous_versions.clone()),
             None => {
                 let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
@@ -336,13 +375,24 @@ impl<B: Backend> Guest<B> {
                 return install::failed(record, e, clock.now());
             }
         };
+        let mut record = record;
+        if resumed.is_none()
+            && !self
+                .hook(&mut record, HookName::PreInstall, d, &packages, false)
+                .await
+        {
+            // Nothing was installed.
+            return record;
+        }
         let mut in_progress = record.clone();
         in_progress.status = OperationStatus::InProgress;
         in_progress.previous_versions = previous.clone();
         self.results.in_progress = Some(in_progress);
         self.persist(false);
         let out = self.backend.install(&packages, &remove).await;
-        install::finished(record, d, packages.len(), previous, out, clock.now())
+        let after = install::after_install(d, &out, clock.now());
+        let record = install::finished(record, d, packages.len(), previous, out, clock.now());
+        self.after_install(d, record, &packages, after).await
     }
 
     async fn renew(&mut self) {
@@ -372,6 +422,9 @@ impl<B: Backend> Guest<B> {
 
     /// Act on what is asked (assess, install, apply), observe, and report if anything changed.
     async fn step(&mut self) {
+        if !self.settle_reboot().await {
+            return;
+        }
         let Some(desired) = self.desired.clone() else {
             return;
         };
@@ -390,6 +443,7 @@ impl<B: Backend> Guest<B> {
         }
         let state = self.observe(&config).await;
         self.report(state).await;
+        self.reboot_if_announced().await;
     }
 
     async fn assess_if_new(&mut self, request: &AssessmentDirective) {

@@ -39,6 +39,7 @@ pub fn resolve(spec: &ConfigurationProfileSpec) -> EffectiveConfiguration {
             w
         }),
         hotpatch: um.hotpatch.unwrap_or(true),
+        hooks: um.hooks.filter(|h| !h.is_empty()),
     };
 
     let bp = prefs.backup.clone().unwrap_or_default();

@@ -103,6 +103,7 @@ impl Env {
             heartbeat_interval: Duration::from_secs(1),
             observe_interval: Duration::from_secs(1),
             token_ttl: Duration::from_secs(3600),
+            reboot_time: Duration::from_secs(2),
             clock,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

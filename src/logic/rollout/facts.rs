@@ -168,6 +168,7 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
             .and_then(|s| s.patch_status.as_ref())
             .and_then(|p| p.last_patch_installation_summary.as_ref()),
         healthy: guest.and_then(|g| g.healthy) != Some(false),
+        hooks: config.and_then(|c| c.services.update_management.hooks.as_ref()),
     }
 }
 

@@ -87,6 +87,17 @@ pub struct VmFacts<'a> {
     pub summary: Option<&'a LastPatchInstallationSummary>,
     /// The guest's own health report (agent checks and `spec.healthCheck`).
     pub healthy: bool,
+    /// The profile's patch hooks.
+    pub hooks: Option<&'a crate::api::PatchHooks>,
+}
+
+impl VmFacts<'_> {
+    /// The hooks of this VM's installations: its ring's over its profile's.
+    pub fn hooks_in(&self, rings: &[RingFacts<'_>]) -> Option<crate::api::PatchHooks> {
+        let ring = self.ring.and_then(|r| rings.get(r)).and_then(|r| r.spec.hooks.as_ref());
+        let hooks = self.hooks.cloned().unwrap_or_default().overridden_by(ring);
+        (!hooks.is_empty()).then_some(hooks)
+    }
 }
 
 /// Controller settings the decision depends on.

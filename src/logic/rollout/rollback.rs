@@ -79,6 +79,7 @@ pub(super) fn start(
                 reboot_setting: vm.reboot_setting,
                 hotpatch_only: vm.hotpatch,
                 rollback: true,
+                hooks: vm.hooks_in(run.input.rings),
             },
             summary: None,
         });

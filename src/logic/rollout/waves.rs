@@ -51,6 +51,7 @@ pub(super) fn directive(run: &Run<'_>, i: usize, acc: &Acc) -> Option<VmWrite> {
         reboot_setting: vm.reboot_setting,
         hotpatch_only: vm.hotpatch,
         rollback: false,
+        hooks: vm.hooks_in(input.rings),
     };
     let summary = installation_summary(input.spec, &directive, vm.assessment, None);
     Some(VmWrite {

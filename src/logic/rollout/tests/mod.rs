@@ -43,8 +43,10 @@ fn ring(order: i32, deferral: &str, bake: &str, max_failed: i32) -> UpdateRingSp
             max_failed_percent: max_failed,
             bake_time: bake.into(),
             healthy_for: "30m".into(),
+            reboot_timeout: "15m".into(),
         },
         maintenance_window: None,
+        hooks: None,
     }
 }
 
@@ -174,6 +176,7 @@ impl World {
                 result: v.result.as_ref(),
                 summary: v.summary.as_ref(),
                 healthy: v.healthy,
+                hooks: None,
             })
             .collect();
         decide(&Input {
@@ -235,6 +238,10 @@ impl World {
                 reboot_pending: false,
                 maintenance_window_exceeded: false,
                 error: vm.fail.then(|| "dpkg failed".to_string()),
+                reason: None,
+                reboot_started_at: None,
+                rebooted_at: None,
+                hooks: Vec::new(),
             });
         }
         out

@@ -383,6 +383,7 @@ fn directives_carry_window_end_reboot_setting_and_hotpatch() {
             result: None,
             summary: None,
             healthy: true,
+            hooks: None,
         }];
         decide(&Input {
             now: w.now,
@@ -468,6 +469,10 @@ fn a_halted_rollout_starts_nothing_when_a_newer_one_takes_its_vms() {
             reboot_pending: false,
             maintenance_window_exceeded: false,
             error: None,
+            reason: None,
+            reboot_started_at: None,
+            rebooted_at: None,
+            hooks: Vec::new(),
         });
         vm.directive = Some(d);
     }

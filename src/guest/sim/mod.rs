@@ -14,6 +14,8 @@
 //! - `sim.automend.io/install-fail: "true"`: every package installation fails.
 //! - `sim.automend.io/unhealthy: "true"`: the guest reports itself unhealthy (a failing health
 //!   check), e.g. to show a bad patch halting a rollout.
+//! - `sim.automend.io/hook-fail`, `sim.automend.io/reboot-hang`: see `lifecycle`. Reboots keep a
+//!   machine down for `--reboot-time`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -31,6 +33,9 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::{Backend, Guest, Timing};
+
+mod lifecycle;
+pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
 use crate::api::{
     AvailablePackage, Classification, EffectiveConfiguration, GuestOs, PinnedPackage,
     ServiceObservation, VirtualMachine,
@@ -116,6 +121,8 @@ pub struct GuestStats {
     pub assessments: u64,
     /// Installations (and rollbacks) run.
     pub installs: u64,
+    /// Reboots started.
+    pub reboots: u64,
 }
 
 pub type Stats = Arc<Mutex<HashMap<String, GuestStats>>>;
@@ -137,6 +144,7 @@ pub struct SimBackend {
     fail_install: bool,
     unhealthy: bool,
     stats: Stats,
+    lifecycle: lifecycle::Lifecycle,
 }
 
 impl SimBackend {
@@ -170,7 +178,14 @@ impl SimBackend {
             fail_install: false,
             unhealthy: false,
             stats,
+            lifecycle: lifecycle::Lifecycle::default(),
         }
+    }
+
+    /// How long a reboot keeps the machine down.
+    pub fn with_reboot_time(mut self, d: Duration) -> Self {
+        self.lifecycle.reboot_time = d;
+        self
     }
 
     fn bump(&self, f: impl FnOnce(&mut GuestStats)) {
@@ -387,6 +402,7 @@ impl Backend for SimBackend {
             info!(vm = %self.name, on, "simulated power change");
         }
         self.powered_on = on;
+        self.lifecycle.annotations(annotations);
         let drift = annotations.get(DRIFT).cloned();
         if drift != self.last_drift {
             if let Some(d) = &drift {
@@ -407,11 +423,36 @@ impl Backend for SimBackend {
     }
 
     fn powered_on(&self) -> bool {
-        self.powered_on
+        self.powered_on && self.lifecycle.is_up()
     }
 
     fn healthy(&self) -> bool {
         !self.unhealthy
+    }
+
+    async fn run_hook(
+        &mut self,
+        hook: crate::api::HookName,
+        _spec: &crate::api::Hook,
+        _env: Vec<(String, String)>,
+    ) -> crate::api::HookRun {
+        self.lifecycle.run_hook(hook)
+    }
+
+    fn mark_boot(&mut self, _what: &str) -> Result<(), String> {
+        self.lifecycle.mark();
+        Ok(())
+    }
+
+    fn boot_marked(&self) -> bool {
+        self.lifecycle.marked()
+    }
+
+    async fn reboot(&mut self) -> Result<(), String> {
+        info!(vm = %self.name, "simulated reboot");
+        self.lifecycle.reboot();
+        self.bump(|s| s.reboots += 1);
+        Ok(())
     }
 }
 
@@ -433,6 +474,9 @@ pub struct SimSettings {
     /// Lifetime of each guest's token (renewed before it ends).
     #[arg(long, default_value = "1h", value_parser = crate::logic::duration::parse)]
     pub token_ttl: Duration,
+    /// How long a simulated reboot keeps a machine down (no heartbeat, no reports).
+    #[arg(long, default_value = "5s", value_parser = crate::logic::duration::parse)]
+    pub reboot_time: Duration,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,
 }
@@ -573,7 +617,7 @@ async fn play(
         observe: settings.observe_interval,
         clock,
     };
-    let mut backend = Some(SimBackend::new(&name, linux, stats));
+    let mut backend = Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
     loop {
         // The controller creates the guest identity; wait for it.
         let client = loop {
@@ -682,7 +726,8 @@ mod tests {
                 applies: 2,
                 injected: 3,
                 assessments: 0,
-                installs: 0
+                installs: 0,
+                reboots: 0,
             }
         );
     }
