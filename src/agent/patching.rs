@@ -15,7 +15,11 @@ use crate::api::{Hook, HookName, HookRun, bounds};
 #[derive(Clone, Debug, clap::Args)]
 pub struct RebootSettings {
     /// The command that reboots the machine (run with /bin/sh -c).
-    #[arg(long, env = "AUTOMEND_REBOOT_COMMAND", default_value = "systemctl reboot")]
+    #[arg(
+        long,
+        env = "AUTOMEND_REBOOT_COMMAND",
+        default_value = "systemctl reboot"
+    )]
     pub reboot_command: String,
     /// A folder every boot empties (a tmpfs such as /run): the boot marker lives there.
     #[arg(long, env = "AUTOMEND_RUN_DIR", default_value = "/run/automend")]
@@ -78,7 +82,9 @@ pub fn output_tail(raw: &[u8]) -> String {
     while out.len() > bounds::HOOK_OUTPUT {
         // Keep the end: the last lines say why it failed.
         let cut = out.len() - bounds::HOOK_OUTPUT;
-        let at = (cut..out.len()).find(|i| out.is_char_boundary(*i)).unwrap_or(out.len());
+        let at = (cut..out.len())
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(out.len());
         out = out[at..].to_string();
     }
     out
@@ -160,7 +166,10 @@ mod tests {
     async fn a_hook_sees_its_environment_and_its_output_is_kept() {
         let run = run_hook(
             HookName::PreInstall,
-            &hook("echo \"$AUTOMEND_HOOK $AUTOMEND_ROLLOUT\"; echo oops >&2; exit 3", "10s"),
+            &hook(
+                "echo \"$AUTOMEND_HOOK $AUTOMEND_ROLLOUT\"; echo oops >&2; exit 3",
+                "10s",
+            ),
             vec![
                 ("AUTOMEND_HOOK".into(), "preInstall".into()),
                 ("AUTOMEND_ROLLOUT".into(), "r1".into()),
@@ -179,7 +188,10 @@ mod tests {
         let started = std::time::Instant::now();
         let run = run_hook(
             HookName::PostInstall,
-            &hook(&format!("(sleep 3; touch {}) & sleep 30", flag.display()), "1s"),
+            &hook(
+                &format!("(sleep 3; touch {}) & sleep 30", flag.display()),
+                "1s",
+            ),
             vec![],
         )
         .await;

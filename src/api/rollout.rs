@@ -234,6 +234,10 @@ pub struct Wave {
     /// `healthyFor` counts from then, never from a time the guest reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub installed_seen: Vec<SeenInstall>,
+    /// Members whose guest announced a reboot, with when the controller first saw it: the ring's
+    /// `healthGate.rebootTimeout` counts from then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reboots_seen: Vec<SeenInstall>,
 }
 
 /// When the controller first saw a member's successful install.

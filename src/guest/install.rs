@@ -218,7 +218,11 @@ pub fn rebooting(record: &GuestInstallation, at: Timestamp) -> GuestInstallation
 }
 
 /// The machine is back: the install finishes with the status it had before the reboot.
-pub fn rebooted(record: &GuestInstallation, after: OperationStatus, at: Timestamp) -> GuestInstallation {
+pub fn rebooted(
+    record: &GuestInstallation,
+    after: OperationStatus,
+    at: Timestamp,
+) -> GuestInstallation {
     let mut r = record.clone();
     r.status = after;
     r.reboot_pending = false;
@@ -251,7 +255,10 @@ pub fn finished(
     record.status = status(&out, wanted);
     let after = after_install(d, &out, finish);
     record.maintenance_window_exceeded = d.window_end.as_ref().is_some_and(|end| end.0 < finish)
-        || after == AfterInstall::Pending { window_exceeded: true };
+        || after
+            == AfterInstall::Pending {
+                window_exceeded: true,
+            };
     record.reboot_pending = matches!(after, AfterInstall::Pending { .. } | AfterInstall::Reboot);
     record.installed = out.installed;
     record.failed = out.failed;
@@ -369,14 +376,24 @@ mod tests {
         let if_required = with(Some(RebootSetting::IfRequired));
         assert_eq!(after_install(&if_required, &outcome(1, true), now), Reboot);
         assert_eq!(after_install(&if_required, &outcome(1, false), now), Done);
-        assert_eq!(after_install(&with(None), &outcome(1, true), now), Reboot, "IfRequired is the default");
+        assert_eq!(
+            after_install(&with(None), &outcome(1, true), now),
+            Reboot,
+            "IfRequired is the default"
+        );
         let always = with(Some(RebootSetting::Always));
         assert_eq!(after_install(&always, &outcome(1, false), now), Reboot);
-        assert_eq!(after_install(&always, &outcome(0, false), now), Done, "nothing changed");
+        assert_eq!(
+            after_install(&always, &outcome(0, false), now),
+            Done,
+            "nothing changed"
+        );
         let never = with(Some(RebootSetting::Never));
         assert_eq!(
             after_install(&never, &outcome(1, true), now),
-            Pending { window_exceeded: false }
+            Pending {
+                window_exceeded: false
+            }
         );
         assert_eq!(after_install(&never, &outcome(1, false), now), Done);
         let mut hot = if_required.clone();
@@ -385,14 +402,37 @@ mod tests {
         let late = ts("2026-11-10T20:00:00Z");
         assert_eq!(
             after_install(&if_required, &outcome(1, true), late),
-            Pending { window_exceeded: true }
+            Pending {
+                window_exceeded: true
+            }
         );
         // The finished record says so: pending, and the window exceeded.
-        let r = finished(started(&if_required, now), &if_required, 1, vec![], outcome(1, true), late);
+        let r = finished(
+            started(&if_required, now),
+            &if_required,
+            1,
+            vec![],
+            outcome(1, true),
+            late,
+        );
         assert!(r.reboot_pending && r.maintenance_window_exceeded);
-        let r = finished(started(&never, now), &never, 1, vec![], outcome(1, true), now);
+        let r = finished(
+            started(&never, now),
+            &never,
+            1,
+            vec![],
+            outcome(1, true),
+            now,
+        );
         assert!(r.reboot_pending && !r.maintenance_window_exceeded);
-        let r = finished(started(&if_required, now), &if_required, 1, vec![], outcome(1, false), now);
+        let r = finished(
+            started(&if_required, now),
+            &if_required,
+            1,
+            vec![],
+            outcome(1, false),
+            now,
+        );
         assert!(!r.reboot_pending);
     }
 
@@ -418,7 +458,10 @@ mod tests {
         assert!(!hook_ran(&mut r, bad, ts("2026-11-10T18:00:02Z")));
         assert_eq!(r.status, OperationStatus::Failed);
         assert_eq!(r.reason.as_deref(), Some("PostInstallHookFailed"));
-        assert_eq!(r.error.as_deref(), Some("the postInstall hook exited 3: app did not answer"));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("the postInstall hook exited 3: app did not answer")
+        );
         assert_eq!(r.hooks.len(), 2);
         let env = hook_env(HookName::PreReboot, &d, &[pkg("openssl", "3.0.2")], true);
         assert!(env.contains(&("AUTOMEND_PACKAGES".into(), "openssl=3.0.2".into())));
@@ -435,7 +478,11 @@ mod tests {
         let announced = rebooting(&r, t0);
         assert_eq!(announced.status, OperationStatus::InProgress);
         assert!(announced.reboot_pending && announced.reboot_started_at.is_some());
-        let back = rebooted(&announced, OperationStatus::Succeeded, ts("2026-11-10T18:02:00Z"));
+        let back = rebooted(
+            &announced,
+            OperationStatus::Succeeded,
+            ts("2026-11-10T18:02:00Z"),
+        );
         assert_eq!(back.status, OperationStatus::Succeeded);
         assert!(!back.reboot_pending);
         assert_eq!(back.rebooted_at, Some(Time(ts("2026-11-10T18:02:00Z"))));

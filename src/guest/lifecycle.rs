@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use super::journal::PendingReboot;
 use super::{Backend, Guest, install};
-use crate::api::{GuestInstallation, HookName, InstallationDirective, OperationStatus, PinnedPackage};
+use crate::api::{
+    GuestInstallation, HookName, InstallationDirective, OperationStatus, PinnedPackage,
+};
 
 /// How long a guest waits for its machine to go down after the reboot command returned.
 pub const REBOOT_WAIT: Duration = Duration::from_secs(600);
@@ -97,8 +99,14 @@ impl<B: Backend> Guest<B> {
             info!(vm = %self.name, "the machine is back from its reboot");
             let mut done = install::rebooted(&record, pending.then, now);
             let packages = pending.directive.packages.clone();
-            self.hook(&mut done, HookName::PostInstall, &pending.directive, &packages, true)
-                .await;
+            self.hook(
+                &mut done,
+                HookName::PostInstall,
+                &pending.directive,
+                &packages,
+                true,
+            )
+            .await;
             self.finish_reboot(done);
             return true;
         }

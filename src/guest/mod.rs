@@ -7,8 +7,8 @@
 //! only when what it reports has changed.
 
 mod install;
-mod lifecycle;
 pub mod journal;
+mod lifecycle;
 mod report;
 pub mod sim;
 
@@ -24,12 +24,12 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use tracing::{debug, info, warn};
 
-use crate::api::{Hook, HookName, HookRun};
 use crate::api::{
     AssessmentDirective, AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment,
     GuestInstallation, GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage,
     ServiceObservation, VirtualMachine,
 };
+use crate::api::{Hook, HookName, HookRun};
 use crate::identity::{self, GUEST_MANAGER};
 
 /// What a guest does on its machine: the agent's backends do it for real, the simulator in memory.

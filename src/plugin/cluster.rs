@@ -93,6 +93,7 @@ impl Cluster {
                 })
                 .unwrap_or_default(),
             expected_duration: self.install_duration,
+            clock_speed: self.clock.speed(),
         }
     }
 

@@ -70,7 +70,22 @@ pub fn why_text(
     );
     ring_lines(&mut text, rollout, &g, &out, v.ring);
     window_line(&mut text, v, now);
-    let _ = writeln!(text, "  verdict:      {}", verdict(&out, i));
+    let rebooting = status
+        .guest
+        .as_ref()
+        .and_then(|g| g.installation.as_ref())
+        .filter(|r| {
+            r.rollout == rollout.name_any() && r.status == crate::api::OperationStatus::InProgress
+        })
+        .and_then(|r| r.reboot_started_at.as_ref());
+    let verdict = match (&out.states[i], rebooting) {
+        (crate::logic::rollout::VmState::Patching, Some(t)) => format!(
+            "rebooting since {} (announced by its guest; failed with RebootTimeout when not back within the ring's healthGate.rebootTimeout)",
+            t.0
+        ),
+        _ => verdict(&out, i),
+    };
+    let _ = writeln!(text, "  verdict:      {verdict}");
     Ok(text)
 }
 

@@ -60,6 +60,7 @@ fn settings_of(ctx: &Context) -> RolloutSettings {
     RolloutSettings {
         pairs: ctx.settings.region_pairs.0.clone(),
         expected_duration: ctx.settings.install_duration,
+        clock_speed: ctx.clock.speed(),
     }
 }
 

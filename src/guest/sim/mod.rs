@@ -35,13 +35,13 @@ use tracing::{debug, info, warn};
 use super::{Backend, Guest, Timing};
 
 mod lifecycle;
-pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
 use crate::api::{
     AvailablePackage, Classification, EffectiveConfiguration, GuestOs, PinnedPackage,
     ServiceObservation, VirtualMachine,
 };
 use crate::identity;
 use crate::logic::resolve::SERVICE_NAMES;
+pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
 
 /// The simulator's fleet watch is re-established after this much silence.
 const GUEST_WATCH_IDLE: Duration = super::WATCH_IDLE;
@@ -617,7 +617,8 @@ async fn play(
         observe: settings.observe_interval,
         clock,
     };
-    let mut backend = Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
+    let mut backend =
+        Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
     loop {
         // The controller creates the guest identity; wait for it.
         let client = loop {

@@ -94,7 +94,10 @@ pub struct VmFacts<'a> {
 impl VmFacts<'_> {
     /// The hooks of this VM's installations: its ring's over its profile's.
     pub fn hooks_in(&self, rings: &[RingFacts<'_>]) -> Option<crate::api::PatchHooks> {
-        let ring = self.ring.and_then(|r| rings.get(r)).and_then(|r| r.spec.hooks.as_ref());
+        let ring = self
+            .ring
+            .and_then(|r| rings.get(r))
+            .and_then(|r| r.spec.hooks.as_ref());
         let hooks = self.hooks.cloned().unwrap_or_default().overridden_by(ring);
         (!hooks.is_empty()).then_some(hooks)
     }
@@ -106,6 +109,9 @@ pub struct Settings {
     pub pairs: Vec<(String, String)>,
     /// How long an installation is expected to take: none starts with less window left.
     pub expected_duration: Duration,
+    /// The patching clock's speed (1 in production): `rebootTimeout` is real time, so it is
+    /// this many times longer on the patching clock.
+    pub clock_speed: f64,
 }
 
 pub struct Input<'a> {
@@ -152,6 +158,8 @@ struct Run<'a> {
     failed_before: BTreeSet<&'a str>,
     /// When the controller first saw each VM's successful install (by VM and wave).
     installed_seen: std::collections::BTreeMap<(&'a str, i32), Timestamp>,
+    /// When the controller first saw each VM's announced reboot (by VM and wave).
+    reboots_seen: std::collections::BTreeMap<(&'a str, i32), Timestamp>,
     /// Succeeded or RolledBack: the record is kept as it is.
     terminal: bool,
     /// A halt is final: nothing new starts (only rolling back), even if the failures it counted
@@ -190,6 +198,12 @@ impl<'a> Run<'a> {
                         "spec.healthGate.healthyFor",
                         &r.spec.health_gate.healthy_for,
                     ),
+                    reboot_timeout: parse_or(
+                        &r.spec.health_gate.reboot_timeout,
+                        Duration::from_secs(15 * 60),
+                        format_args!("UpdateRing {}", r.name),
+                        "spec.healthGate.rebootTimeout",
+                    ),
                 }
             })
             .collect();
@@ -210,6 +224,16 @@ impl<'a> Run<'a> {
                 .flat_map(|r| r.waves.iter())
                 .flat_map(|w| {
                     w.installed_seen
+                        .iter()
+                        .map(move |s| ((s.name.as_str(), w.index), s.time.0))
+                })
+                .collect(),
+            reboots_seen: old
+                .rings
+                .iter()
+                .flat_map(|r| r.waves.iter())
+                .flat_map(|w| {
+                    w.reboots_seen
                         .iter()
                         .map(move |s| ((s.name.as_str(), w.index), s.time.0))
                 })

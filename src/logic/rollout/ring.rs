@@ -22,6 +22,7 @@ pub(super) struct RingTimes {
     pub deadline: Duration,
     pub bake: Duration,
     pub healthy_for: Duration,
+    pub reboot_timeout: Duration,
 }
 
 /// `maxUnavailable` of a ring of `total` VMs (a percentage rounds down, but at least 1).

@@ -9,6 +9,10 @@ use crate::logic::planner::State;
 use super::manifest::packages_for;
 use super::{Run, VmFacts};
 
+/// The failure reason of a VM that did not come back from its announced reboot.
+pub const REBOOT_TIMEOUT: &str = "RebootTimeout";
+const DEFAULT_REBOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Where one VM stands in the rollout, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmState {
@@ -131,6 +135,31 @@ fn of(
                 wake.at(proven);
                 return VmState::Patching;
             }
+            OperationStatus::InProgress if r.reboot_started_at.is_some() => {
+                // Announced its reboot: its heartbeat may stop, which is no failure until the
+                // ring's rebootTimeout has passed since the controller first saw the
+                // announcement.
+                let since = run
+                    .reboots_seen
+                    .get(&(vm.name, d.wave))
+                    .copied()
+                    .unwrap_or(input.now);
+                let timeout = vm
+                    .ring
+                    .map_or(DEFAULT_REBOOT_TIMEOUT, |ri| run.times[ri].reboot_timeout);
+                // Real time: a machine boots no faster on an accelerated patching clock.
+                let speed = input.settings.clock_speed.max(1.0);
+                let deadline = duration::add(since, timeout.mul_f64(speed));
+                if input.now >= deadline {
+                    return VmState::Failed(format!(
+                        "{REBOOT_TIMEOUT}: the VM did not come back within {} of announcing its reboot",
+                        duration::format(timeout)
+                    ));
+                }
+                wake.at(deadline);
+                return VmState::Patching;
+            }
+            OperationStatus::InProgress => return VmState::Patching,
             OperationStatus::Failed
                 if r.maintenance_window_exceeded
                     && r.installed.is_empty()
@@ -140,10 +169,14 @@ fn of(
             }
             _ => {
                 // The guest's words, bounded: they reach Events, conditions and `why`.
-                return VmState::Failed(r.error.as_deref().map_or_else(
+                let what = r.error.as_deref().map_or_else(
                     || format!("{} package(s) failed to install", r.failed.len()),
                     |e| crate::logic::text::safe(e, 256),
-                ));
+                );
+                return VmState::Failed(match r.reason.as_deref() {
+                    Some(reason) => format!("{}: {what}", crate::logic::text::safe(reason, 64)),
+                    None => what,
+                });
             }
         }
     } else if let Some(reason) = &vm.ineligible {

@@ -124,6 +124,8 @@ fn count(
     let (mut ok, mut bad, mut busy) = (0, 0, 0);
     let mut seen: std::collections::HashSet<String> =
         w.installed_seen.iter().map(|s| s.name.clone()).collect();
+    let mut rebooting: std::collections::HashSet<String> =
+        w.reboots_seen.iter().map(|s| s.name.clone()).collect();
     for m in &w.members {
         let Some(&i) = by_name.get(m.as_str()) else {
             continue;
@@ -137,6 +139,19 @@ fn count(
         });
         if installed && seen.insert(m.clone()) {
             w.installed_seen.push(crate::api::SeenInstall {
+                name: m.clone(),
+                time: Time(run.input.now),
+            });
+        }
+        let announced = vm.result.is_some_and(|r| {
+            r.rollout == run.input.name
+                && r.wave == w.index
+                && !r.rollback
+                && r.status == crate::api::OperationStatus::InProgress
+                && r.reboot_started_at.is_some()
+        });
+        if announced && rebooting.insert(m.clone()) {
+            w.reboots_seen.push(crate::api::SeenInstall {
                 name: m.clone(),
                 time: Time(run.input.now),
             });

@@ -353,12 +353,36 @@ impl Decision<'_> {
     /// Not running: everything waits for the heartbeat.
     fn not_running(&mut self) -> Verdict {
         self.conditions.keep(DRIFTED);
+        if let Some(msg) = self.rebooting() {
+            if self.was() != Some(VmPhase::Pending) && self.was().is_some() {
+                self.events
+                    .push(EventSpec::normal("Rebooting", "Reboot", msg.clone()));
+            }
+            self.conditions
+                .set(HEARTBEAT, false, "Rebooting", msg.clone());
+            return Verdict::new(VmPhase::Pending, "Rebooting", msg);
+        }
         let msg = "the VM is not running (no heartbeat); onboarding or remediation continues when it runs";
         if self.was() != Some(VmPhase::Pending) && self.was().is_some() {
             self.events
                 .push(EventSpec::warning("HeartbeatLost", "Heartbeat", msg));
         }
         Verdict::new(VmPhase::Pending, "NoHeartbeat", msg)
+    }
+
+    /// "rebooting since …" when the guest announced a reboot for an installation it has not
+    /// finished.
+    fn rebooting(&self) -> Option<String> {
+        let i = self.old.guest.as_ref()?.installation.as_ref()?;
+        let since = i.reboot_started_at.as_ref()?;
+        (i.status == crate::api::OperationStatus::InProgress).then(|| {
+            format!(
+                "rebooting since {} (rollout {}, wave {}): the heartbeat resumes when the machine is back",
+                since.0,
+                text::safe(&i.rollout, 64),
+                i.wave
+            )
+        })
     }
 
     /// Running: has the guest applied what is asked, and does it match?

@@ -615,3 +615,54 @@ fn a_skewed_guest_clock_is_reported_once_and_the_vm_still_managed() {
     assert_eq!(skew_events(&o), 0, "once per transition");
     assert_eq!(o.status.phase, Some(VmPhase::Configured));
 }
+
+#[test]
+fn a_vm_rebooting_for_an_install_says_so_while_its_heartbeat_is_gone() {
+    let s = spec();
+    let o = run(&s, None, 0, true, RemediationMode::Auto);
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let o = run(&s, Some(&st), 1, true, RemediationMode::Auto);
+    let guest = st.guest.clone();
+    let mut st = o.status;
+    st.guest = guest;
+    st.guest.as_mut().expect("guest").installation = Some(GuestInstallation {
+        rollout: "release-2026-11".into(),
+        wave: 2,
+        rollback: false,
+        status: OperationStatus::InProgress,
+        start_time: Some(Time(t(0))),
+        finish_time: None,
+        installed: vec![],
+        failed: vec![],
+        previous_versions: vec![],
+        reboot_pending: true,
+        maintenance_window_exceeded: false,
+        error: None,
+        reason: None,
+        reboot_started_at: Some(Time(t(1))),
+        rebooted_at: None,
+        hooks: vec![],
+    });
+    let o = run(&s, Some(&st), 400, false, RemediationMode::Auto);
+    assert_eq!(o.status.phase, Some(VmPhase::Pending));
+    let hb = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == HEARTBEAT)
+        .expect("heartbeat");
+    assert_eq!(
+        (hb.status.as_str(), hb.reason.as_str()),
+        ("False", "Rebooting")
+    );
+    assert!(hb.message.starts_with("rebooting since"), "{}", hb.message);
+    assert!(
+        o.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("release-2026-11, wave 2"))
+    );
+    assert!(o.events.iter().any(|e| e.reason == "Rebooting"));
+    assert!(o.events.iter().all(|e| e.reason != "HeartbeatLost"));
+}

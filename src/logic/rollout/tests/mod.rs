@@ -1,6 +1,7 @@
 //! The rollout decision driven through whole rollouts: a small simulated world applies every
 //! write, lets each guest act, and advances time.
 
+mod reboots;
 mod scenarios;
 
 use std::collections::BTreeSet;
@@ -70,6 +71,8 @@ struct SimVm {
     healthy: bool,
     running: bool,
     fail: bool,
+    /// Announces a reboot after installing (and stops its heartbeat) instead of finishing.
+    reboots: bool,
     window: Option<(Window, TimeZone)>,
     ineligible: Option<String>,
     installs: Vec<(i32, Vec<PinnedPackage>)>,
@@ -123,6 +126,7 @@ impl World {
                     healthy: true,
                     running: true,
                     fail: false,
+                    reboots: false,
                     window: None,
                     ineligible: None,
                     installs: Vec::new(),
@@ -148,6 +152,7 @@ impl World {
             settings: Settings {
                 pairs: vec![("east".into(), "west".into())],
                 expected_duration: Duration::from_secs(1800),
+                clock_speed: 1.0,
             },
         }
     }
@@ -243,6 +248,14 @@ impl World {
                 rebooted_at: None,
                 hooks: Vec::new(),
             });
+            if vm.reboots && !vm.fail && !d.rollback {
+                let r = vm.result.as_mut().expect("just set");
+                r.status = OperationStatus::InProgress;
+                r.reboot_started_at = Some(Time(now));
+                r.reboot_pending = true;
+                r.finish_time = None;
+                vm.running = false;
+            }
         }
         out
     }
