@@ -7,7 +7,9 @@
 #                                    otherwise print the exact command to run and exit 1
 #
 # `demo` is what the control plane and the demo use; `test` adds the package managers and systemd
-# that the guest agent's tests drive on sandboxed roots, and shellcheck. Go and Rust are toolchains,
+# that the guest agent's tests drive on sandboxed roots, shellcheck, and what the booted-guest
+# suite needs (systemd-nspawn, mmdebstrap to build the guest image from Debian's packages,
+# iproute2 for the guests' network namespace). Go and Rust are toolchains,
 # not Debian packages: they are checked, never installed.
 set -euo pipefail
 
@@ -18,12 +20,13 @@ declare -A PACKAGE=(
   [openssl]=openssl [curl]=curl [python3]=python3 [jq]=jq [setsid]=util-linux
   [dpkg-deb]=dpkg [dpkg-scanpackages]=dpkg-dev [apt-get]=apt [systemctl]=systemd
   [dnf]=dnf [rpm]=rpm [rpmbuild]=rpm [createrepo_c]=createrepo-c [modifyrepo_c]=createrepo-c
-  [shellcheck]=shellcheck
+  [shellcheck]=shellcheck [systemd-nspawn]=systemd-container [mmdebstrap]=mmdebstrap
+  [nsenter]=util-linux [flock]=util-linux [ip]=iproute2 [pgrep]=procps
 )
 DEMO=(openssl curl python3 jq setsid)
 # shellcheck disable=SC2034 # read through a nameref in missing()
 TEST=("${DEMO[@]}" dpkg-deb dpkg-scanpackages apt-get systemctl dnf rpm rpmbuild createrepo_c
-  modifyrepo_c shellcheck)
+  modifyrepo_c shellcheck systemd-nspawn mmdebstrap nsenter flock ip pgrep)
 
 say() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -66,7 +69,7 @@ main() {
   case "${2:-}" in
     demo) set=DEMO ;;
     test) set=TEST ;;
-    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
   local problems; problems="$(toolchains)"
   if [ -n "$problems" ]; then
@@ -98,7 +101,7 @@ main() {
         exit 1
       fi
       ;;
-    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 }
 

@@ -730,6 +730,52 @@ fn cases() -> Vec<Case> {
             "less than or equal to 100",
         ),
         c(
+            "reboot timeout too short",
+            Ring,
+            ring,
+            Create(json!({"spec": {"healthGate": {"rebootTimeout": "30s"}}})),
+            "spec.healthGate.rebootTimeout",
+            "between 1m and 24h",
+        ),
+        c(
+            "ring hook with a blank command",
+            Ring,
+            ring,
+            Create(json!({"spec": {"hooks": {"preReboot": {"command": "   "}}}})),
+            "spec.hooks.preReboot.command",
+            "must not be empty or blank",
+        ),
+        c(
+            "profile hook with an empty command",
+            Profile,
+            profile,
+            Create(
+                json!({"spec": {"preferences": {"updateManagement": {"hooks": {"preInstall": {"command": ""}}}}}}),
+            ),
+            "spec.preferences.updateManagement.hooks.preInstall.command",
+            "should be at least 1 chars long",
+        ),
+        c(
+            "hook time limit above 6h",
+            Profile,
+            profile,
+            Create(
+                json!({"spec": {"preferences": {"updateManagement": {"hooks": {"postInstall": {"command": "true", "timeout": "7h"}}}}}}),
+            ),
+            "spec.preferences.updateManagement.hooks.postInstall.timeout",
+            "between 1s and 6h",
+        ),
+        c(
+            "hook time limit below 1s",
+            Ring,
+            ring,
+            Create(
+                json!({"spec": {"hooks": {"preInstall": {"command": "true", "timeout": "500ms"}}}}),
+            ),
+            "spec.hooks.preInstall.timeout",
+            "between 1s and 6h",
+        ),
+        c(
             "negative order",
             Ring,
             ring,

@@ -116,12 +116,15 @@ impl Rollouts {
                     continue;
                 };
                 let name = vm.metadata.name.clone().unwrap_or_default();
+                // The newest record of each installation (one that reboots is InProgress first).
                 if let Ok(mut m) = installs.lock() {
-                    m.entry((name.clone(), i.rollout.clone(), i.wave, i.rollback))
-                        .or_insert(Install {
+                    m.insert(
+                        (name.clone(), i.rollout.clone(), i.wave, i.rollback),
+                        Install {
                             vm: name,
                             record: i,
-                        });
+                        },
+                    );
                 }
             }
         }));

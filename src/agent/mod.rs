@@ -56,10 +56,10 @@ pub struct AgentArgs {
     #[arg(long, value_enum)]
     pub package_manager: Option<Family>,
     /// How often the heartbeat Lease is renewed.
-    #[arg(long, default_value = "60s", value_parser = crate::logic::duration::parse)]
+    #[arg(long, env = "AUTOMEND_HEARTBEAT_INTERVAL", default_value = "60s", value_parser = crate::logic::duration::parse)]
     pub heartbeat_interval: Duration,
     /// How often the machine is re-observed for drift.
-    #[arg(long, default_value = "60s", value_parser = crate::logic::duration::parse)]
+    #[arg(long, env = "AUTOMEND_OBSERVE_INTERVAL", default_value = "60s", value_parser = crate::logic::duration::parse)]
     pub observe_interval: Duration,
     #[command(flatten)]
     pub host: HostSettings,

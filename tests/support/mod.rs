@@ -7,6 +7,7 @@
 //! the folder when the test process exits, however it exits.
 #![allow(dead_code)]
 
+pub mod booted;
 pub mod env;
 
 use std::path::{Path, PathBuf};

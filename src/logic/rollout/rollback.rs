@@ -64,7 +64,12 @@ pub(super) fn start(
             continue;
         };
         if d.rollout == name && d.rollback {
-            if r.rollout == name && r.rollback && r.wave == d.wave {
+            // Finished (a rollback that reboots is InProgress until the machine is back).
+            if r.rollout == name
+                && r.rollback
+                && r.wave == d.wave
+                && r.status != crate::api::OperationStatus::InProgress
+            {
                 rolled_back += 1;
             }
             continue;

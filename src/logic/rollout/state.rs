@@ -101,83 +101,16 @@ fn of(
         if d.rollback {
             return VmState::RolledBack;
         }
+        let now = from_result(run, vm, d, wake);
         if run.failed_before.contains(vm.name) {
-            return VmState::Failed("failed earlier in this rollout".into());
+            // Failures are sticky; the reason is the guest's when its result still says why.
+            return match now {
+                Some(VmState::Failed(why)) => VmState::Failed(why),
+                _ => VmState::Failed("failed earlier in this rollout".into()),
+            };
         }
-        let result = vm
-            .result
-            .filter(|r| r.rollout == d.rollout && r.wave == d.wave && !r.rollback);
-        let Some(r) = result else {
-            return VmState::Patching;
-        };
-        match r.status {
-            OperationStatus::Succeeded => {
-                // From when this controller first saw the result, not a time the guest chose.
-                let finished = run
-                    .installed_seen
-                    .get(&(vm.name, d.wave))
-                    .copied()
-                    .unwrap_or(input.now);
-                let healthy_for = vm
-                    .ring
-                    .map_or(std::time::Duration::ZERO, |ri| run.times[ri].healthy_for);
-                let proven = duration::add(finished, healthy_for);
-                if input.now >= proven {
-                    return VmState::Succeeded;
-                }
-                if !vm.healthy {
-                    return VmState::Failed(
-                        "the guest reported itself unhealthy after the install".into(),
-                    );
-                }
-                // Installed and proving healthy (a VM without heartbeat may be rebooting: only
-                // the end of healthyFor tells).
-                wake.at(proven);
-                return VmState::Patching;
-            }
-            OperationStatus::InProgress if r.reboot_started_at.is_some() => {
-                // Announced its reboot: its heartbeat may stop, which is no failure until the
-                // ring's rebootTimeout has passed since the controller first saw the
-                // announcement.
-                let since = run
-                    .reboots_seen
-                    .get(&(vm.name, d.wave))
-                    .copied()
-                    .unwrap_or(input.now);
-                let timeout = vm
-                    .ring
-                    .map_or(DEFAULT_REBOOT_TIMEOUT, |ri| run.times[ri].reboot_timeout);
-                // Real time: a machine boots no faster on an accelerated patching clock.
-                let speed = input.settings.clock_speed.max(1.0);
-                let deadline = duration::add(since, timeout.mul_f64(speed));
-                if input.now >= deadline {
-                    return VmState::Failed(format!(
-                        "{REBOOT_TIMEOUT}: the VM did not come back within {} of announcing its reboot",
-                        duration::format(timeout)
-                    ));
-                }
-                wake.at(deadline);
-                return VmState::Patching;
-            }
-            OperationStatus::InProgress => return VmState::Patching,
-            OperationStatus::Failed
-                if r.maintenance_window_exceeded
-                    && r.installed.is_empty()
-                    && r.failed.is_empty() =>
-            {
-                // Never started: retried in the next window.
-            }
-            _ => {
-                // The guest's words, bounded: they reach Events, conditions and `why`.
-                let what = r.error.as_deref().map_or_else(
-                    || format!("{} package(s) failed to install", r.failed.len()),
-                    |e| crate::logic::text::safe(e, 256),
-                );
-                return VmState::Failed(match r.reason.as_deref() {
-                    Some(reason) => format!("{}: {what}", crate::logic::text::safe(reason, 64)),
-                    None => what,
-                });
-            }
+        if let Some(state) = now {
+            return state;
         }
     } else if let Some(reason) = &vm.ineligible {
         return VmState::Skipped(reason.clone());
@@ -191,6 +124,91 @@ fn of(
         Some(p) if p.is_empty() && mine.is_none() => VmState::UpToDate,
         Some(_) => VmState::Waiting(None),
     }
+}
+
+/// What the guest's result for the rollout's directive says (None: it may start again, as when
+/// the window ended before anything was installed).
+fn from_result(
+    run: &Run<'_>,
+    vm: &VmFacts<'_>,
+    d: &crate::api::InstallationDirective,
+    wake: &mut Earliest<Timestamp>,
+) -> Option<VmState> {
+    let input = run.input;
+    let result = vm
+        .result
+        .filter(|r| r.rollout == d.rollout && r.wave == d.wave && !r.rollback);
+    let Some(r) = result else {
+        return Some(VmState::Patching);
+    };
+    match r.status {
+        OperationStatus::Succeeded => {
+            // From when this controller first saw the result, not a time the guest chose.
+            let finished = run
+                .installed_seen
+                .get(&(vm.name, d.wave))
+                .copied()
+                .unwrap_or(input.now);
+            let healthy_for = vm
+                .ring
+                .map_or(std::time::Duration::ZERO, |ri| run.times[ri].healthy_for);
+            let proven = duration::add(finished, healthy_for);
+            if input.now >= proven {
+                return Some(VmState::Succeeded);
+            }
+            if !vm.healthy {
+                return Some(VmState::Failed(
+                    "the guest reported itself unhealthy after the install".into(),
+                ));
+            }
+            // Installed and proving healthy (a VM without heartbeat may be rebooting: only
+            // the end of healthyFor tells).
+            wake.at(proven);
+            return Some(VmState::Patching);
+        }
+        OperationStatus::InProgress if r.reboot_started_at.is_some() => {
+            // Announced its reboot: its heartbeat may stop, which is no failure until the
+            // ring's rebootTimeout has passed since the controller first saw the
+            // announcement.
+            let since = run
+                .reboots_seen
+                .get(&(vm.name, d.wave))
+                .copied()
+                .unwrap_or(input.now);
+            let timeout = vm
+                .ring
+                .map_or(DEFAULT_REBOOT_TIMEOUT, |ri| run.times[ri].reboot_timeout);
+            // Real time: a machine boots no faster on an accelerated patching clock.
+            let speed = input.settings.clock_speed.max(1.0);
+            let deadline = duration::add(since, timeout.mul_f64(speed));
+            if input.now >= deadline {
+                return Some(VmState::Failed(format!(
+                    "{REBOOT_TIMEOUT}: the VM did not come back within {} of announcing its reboot",
+                    duration::format(timeout)
+                )));
+            }
+            wake.at(deadline);
+            return Some(VmState::Patching);
+        }
+        OperationStatus::InProgress => return Some(VmState::Patching),
+        OperationStatus::Failed
+            if r.maintenance_window_exceeded && r.installed.is_empty() && r.failed.is_empty() =>
+        {
+            // Never started: retried in the next window.
+        }
+        _ => {
+            // The guest's words, bounded: they reach Events, conditions and `why`.
+            let what = r.error.as_deref().map_or_else(
+                || format!("{} package(s) failed to install", r.failed.len()),
+                |e| crate::logic::text::safe(e, 256),
+            );
+            return Some(VmState::Failed(match r.reason.as_deref() {
+                Some(reason) => format!("{}: {what}", crate::logic::text::safe(reason, 64)),
+                None => what,
+            }));
+        }
+    }
+    None
 }
 
 /// Why a waiting VM may not start now (None: it may).

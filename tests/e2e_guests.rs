@@ -1,0 +1,594 @@
+//! End to end on booted Linux guests: six Debian machines booted with systemd as PID 1
+//! (systemd-nspawn, see `support::booted`), each running `automend agent` as the systemd unit
+//! from `dist/` with the kubeconfig from `automend guest-kubeconfig`, a local apt repository served
+//! over HTTP, and the controller on the local control plane. Every step is asserted from the API
+//! and from inside the guests; the steps' timings are printed (`--nocapture`).
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use automend::api::{OperationStatus, PatchRollout, RolloutPhase, UpdateRing, VmPhase};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::booted::{Fleet, root_image};
+use support::env::{Env, LONG};
+use support::{cluster, free_port, repo, wait_for};
+
+const GUESTS: [&str; 6] = ["g1", "g2", "g3", "g4", "g5", "g6"];
+const HOOK_LOG: &str = "/var/log/automend-hooks.log";
+const MINUTES: Duration = Duration::from_secs(240);
+
+fn put(root: &Path, path: &str, text: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&p, text).expect("write");
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A local apt repository: suites `stable` and `stable-security`, served over HTTP.
+struct Repo {
+    dir: tempfile::TempDir,
+    server: Child,
+    port: u16,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serving the repository");
+        Repo { dir, server, port }
+    }
+
+    /// Build a package; `postinst` is its maintainer script, if any.
+    fn build(&self, name: &str, version: &str, suite: &str, postinst: Option<&str>) {
+        let src = self.dir.path().join(format!("build/{name}_{version}"));
+        put(
+            &src,
+            "DEBIAN/control",
+            &format!(
+                "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Automend tests <tests@automend.invalid>\nDescription: test package {name}\n"
+            ),
+        );
+        put(
+            &src,
+            &format!("usr/share/doc/{name}/VERSION"),
+            &format!("{version}\n"),
+        );
+        if let Some(script) = postinst {
+            put(
+                &src,
+                "DEBIAN/postinst",
+                &format!("#!/bin/sh\nset -e\n{script}\n"),
+            );
+            run(
+                Command::new("chmod")
+                    .arg("0755")
+                    .arg(src.join("DEBIAN/postinst")),
+                "chmod",
+            );
+        }
+        let pool = self.dir.path().join(format!("pool/{suite}"));
+        std::fs::create_dir_all(&pool).expect("pool");
+        run(
+            Command::new("dpkg-deb")
+                .args(["--build", "-Zgzip", "--root-owner-group"])
+                .arg(&src)
+                .arg(pool.join(format!("{name}_{version}_all.deb"))),
+            "dpkg-deb",
+        );
+    }
+
+    fn index(&self) {
+        for suite in ["stable", "stable-security"] {
+            let packages = run(
+                Command::new("dpkg-scanpackages")
+                    .args(["--multiversion", &format!("pool/{suite}"), "/dev/null"])
+                    .current_dir(self.dir.path())
+                    .stderr(Stdio::null()),
+                "dpkg-scanpackages",
+            );
+            let dist = self.dir.path().join(format!("dists/{suite}"));
+            put(&dist, "main/binary-amd64/Packages", &packages);
+            put(
+                &dist,
+                "Release",
+                &format!(
+                    "Origin: Automend-Tests\nLabel: Automend-Tests\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\n"
+                ),
+            );
+        }
+    }
+
+    fn deb(&self, name: &str, version: &str, suite: &str) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join(format!("pool/{suite}/{name}_{version}_all.deb"))
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The image's setup for one guest: the agent unit from `dist/`, its kubeconfig and env file,
+/// stand-in units for the services' daemons, apt pointed at the local repository only, and the
+/// old packages installed with dpkg.
+fn prepare(root: &Path, vm: &str, ns: &str, kubeconfig: &[u8], repo: &Repo) {
+    let unit = std::fs::read_to_string(repo_file("dist/automend-agent.service")).expect("unit");
+    put(root, "/etc/systemd/system/automend-agent.service", &unit);
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).expect("wants");
+    let _ = std::os::unix::fs::symlink(
+        "/etc/systemd/system/automend-agent.service",
+        wants.join("automend-agent.service"),
+    );
+    std::fs::create_dir_all(root.join("etc/automend")).expect("etc/automend");
+    std::fs::write(root.join("etc/automend/kubeconfig"), kubeconfig).expect("kubeconfig");
+    put(
+        root,
+        "/etc/automend/agent.env",
+        &format!(
+            "AUTOMEND_VM={vm}\nAUTOMEND_NAMESPACE={ns}\nAUTOMEND_HEARTBEAT_INTERVAL=2s\nAUTOMEND_OBSERVE_INTERVAL=2s\nRUST_LOG=info,kube=warn\n"
+        ),
+    );
+    // Stand-ins for the daemons the services manage (the real ones need the network or more
+    // than a test image carries): long-running units systemd really starts and stops.
+    for unit in [
+        "prometheus-node-exporter.service",
+        "clamav-freshclam.service",
+        "systemd-timesyncd.service",
+    ] {
+        put(
+            root,
+            &format!("/etc/systemd/system/{unit}"),
+            &format!(
+                "[Unit]\nDescription=stand-in for {unit}\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n"
+            ),
+        );
+    }
+    put(
+        root,
+        "/etc/ssh/sshd_config",
+        "Include /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\nX11Forwarding yes\n",
+    );
+    put(
+        root,
+        "/etc/apt/sources.list",
+        &format!(
+            "deb [trusted=yes] http://127.0.0.1:{p} stable main\ndeb [trusted=yes] http://127.0.0.1:{p} stable-security main\n",
+            p = repo.port
+        ),
+    );
+    for (name, version) in [("kernel-sim", "1.0"), ("libfoo", "1.0")] {
+        run(
+            Command::new("dpkg")
+                .arg(format!("--root={}", root.display()))
+                .arg("--force-script-chrootless")
+                .arg("-i")
+                .arg(repo.deb(name, version, "stable")),
+            "installing the old packages",
+        );
+    }
+}
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    repo().join(path)
+}
+
+/// `name version` of a package inside a guest.
+fn version(fleet: &Fleet, vm: &str, pkg: &str) -> String {
+    fleet
+        .guest(vm)
+        .run(&format!("dpkg-query -W -f '${{Version}}' {pkg}"))
+}
+
+struct Steps {
+    started: Instant,
+    last: Instant,
+    lines: Vec<String>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let now = Instant::now();
+        Steps {
+            started: now,
+            last: now,
+            lines: Vec::new(),
+        }
+    }
+    fn done(&mut self, what: &str) {
+        let line = format!(
+            "{:>6.1}s  (+{:>5.1}s)  {what}",
+            self.started.elapsed().as_secs_f64(),
+            self.last.elapsed().as_secs_f64()
+        );
+        eprintln!("[booted guests] {line}");
+        self.lines.push(line);
+        self.last = Instant::now();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
+    let mut steps = Steps::new();
+    let (image, took) = root_image();
+    steps.done(&format!(
+        "guest root image ready (built or cached in {:.1}s)",
+        took.as_secs_f64()
+    ));
+    let env = Env::new("booted").await;
+    let ns = env.ns.name.clone();
+    let c = cluster();
+    let api_port: u16 = std::fs::read_to_string(&c.kubeconfig)
+        .expect("kubeconfig")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the API server's port");
+
+    // The repository: kernel-sim 1.1 in the security pocket writes /run/reboot-required (as a
+    // kernel does); libfoo 1.1 needs no reboot.
+    let repo = Repo::new();
+    repo.build("kernel-sim", "1.0", "stable", None);
+    repo.build("libfoo", "1.0", "stable", None);
+    repo.build(
+        "kernel-sim",
+        "1.1",
+        "stable-security",
+        Some("mkdir -p /run && touch /run/reboot-required"),
+    );
+    repo.build("libfoo", "1.1", "stable-security", None);
+    repo.index();
+
+    let hooks = json!({
+        "preInstall": { "command": format!("if [ -e /etc/automend/fail-preinstall ]; then echo 'drain refused by the load balancer' >&2; exit 3; fi; echo \"preInstall $AUTOMEND_ROLLOUT wave=$AUTOMEND_WAVE $AUTOMEND_PACKAGES\" >> {HOOK_LOG}"), "timeout": "1m" },
+        "preReboot": { "command": format!("echo \"preReboot reboot=$AUTOMEND_REBOOT\" >> {HOOK_LOG}") },
+        "postInstall": { "command": format!("echo \"postInstall reboot=$AUTOMEND_REBOOT\" >> {HOOK_LOG}") },
+    });
+    let prefs = |reboot: &str| {
+        json!({ "environment": "Production",
+                "preferences": {
+                    "antimalware": { "enabled": false },
+                    "updateManagement": { "rebootSetting": reboot, "hooks": hooks } } })
+    };
+    let profile = env.profile("booted", prefs("IfRequired")).await;
+    let never = env.profile("never", prefs("Never")).await;
+    let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
+    for (i, vm) in GUESTS.iter().enumerate() {
+        let ring = if i < 2 { "canary" } else { "broad" };
+        let p = if *vm == "g4" { &never } else { &profile };
+        env.vms
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+                    "metadata": { "name": vm, "labels": { "automend.io/ring": ring } },
+                    "spec": {
+                        "management": { "enabled": true, "profile": p },
+                        "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                        "placement": { "region": "westeurope", "zone": "1" },
+                        "patchSettings": { "patchMode": "AutomaticByPlatform" },
+                    },
+                }))
+                .expect("vm"),
+            )
+            .await
+            .expect("creating the VM");
+    }
+
+    // The guests: one copy of the image each, the agent installed as a user would, booted.
+    let mut fleet = Fleet::new("booted");
+    fleet.forward(api_port);
+    fleet.forward(repo.port);
+    let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_automend"));
+    for vm in GUESTS {
+        let kubeconfig = wait_for("a guest kubeconfig", LONG, || async {
+            let out = Command::new(&agent)
+                .args(["guest-kubeconfig", vm, "-n", &ns, "--duration", "2h"])
+                .env("KUBECONFIG", &c.kubeconfig)
+                .output()
+                .ok()?;
+            out.status.success().then_some(out.stdout)
+        })
+        .await;
+        fleet.add(&image, vm, |root| {
+            prepare(root, vm, &ns, &kubeconfig, &repo)
+        });
+    }
+    std::fs::write(
+        fleet.guest("g5").root.join("etc/automend/fail-preinstall"),
+        "",
+    )
+    .expect("g5's failing preInstall");
+    steps.done("six guests prepared (image copied, agent unit, kubeconfig, old packages)");
+    for vm in GUESTS {
+        fleet.boot(vm, &[(agent.clone(), "/usr/local/bin/automend")]);
+    }
+    wait_for("every guest booted (systemd running)", LONG, || async {
+        GUESTS.iter().all(|g| fleet.guest(g).booted()).then_some(())
+    })
+    .await;
+    steps.done("six guests booted with systemd as PID 1");
+
+    // Onboarding: Configured, with the services really applied under a live systemd.
+    for vm in GUESTS {
+        let got = wait_for_phase(&env, vm, VmPhase::Configured).await;
+        let guest = got.status.and_then(|s| s.guest).expect("guest");
+        assert!(
+            guest.services.iter().all(|s| s.compliant),
+            "{vm}: {:?}",
+            guest.services
+        );
+        // Reported by the agent inside the booted Debian guest.
+        assert_eq!(
+            guest.os.as_ref().map(|o| o.id.as_str()),
+            Some("debian"),
+            "{vm}"
+        );
+        assert!(guest.agent_version.is_some(), "{vm}");
+    }
+    for vm in GUESTS {
+        let g = fleet.guest(vm);
+        assert_eq!(
+            g.run("systemctl is-active automend-agent.service"),
+            "active",
+            "{vm}"
+        );
+        assert_eq!(
+            g.run("systemctl is-active automend-backup.timer"),
+            "active",
+            "{vm}"
+        );
+        assert_eq!(
+            g.run("systemctl is-active prometheus-node-exporter.service"),
+            "active",
+            "{vm}"
+        );
+        assert_eq!(
+            g.run("cat /proc/sys/net/ipv4/conf/all/accept_redirects"),
+            "0",
+            "{vm}: the baseline's sysctl in the guest's /proc/sys"
+        );
+    }
+    steps.done("all six Configured: units active, sysctls applied in the guests' /proc/sys");
+
+    // Drift by hand inside g1: the monitoring daemon stopped; remediated by the agent.
+    let g1 = fleet.guest("g1");
+    let count = |notes: &[(String, String)], reason: &str| {
+        notes.iter().filter(|(r, _)| r == reason).count()
+    };
+    let before = env.event_notes("g1").await;
+    assert!(
+        g1.exec("systemctl stop prometheus-node-exporter.service")
+            .is_some_and(|o| o.status.success())
+    );
+    wait_for("g1's drift to be detected and remediated", LONG, || async {
+        let notes = env.event_notes("g1").await;
+        (notes
+            .iter()
+            .any(|(r, n)| r == "DriftDetected" && n.contains("monitoring"))
+            && count(&notes, "Remediated") > count(&before, "Remediated"))
+        .then_some(())
+    })
+    .await;
+    wait_for("the daemon active again in g1", LONG, || async {
+        (g1.run("systemctl is-active prometheus-node-exporter.service") == "active").then_some(())
+    })
+    .await;
+    steps.done("drift made by hand in g1 (a unit stopped) detected and remediated");
+
+    // The rollout: two rings; g6 will not come back from its reboot.
+    fleet.guests[5]
+        .restart
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &ns);
+    for (name, order, max_failed) in [("canary", 0, 0), ("broad", 1, 10)] {
+        rings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+                    "metadata": { "name": name },
+                    "spec": { "order": order, "selector": { "matchLabels": { "automend.io/ring": name } },
+                              "deferral": "0s", "maxUnavailable": 4,
+                              "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "0s",
+                                              "healthyFor": "15s", "rebootTimeout": "1m" } },
+                }))
+                .expect("ring"),
+            )
+            .await
+            .expect("creating the ring");
+    }
+    let rollouts: Api<PatchRollout> = Api::namespaced(env.client.clone(), &ns);
+    rollouts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+                "metadata": { "name": "release-booted" },
+                "spec": { "releaseTime": jiff::Timestamp::now().to_string() },
+            }))
+            .expect("rollout"),
+        )
+        .await
+        .expect("creating the rollout");
+
+    // Canary: installed, hooks in order, rebooted for real, Succeeded only after it came back
+    // and stayed healthy.
+    let ring_phase = |r: &PatchRollout, i: usize| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.rings.get(i))
+            .and_then(|p| p.phase)
+            .map(|p| format!("{p:?}"))
+    };
+    wait_for("the canary ring to succeed", MINUTES, || async {
+        let r = rollouts.get("release-booted").await.ok()?;
+        (ring_phase(&r, 0).as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+    for vm in ["g1", "g2"] {
+        let g = fleet.guest(vm);
+        assert_eq!(version(&fleet, vm, "kernel-sim"), "1.1", "{vm}");
+        assert_eq!(version(&fleet, vm, "libfoo"), "1.1", "{vm}");
+        assert_eq!(
+            g.boots.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{vm} rebooted once"
+        );
+        let log: Vec<String> = g
+            .read(HOOK_LOG)
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            log,
+            ["preInstall", "preReboot", "postInstall"],
+            "{vm}: {}",
+            g.read(HOOK_LOG)
+        );
+        assert!(g.read(HOOK_LOG).contains("postInstall reboot=true"));
+        let i = env
+            .get(vm)
+            .await
+            .status
+            .and_then(|s| s.guest)
+            .and_then(|g| g.installation)
+            .expect("installation");
+        assert_eq!(i.status, OperationStatus::Succeeded, "{vm}");
+        assert!(i.rebooted_at.is_some() && !i.reboot_pending, "{vm}: {i:?}");
+        assert!(
+            !g.root.join("run/reboot-required").exists()
+                || g.run("test -e /run/reboot-required && echo yes").is_empty()
+        );
+    }
+    steps.done("ring canary: g1, g2 patched, hooks preInstall → preReboot → postInstall, rebooted, healthy");
+
+    // Broad: g3 like the canaries; g4 (rebootSetting Never) keeps its reboot pending; g5's
+    // preInstall fails (nothing installed); g6 does not come back: RebootTimeout, and the ring,
+    // over its failure budget, halts.
+    let halted = wait_for("the rollout to halt on the broad ring", MINUTES, || async {
+        let r = rollouts.get("release-booted").await.ok()?;
+        let failed = r
+            .status
+            .as_ref()?
+            .rings
+            .get(1)?
+            .waves
+            .iter()
+            .flat_map(|w| w.failed_members.clone())
+            .collect::<Vec<_>>();
+        (r.status.as_ref()?.phase == Some(RolloutPhase::Halted)
+            && failed.contains(&"g5".to_string())
+            && failed.contains(&"g6".to_string()))
+        .then_some(r)
+    })
+    .await;
+    assert_eq!(ring_phase(&halted, 1).as_deref(), Some("Halted"));
+    steps.done("ring broad: g5 preInstall failed, g6 never came back; halted");
+    let g3 = fleet.guest("g3");
+    assert_eq!(version(&fleet, "g3", "kernel-sim"), "1.1");
+    assert_eq!(g3.boots.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let g4 = env
+        .get("g4")
+        .await
+        .status
+        .and_then(|s| s.guest)
+        .and_then(|g| g.installation)
+        .expect("g4");
+    assert_eq!(g4.status, OperationStatus::Succeeded);
+    assert!(g4.reboot_pending && g4.rebooted_at.is_none(), "{g4:?}");
+    assert_eq!(
+        fleet
+            .guest("g4")
+            .boots
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never rebooted"
+    );
+    assert_eq!(version(&fleet, "g4", "kernel-sim"), "1.1");
+    let g5 = env
+        .get("g5")
+        .await
+        .status
+        .and_then(|s| s.guest)
+        .and_then(|g| g.installation)
+        .expect("g5");
+    assert_eq!(g5.reason.as_deref(), Some("PreInstallHookFailed"), "{g5:?}");
+    assert!(
+        g5.error
+            .as_deref()
+            .is_some_and(|e| e.contains("exited 3: drain refused")),
+        "{g5:?}"
+    );
+    assert_eq!(
+        version(&fleet, "g5", "kernel-sim"),
+        "1.0",
+        "nothing installed"
+    );
+    assert!(!fleet.running("g6"), "g6 stayed down");
+    // The plugin says why g6 failed.
+    let why = run(
+        Command::new(env!("CARGO_BIN_EXE_kubectl-automend"))
+            .args(["-n", &ns, "why", "g6", "--rollout", "release-booted"])
+            .env("KUBECONFIG", &c.kubeconfig),
+        "kubectl automend why g6",
+    );
+    assert!(
+        why.contains("failed: RebootTimeout: the VM did not come back within 1m0s"),
+        "{why}"
+    );
+    let vm6 = env.get("g6").await.status.expect("status");
+    let hb = vm6
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Heartbeat")
+        .expect("heartbeat");
+    assert_eq!(hb.reason, "Rebooting", "{hb:?}");
+    assert!(hb.message.starts_with("rebooting since"), "{}", hb.message);
+    steps.done("g3 rebooted, g4 reboot pending (Never), g5 untouched, g6 down");
+
+    drop(fleet);
+    steps.done("guests stopped and removed");
+    eprintln!("[booted guests] steps:\n{}", steps.lines.join("\n"));
+    env.finish(ctl).await;
+}
+
+async fn wait_for_phase(env: &Env, vm: &str, phase: VmPhase) -> automend::api::VirtualMachine {
+    wait_for(&format!("{vm} to be {phase:?}"), MINUTES, || async {
+        let v = env.vms.get(vm).await.ok()?;
+        (v.status.as_ref().and_then(|s| s.phase) == Some(phase)).then_some(v)
+    })
+    .await
+}
