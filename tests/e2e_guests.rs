@@ -1,4 +1,4 @@
-//! End to end on booted Linux guests: six Debian machines booted with systemd as PID 1
+//! End to end on booted Linux guests: seven Debian machines booted with systemd as PID 1
 //! (systemd-nspawn, see `support::booted`), each running `automend agent` as the systemd unit
 //! from `dist/` with the kubeconfig from `automend guest-kubeconfig`, a local apt repository served
 //! over HTTP, and the controller on the local control plane. Every step is asserted from the API
@@ -17,7 +17,9 @@ use support::booted::{Fleet, root_image};
 use support::env::{Env, LONG};
 use support::{cluster, free_port, repo, wait_for};
 
-const GUESTS: [&str; 6] = ["g1", "g2", "g3", "g4", "g5", "g6"];
+/// g1, g2: ring canary; g3–g7: ring broad. g4 uses rebootSetting Never, g5's preInstall hook
+/// fails, g6 is not started again after its reboot, g7's reboot command only restarts the agent.
+const GUESTS: [&str; 7] = ["g1", "g2", "g3", "g4", "g5", "g6", "g7"];
 const HOOK_LOG: &str = "/var/log/automend-hooks.log";
 const MINUTES: Duration = Duration::from_secs(240);
 
@@ -144,6 +146,12 @@ impl Drop for Repo {
 /// stand-in units for the services' daemons, apt pointed at the local repository only, and the
 /// old packages installed with dpkg.
 fn prepare(root: &Path, vm: &str, ns: &str, kubeconfig: &[u8], repo: &Repo) {
+    // g7: a wrong reboot command, which restarts the agent instead of the machine.
+    let reboot = if vm == "g7" {
+        "AUTOMEND_REBOOT_COMMAND=systemctl --no-block restart automend-agent.service\n"
+    } else {
+        ""
+    };
     let unit = std::fs::read_to_string(repo_file("dist/automend-agent.service")).expect("unit");
     put(root, "/etc/systemd/system/automend-agent.service", &unit);
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
@@ -158,7 +166,7 @@ fn prepare(root: &Path, vm: &str, ns: &str, kubeconfig: &[u8], repo: &Repo) {
         root,
         "/etc/automend/agent.env",
         &format!(
-            "AUTOMEND_VM={vm}\nAUTOMEND_NAMESPACE={ns}\nAUTOMEND_HEARTBEAT_INTERVAL=2s\nAUTOMEND_OBSERVE_INTERVAL=2s\nRUST_LOG=info,kube=warn\n"
+            "AUTOMEND_VM={vm}\nAUTOMEND_NAMESPACE={ns}\nAUTOMEND_HEARTBEAT_INTERVAL=2s\nAUTOMEND_OBSERVE_INTERVAL=2s\nRUST_LOG=info,kube=warn\n{reboot}"
         ),
     );
     // Stand-ins for the daemons the services manage (the real ones need the network or more
@@ -331,7 +339,7 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
         "",
     )
     .expect("g5's failing preInstall");
-    steps.done("six guests prepared (image copied, agent unit, kubeconfig, old packages)");
+    steps.done("seven guests prepared (image copied, agent unit, kubeconfig, old packages)");
     for vm in GUESTS {
         fleet.boot(vm, &[(agent.clone(), "/usr/local/bin/automend")]);
     }
@@ -339,7 +347,7 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
         GUESTS.iter().all(|g| fleet.guest(g).booted()).then_some(())
     })
     .await;
-    steps.done("six guests booted with systemd as PID 1");
+    steps.done("seven guests booted with systemd as PID 1");
 
     // Onboarding: Configured, with the services really applied under a live systemd.
     for vm in GUESTS {
@@ -381,7 +389,7 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
             "{vm}: the baseline's sysctl in the guest's /proc/sys"
         );
     }
-    steps.done("all six Configured: units active, sysctls applied in the guests' /proc/sys");
+    steps.done("all seven Configured: units active, sysctls applied in the guests' /proc/sys");
 
     // Drift by hand inside g1: the monitoring daemon stopped; remediated by the agent.
     let g1 = fleet.guest("g1");
@@ -421,7 +429,7 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
                     "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
                     "metadata": { "name": name },
                     "spec": { "order": order, "selector": { "matchLabels": { "automend.io/ring": name } },
-                              "deferral": "0s", "maxUnavailable": 4,
+                              "deferral": "0s", "maxUnavailable": 5,
                               "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "0s",
                                               "healthyFor": "15s", "rebootTimeout": "1m" } },
                 }))
@@ -510,13 +518,14 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
             .flat_map(|w| w.failed_members.clone())
             .collect::<Vec<_>>();
         (r.status.as_ref()?.phase == Some(RolloutPhase::Halted)
-            && failed.contains(&"g5".to_string())
-            && failed.contains(&"g6".to_string()))
+            && ["g5", "g6", "g7"]
+                .iter()
+                .all(|g| failed.contains(&g.to_string())))
         .then_some(r)
     })
     .await;
     assert_eq!(ring_phase(&halted, 1).as_deref(), Some("Halted"));
-    steps.done("ring broad: g5 preInstall failed, g6 never came back; halted");
+    steps.done("ring broad: g5 preInstall failed, g6 never came back, g7 did not reboot; halted");
     let g3 = fleet.guest("g3");
     assert_eq!(version(&fleet, "g3", "kernel-sim"), "1.1");
     assert_eq!(g3.boots.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -577,7 +586,30 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
         .expect("heartbeat");
     assert_eq!(hb.reason, "Rebooting", "{hb:?}");
     assert!(hb.message.starts_with("rebooting since"), "{}", hb.message);
-    steps.done("g3 rebooted, g4 reboot pending (Never), g5 untouched, g6 down");
+    // g7: its agent came back in the same boot; the marker told it so.
+    let g7 = env
+        .get("g7")
+        .await
+        .status
+        .and_then(|s| s.guest)
+        .and_then(|g| g.installation)
+        .expect("g7");
+    assert_eq!(g7.reason.as_deref(), Some("RebootFailed"), "{g7:?}");
+    assert!(
+        g7.error
+            .as_deref()
+            .is_some_and(|e| e.contains("boot marker survived")),
+        "{g7:?}"
+    );
+    assert!(g7.reboot_pending, "{g7:?}");
+    assert_eq!(
+        fleet
+            .guest("g7")
+            .boots
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    steps.done("g3 rebooted, g4 reboot pending (Never), g5 untouched, g6 down, g7 RebootFailed");
 
     drop(fleet);
     steps.done("guests stopped and removed");
