@@ -51,6 +51,17 @@ if [[ "${1:-}" == "down" ]]; then
   bash hack/cluster.sh down
   exit 0
 fi
+# --real-guests N: after the simulated fleet, an act with N booted Linux guests (systemd as PID 1
+# under systemd-nspawn, as root) patched with real reboots. Off by default: it needs root,
+# systemd-container and mmdebstrap, and builds a guest image the first time (about a minute).
+real_guests=0
+if [[ "${1:-}" == "--real-guests" ]]; then
+  real_guests="${2:-}"
+  if ! [[ "$real_guests" =~ ^[0-9]+$ ]] || (( real_guests < 1 || real_guests > 20 )); then
+    echo "usage: hack/demo.sh [--real-guests N (1 to 20)] | down" >&2
+    exit 2
+  fi
+fi
 
 step "checking what the demo needs (openssl, curl, python3, jq, setsid; Go and Rust)"
 bash hack/deps.sh install demo
@@ -228,6 +239,13 @@ sleep 3
 kubectl automend -n demo plan release-oob | head -12
 watch_rollout release-oob 600 'Halted|Succeeded'
 kubectl automend -n demo status
+
+if (( real_guests > 0 )); then
+  step "real guests: $real_guests Debian machines booted with systemd, the agent as a systemd unit, patched with real reboots (on a control plane of their own; printed as it goes)"
+  bash hack/deps.sh install test
+  AUTOMEND_REAL_GUESTS=$real_guests cargo test --locked --test e2e_guests demo_real_guests -- \
+    --ignored --exact --nocapture 2>&1 | grep --line-buffered -E '^\[(real|booted) guests\]|test result|panicked'
+fi
 
 step_done
 printf '\nThe demo took %ss.\n' $((SECONDS - demo_start))

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -247,26 +248,9 @@ impl Steps {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
-    let mut steps = Steps::new();
-    let (image, took) = root_image();
-    steps.done(&format!(
-        "guest root image ready (built or cached in {:.1}s)",
-        took.as_secs_f64()
-    ));
-    let env = Env::new("booted").await;
-    let ns = env.ns.name.clone();
-    let c = cluster();
-    let api_port: u16 = std::fs::read_to_string(&c.kubeconfig)
-        .expect("kubeconfig")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("the API server's port");
-
-    // The repository: kernel-sim 1.1 in the security pocket writes /run/reboot-required (as a
-    // kernel does); libfoo 1.1 needs no reboot.
+/// The repository: kernel-sim 1.1 in the security pocket writes /run/reboot-required (as a kernel
+/// does); libfoo 1.1 needs no reboot. Guests start with both at 1.0.
+fn release_repo() -> Repo {
     let repo = Repo::new();
     repo.build("kernel-sim", "1.0", "stable", None);
     repo.build("libfoo", "1.0", "stable", None);
@@ -278,73 +262,165 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
     );
     repo.build("libfoo", "1.1", "stable-security", None);
     repo.index();
+    repo
+}
 
+/// A Production profile (antimalware off: its daemon would need the network) with hooks that
+/// append to `HOOK_LOG`; the preInstall hook fails where /etc/automend/fail-preinstall exists.
+fn profile_spec(reboot: &str) -> serde_json::Value {
     let hooks = json!({
         "preInstall": { "command": format!("if [ -e /etc/automend/fail-preinstall ]; then echo 'drain refused by the load balancer' >&2; exit 3; fi; echo \"preInstall $AUTOMEND_ROLLOUT wave=$AUTOMEND_WAVE $AUTOMEND_PACKAGES\" >> {HOOK_LOG}"), "timeout": "1m" },
         "preReboot": { "command": format!("echo \"preReboot reboot=$AUTOMEND_REBOOT\" >> {HOOK_LOG}") },
         "postInstall": { "command": format!("echo \"postInstall reboot=$AUTOMEND_REBOOT\" >> {HOOK_LOG}") },
     });
-    let prefs = |reboot: &str| {
-        json!({ "environment": "Production",
-                "preferences": {
-                    "antimalware": { "enabled": false },
-                    "updateManagement": { "rebootSetting": reboot, "hooks": hooks } } })
-    };
-    let profile = env.profile("booted", prefs("IfRequired")).await;
-    let never = env.profile("never", prefs("Never")).await;
-    let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
-    for (i, vm) in GUESTS.iter().enumerate() {
-        let ring = if i < 2 { "canary" } else { "broad" };
-        let p = if *vm == "g4" { &never } else { &profile };
-        env.vms
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
-                    "metadata": { "name": vm, "labels": { "automend.io/ring": ring } },
-                    "spec": {
-                        "management": { "enabled": true, "profile": p },
-                        "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
-                        "placement": { "region": "westeurope", "zone": "1" },
-                        "patchSettings": { "patchMode": "AutomaticByPlatform" },
-                    },
-                }))
-                .expect("vm"),
-            )
-            .await
-            .expect("creating the VM");
-    }
+    json!({ "environment": "Production",
+            "preferences": {
+                "antimalware": { "enabled": false },
+                "updateManagement": { "rebootSetting": reboot, "hooks": hooks } } })
+}
 
-    // The guests: one copy of the image each, the agent installed as a user would, booted.
-    let mut fleet = Fleet::new("booted");
+async fn create_vm(env: &Env, vm: &str, ring: &str, profile: &str) {
+    env.vms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+                "metadata": { "name": vm, "labels": { "automend.io/ring": ring } },
+                "spec": {
+                    "management": { "enabled": true, "profile": profile },
+                    "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                    "placement": { "region": "westeurope", "zone": "1" },
+                    "patchSettings": { "patchMode": "AutomaticByPlatform" },
+                },
+            }))
+            .expect("vm"),
+        )
+        .await
+        .expect("creating the VM");
+}
+
+async fn create_ring(
+    env: &Env,
+    name: &str,
+    order: i32,
+    max_failed: i32,
+    max_unavailable: serde_json::Value,
+) {
+    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &env.ns.name);
+    rings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+                "metadata": { "name": name },
+                "spec": { "order": order, "selector": { "matchLabels": { "automend.io/ring": name } },
+                          "deferral": "0s", "maxUnavailable": max_unavailable,
+                          "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "0s",
+                                          "healthyFor": "15s", "rebootTimeout": "1m" } },
+            }))
+            .expect("ring"),
+        )
+        .await
+        .expect("creating the ring");
+}
+
+async fn create_rollout(env: &Env, name: &str) -> Api<PatchRollout> {
+    let rollouts: Api<PatchRollout> = Api::namespaced(env.client.clone(), &env.ns.name);
+    rollouts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+                "metadata": { "name": name },
+                "spec": { "releaseTime": jiff::Timestamp::now().to_string() },
+            }))
+            .expect("rollout"),
+        )
+        .await
+        .expect("creating the rollout");
+    rollouts
+}
+
+/// One guest per VM (whose identity the controller creates), prepared and booted; `extra` adds
+/// to a guest's root before it boots.
+async fn boot_fleet(
+    env: &Env,
+    names: &[String],
+    image: &Path,
+    repo: &Repo,
+    extra: impl Fn(&str, &Path),
+) -> Fleet {
+    let c = cluster();
+    let api_port: u16 = std::fs::read_to_string(&c.kubeconfig)
+        .expect("kubeconfig")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the API server's port");
+    let mut fleet = Fleet::new(&env.ns.name);
     fleet.forward(api_port);
     fleet.forward(repo.port);
     let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_automend"));
-    for vm in GUESTS {
+    for vm in names {
         let kubeconfig = wait_for("a guest kubeconfig", LONG, || async {
             let out = Command::new(&agent)
-                .args(["guest-kubeconfig", vm, "-n", &ns, "--duration", "2h"])
+                .args([
+                    "guest-kubeconfig",
+                    vm,
+                    "-n",
+                    &env.ns.name,
+                    "--duration",
+                    "2h",
+                ])
                 .env("KUBECONFIG", &c.kubeconfig)
                 .output()
                 .ok()?;
             out.status.success().then_some(out.stdout)
         })
         .await;
-        fleet.add(&image, vm, |root| {
-            prepare(root, vm, &ns, &kubeconfig, &repo)
+        fleet.add(image, vm, |root| {
+            prepare(root, vm, &env.ns.name, &kubeconfig, repo);
+            extra(vm, root);
         });
     }
-    std::fs::write(
-        fleet.guest("g5").root.join("etc/automend/fail-preinstall"),
-        "",
-    )
-    .expect("g5's failing preInstall");
-    steps.done("seven guests prepared (image copied, agent unit, kubeconfig, old packages)");
-    for vm in GUESTS {
+    for vm in names {
         fleet.boot(vm, &[(agent.clone(), "/usr/local/bin/automend")]);
     }
     wait_for("every guest booted (systemd running)", LONG, || async {
-        GUESTS.iter().all(|g| fleet.guest(g).booted()).then_some(())
+        names.iter().all(|g| fleet.guest(g).booted()).then_some(())
+    })
+    .await;
+    fleet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
+    let mut steps = Steps::new();
+    let (image, took) = root_image();
+    steps.done(&format!(
+        "guest root image ready (built or cached in {:.1}s)",
+        took.as_secs_f64()
+    ));
+    let env = Env::new("booted").await;
+    let ns = env.ns.name.clone();
+    let c = cluster();
+    let repo = release_repo();
+    let profile = env.profile("booted", profile_spec("IfRequired")).await;
+    let never = env.profile("never", profile_spec("Never")).await;
+    let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
+    for (i, vm) in GUESTS.iter().enumerate() {
+        let ring = if i < 2 { "canary" } else { "broad" };
+        let p = if *vm == "g4" { &never } else { &profile };
+        create_vm(&env, vm, ring, p).await;
+    }
+
+    // The guests: one copy of the image each, the agent installed as a user would, booted.
+    let names: Vec<String> = GUESTS.iter().map(|g| g.to_string()).collect();
+    let fleet = boot_fleet(&env, &names, &image, &repo, |vm, root| {
+        if vm == "g5" {
+            std::fs::write(root.join("etc/automend/fail-preinstall"), "")
+                .expect("g5's failing preInstall");
+        }
     })
     .await;
     steps.done("seven guests booted with systemd as PID 1");
@@ -420,37 +496,9 @@ async fn booted_guests_onboard_drift_and_patch_with_hooks_and_real_reboots() {
     fleet.guests[5]
         .restart
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &ns);
-    for (name, order, max_failed) in [("canary", 0, 0), ("broad", 1, 10)] {
-        rings
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
-                    "metadata": { "name": name },
-                    "spec": { "order": order, "selector": { "matchLabels": { "automend.io/ring": name } },
-                              "deferral": "0s", "maxUnavailable": 5,
-                              "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "0s",
-                                              "healthyFor": "15s", "rebootTimeout": "1m" } },
-                }))
-                .expect("ring"),
-            )
-            .await
-            .expect("creating the ring");
-    }
-    let rollouts: Api<PatchRollout> = Api::namespaced(env.client.clone(), &ns);
-    rollouts
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
-                "metadata": { "name": "release-booted" },
-                "spec": { "releaseTime": jiff::Timestamp::now().to_string() },
-            }))
-            .expect("rollout"),
-        )
-        .await
-        .expect("creating the rollout");
+    create_ring(&env, "canary", 0, 0, json!(4)).await;
+    create_ring(&env, "broad", 1, 10, json!(5)).await;
+    let rollouts = create_rollout(&env, "release-booted").await;
 
     // Canary: installed, hooks in order, rebooted for real, Succeeded only after it came back
     // and stayed healthy.
@@ -623,4 +671,101 @@ async fn wait_for_phase(env: &Env, vm: &str, phase: VmPhase) -> automend::api::V
         (v.status.as_ref().and_then(|s| s.phase) == Some(phase)).then_some(v)
     })
     .await
+}
+
+/// The demo's real-guest act (`hack/demo.sh --real-guests N`): N booted guests (default 3,
+/// `AUTOMEND_REAL_GUESTS`) onboard and are patched in one ring with real reboots, printed as it
+/// goes. Ignored by `cargo test`; the suite above asserts the same path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the demo's act; run by hack/demo.sh --real-guests N"]
+async fn demo_real_guests() {
+    let n: usize = std::env::var("AUTOMEND_REAL_GUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=20).contains(n))
+        .unwrap_or(3);
+    let mut steps = Steps::new();
+    let (image, took) = root_image();
+    steps.done(&format!(
+        "a Debian 12 root from Debian's packages (mmdebstrap; built or cached in {:.1}s)",
+        took.as_secs_f64()
+    ));
+    let env = Env::new("real").await;
+    let repo = release_repo();
+    let profile = env.profile("real", profile_spec("IfRequired")).await;
+    let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
+    let names: Vec<String> = (1..=n).map(|i| format!("vm-{i}")).collect();
+    for vm in &names {
+        create_vm(&env, vm, "real", &profile).await;
+    }
+    let fleet = boot_fleet(&env, &names, &image, &repo, |_, _| {}).await;
+    steps.done(&format!(
+        "{n} guests booted with systemd as PID 1 (systemd-nspawn), automend-agent.service enabled"
+    ));
+    for vm in &names {
+        wait_for_phase(&env, vm, VmPhase::Configured).await;
+    }
+    steps.done("every guest onboarded: Configured, its services applied by the agent");
+    create_ring(&env, "real", 0, 0, json!("50%")).await;
+    let rollouts = create_rollout(&env, "release-real").await;
+    steps.done("ring `real` and PatchRollout release-real created (kernel-sim 1.1 needs a reboot)");
+    let seen: std::sync::Mutex<BTreeMap<String, String>> = Default::default();
+    let done = wait_for("the rollout to finish", MINUTES, || async {
+        for vm in &names {
+            let g = fleet.guest(vm);
+            let i = env
+                .get(vm)
+                .await
+                .status
+                .and_then(|s| s.guest)
+                .and_then(|g| g.installation);
+            let now = match i {
+                None => "waiting".to_string(),
+                Some(i) if i.status == OperationStatus::InProgress => "rebooting".to_string(),
+                Some(i) => format!(
+                    "{:?}{} (boots: {})",
+                    i.status,
+                    if i.rebooted_at.is_some() {
+                        ", back from its reboot"
+                    } else {
+                        ""
+                    },
+                    g.boots.load(std::sync::atomic::Ordering::SeqCst)
+                ),
+            };
+            let mut seen = seen.lock().expect("lock");
+            if seen.get(vm) != Some(&now) {
+                eprintln!("[real guests]   {vm}: {now}");
+                seen.insert(vm.clone(), now);
+            }
+        }
+        let r = rollouts.get("release-real").await.ok()?;
+        matches!(
+            r.status.as_ref().and_then(|s| s.phase),
+            Some(RolloutPhase::Succeeded | RolloutPhase::Halted)
+        )
+        .then_some(r)
+    })
+    .await;
+    steps.done(&format!(
+        "rollout release-real {:?}",
+        done.status.and_then(|s| s.phase)
+    ));
+    for vm in &names {
+        let g = fleet.guest(vm);
+        eprintln!(
+            "[real guests]   {vm}: kernel-sim {}, libfoo {}, booted {} times; hooks: {}",
+            version(&fleet, vm, "kernel-sim"),
+            version(&fleet, vm, "libfoo"),
+            g.boots.load(std::sync::atomic::Ordering::SeqCst),
+            g.read(HOOK_LOG)
+                .lines()
+                .filter_map(|l| l.split(' ').next())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        );
+    }
+    drop(fleet);
+    steps.done("guests stopped and removed");
+    env.finish(ctl).await;
 }
