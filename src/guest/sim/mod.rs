@@ -18,29 +18,22 @@
 //!   machine down for `--reboot-time`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
-use kube::core::DeserializeGuard;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{Backend, Guest, Timing};
+use super::Backend;
 
+mod fleet;
 mod lifecycle;
 use crate::api::{
     AvailablePackage, Classification, EffectiveConfiguration, GuestOs, PinnedPackage,
-    ServiceObservation, VirtualMachine,
+    ServiceObservation,
 };
-use crate::identity;
 use crate::logic::resolve::SERVICE_NAMES;
+pub use fleet::{SimSettings, guest_client, request_token, run};
 pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
 
 /// The simulator's fleet watch is re-established after this much silence.
@@ -453,211 +446,6 @@ impl Backend for SimBackend {
         self.lifecycle.reboot();
         self.bump(|s| s.reboots += 1);
         Ok(())
-    }
-}
-
-/// Settings of a simulated fleet.
-#[derive(Clone, Debug, clap::Args)]
-pub struct SimSettings {
-    /// Namespace whose VirtualMachines are simulated.
-    #[arg(long, short = 'n', default_value = "default")]
-    pub namespace: String,
-    /// Only VMs matching this label selector.
-    #[arg(long, short = 'l')]
-    pub selector: Option<String>,
-    /// How often each guest renews its heartbeat Lease.
-    #[arg(long, default_value = "10s", value_parser = crate::logic::duration::parse)]
-    pub heartbeat_interval: Duration,
-    /// How often each guest re-observes its machine.
-    #[arg(long, default_value = "5s", value_parser = crate::logic::duration::parse)]
-    pub observe_interval: Duration,
-    /// Lifetime of each guest's token (renewed before it ends).
-    #[arg(long, default_value = "1h", value_parser = crate::logic::duration::parse)]
-    pub token_ttl: Duration,
-    /// How long a simulated reboot keeps a machine down (no heartbeat, no reports).
-    #[arg(long, default_value = "5s", value_parser = crate::logic::duration::parse)]
-    pub reboot_time: Duration,
-    #[command(flatten)]
-    pub clock: crate::clock::ClockArgs,
-}
-
-/// A client that acts as the VM's guest ServiceAccount, with a fresh TokenRequest token.
-pub async fn guest_client(
-    admin: &Client,
-    base: &kube::Config,
-    namespace: &str,
-    vm: &str,
-    ttl: Duration,
-) -> Result<Client, kube::Error> {
-    let token = request_token(admin, namespace, vm, ttl).await?;
-    let mut config = base.clone();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(secrecy::SecretString::from(token)),
-        ..Default::default()
-    };
-    config.default_namespace = namespace.into();
-    crate::kubeclient::client_for(config).map_err(|e| kube::Error::Service(e.into()))
-}
-
-/// A TokenRequest for the VM's guest ServiceAccount.
-pub async fn request_token(
-    admin: &Client,
-    namespace: &str,
-    vm: &str,
-    ttl: Duration,
-) -> Result<String, kube::Error> {
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(ttl.as_secs().max(600) as i64),
-            bound_object_ref: None,
-        },
-        ..Default::default()
-    };
-    let resp = sas
-        .create_token_request(&identity::guest_name(vm), &PostParams::default(), &tr)
-        .await?;
-    Ok(resp.status.map(|s| s.token).unwrap_or_default())
-}
-
-/// Play every VM of the namespace until `stop` resolves.
-pub async fn run(
-    admin: Client,
-    base: kube::Config,
-    settings: SimSettings,
-    stats: Stats,
-    stop: impl Future<Output = ()>,
-) {
-    // Object by object: an unreadable VM is skipped, never a broken watch of the namespace.
-    let api: Api<DeserializeGuard<VirtualMachine>> =
-        Api::namespaced(admin.clone(), &settings.namespace);
-    let config = match &settings.selector {
-        Some(s) => crate::watch::config().labels(s),
-        None => crate::watch::config(),
-    };
-    let probe = crate::watch::Probe::detached("sim/virtualmachines", GUEST_WATCH_IDLE);
-    let mut events = std::pin::pin!(crate::watch::supervised(api, config, probe));
-    let mut guests: HashMap<String, tokio::sync::oneshot::Sender<()>> = HashMap::new();
-    let mut stop = std::pin::pin!(stop);
-    info!(namespace = %settings.namespace, "simulating the namespace's VirtualMachines");
-    loop {
-        let event = tokio::select! {
-            _ = &mut stop => break,
-            e = events.next() => e,
-        };
-        let guarded = match event {
-            Some(Ok(watcher::Event::Apply(vm) | watcher::Event::InitApply(vm))) => vm,
-            Some(Ok(watcher::Event::Delete(vm))) => {
-                if let Some(tx) = guests.remove(&vm.name_any()) {
-                    let _ = tx.send(());
-                }
-                continue;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                warn!(error = %e, "watching VirtualMachines");
-                continue;
-            }
-            None => break,
-        };
-        let vms: Vec<VirtualMachine> = match guarded.0 {
-            Ok(vm) => vec![vm],
-            Err(e) => {
-                warn!(vm = ?e.metadata.name, error = %e.error, "an unreadable VirtualMachine is not simulated");
-                continue;
-            }
-        };
-        for vm in vms {
-            let name = vm.name_any();
-            if guests.contains_key(&name) {
-                continue;
-            }
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            guests.insert(name.clone(), tx);
-            let linux = vm.spec.os.os_type == crate::api::OsType::Linux;
-            tokio::spawn(play(
-                admin.clone(),
-                base.clone(),
-                settings.clone(),
-                name,
-                linux,
-                stats.clone(),
-                rx,
-            ));
-        }
-    }
-    for (_, tx) in guests.drain() {
-        let _ = tx.send(());
-    }
-    info!("simulator stopped");
-}
-
-async fn play(
-    admin: Client,
-    base: kube::Config,
-    settings: SimSettings,
-    name: String,
-    linux: bool,
-    stats: Stats,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let stop = futures::FutureExt::shared(async move {
-        let _ = stop.await;
-    });
-    let clock = match crate::clock::Clock::from_args(&settings.clock) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(vm = %name, error = %e, "bad clock settings; using real time");
-            crate::clock::Clock::real()
-        }
-    };
-    let timing = Timing {
-        heartbeat: settings.heartbeat_interval,
-        observe: settings.observe_interval,
-        clock,
-    };
-    let mut backend =
-        Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
-    loop {
-        // The controller creates the guest identity; wait for it.
-        let client = loop {
-            match guest_client(
-                &admin,
-                &base,
-                &settings.namespace,
-                &name,
-                settings.token_ttl,
-            )
-            .await
-            {
-                Ok(c) => break c,
-                Err(e) => {
-                    debug!(vm = %name, error = %e, "waiting for the guest identity");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.clone() => return,
-                    }
-                }
-            }
-        };
-        let Some(b) = backend.take() else { return };
-        let guest = Guest::new(client, &settings.namespace, &name, b, timing.clone());
-        // Run until the token is close to expiring, then carry the machine over to a fresh token.
-        let renew_at = settings
-            .token_ttl
-            .max(Duration::from_secs(600))
-            .mul_f64(0.8);
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let runner = guest.run(async move {
-            let _ = done_rx.await;
-        });
-        let mut runner = std::pin::pin!(runner);
-        tokio::select! {
-            _ = &mut runner => return,
-            _ = stop.clone() => { let _ = done_tx.send(()); let _ = runner.await; return; }
-            _ = tokio::time::sleep(renew_at) => { let _ = done_tx.send(()); backend = Some(runner.await); }
-        }
     }
 }
 
