@@ -51,6 +51,12 @@ fn kubectl_explain_shows_our_documentation() {
             "from 7 to 3650",
         ),
         ("updatering.spec.share", "stable hash"),
+        (
+            "configurationprofile.spec.preferences.updateManagement.hooks",
+            "AUTOMEND_PACKAGES",
+        ),
+        ("updatering.spec.healthGate.rebootTimeout", "RebootTimeout"),
+        ("updatering.spec.hooks.preInstall.timeout", "from 1s to 6h"),
         ("patchrollout.spec.releaseTime", "Cannot change"),
     ];
     for (path, want) in cases {

@@ -134,7 +134,15 @@ pub struct UpdateManagementPreferences {
     /// Install hotpatch-eligible fixes without a reboot on images that support hotpatching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hotpatch: Option<bool>,
-    /// Commands the guest runs around each installation (an UpdateRing may override each).
+    /// Commands the guest agent runs around each installation (an UpdateRing may override each):
+    /// preInstall, preReboot (only when a reboot follows) and postInstall (after the reboot, if
+    /// any). Each runs with `/bin/sh -c` as root, killed at its timeout, with the environment
+    /// AUTOMEND_HOOK (the hook's name), AUTOMEND_ROLLOUT, AUTOMEND_WAVE, AUTOMEND_ROLLBACK
+    /// (true/false), AUTOMEND_PACKAGES ("name=version" separated by spaces) and AUTOMEND_REBOOT
+    /// (true when a reboot follows, or for postInstall happened). A failing preInstall skips the
+    /// install (reason PreInstallHookFailed); a failing preReboot leaves the reboot pending and
+    /// fails the VM (PreRebootHookFailed); a failing postInstall fails the VM
+    /// (PostInstallHookFailed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
 }

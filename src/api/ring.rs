@@ -79,8 +79,10 @@ pub struct UpdateRingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
 
-    /// Patch hooks for the ring's VMs: each hook set here replaces the profile's hook of the
-    /// same name (see the profile's updateManagement.hooks).
+    /// Patch hooks for the ring's VMs: each hook set here (preInstall, preReboot, postInstall)
+    /// replaces the profile's hook of the same name; `kubectl explain
+    /// configurationprofile.spec.preferences.updateManagement.hooks` describes them and their
+    /// environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
 }
