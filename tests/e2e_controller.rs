@@ -60,6 +60,14 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
         1,
         "{events:?}"
     );
+    // Once per transition: no VM's Onboarded Event is a series (published twice).
+    for vm in ["web-1", "web-2", "web-3", "build-1"] {
+        let counts = env.event_counts(vm).await;
+        assert!(
+            counts.iter().all(|(r, n)| r != "Onboarded" || *n == 1),
+            "{vm}: {counts:?}"
+        );
+    }
 
     // Steady state (once every VM's first assessment is reported, which writes its
     // availablePatchSummary): guests renew their Leases every second, yet nothing is written and

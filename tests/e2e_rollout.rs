@@ -609,13 +609,18 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     );
 
     // Events, ring status, metrics.
-    let reasons: Vec<String> = r
-        .env
-        .event_notes("monthly")
-        .await
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let notes = r.env.event_notes("monthly").await;
+    let reasons: Vec<String> = notes.iter().map(|e| e.0.clone()).collect();
+    // One Event per ring that started, each with its own note (not the first ring's note
+    // repeated as a series).
+    for ring in ["test", "first", "fast", "broad"] {
+        assert!(
+            notes
+                .iter()
+                .any(|(r, n)| r == "RingStarted" && n.starts_with(&format!("ring {ring} started"))),
+            "RingStarted for {ring} in {notes:?}"
+        );
+    }
     for want in [
         "ManifestFrozen",
         "RingStarted",
@@ -755,7 +760,10 @@ async fn halt_rollback_pause_resume_and_expedite() {
     assert!(status.contains("Halted: ring first"), "{status}");
     let why = r.plugin(&["why", &failed[0], "--rollout", "bad"]);
     assert!(why.contains("ring:         first"), "{why}");
-    assert!(why.contains("verdict:      rolled back"), "{why}");
+    assert!(
+        why.contains("verdict:      failed, then rolled back"),
+        "{why}"
+    );
     let why_fast = r.plugin(&["why", "fast-0", "--rollout", "bad"]);
     assert!(
         why_fast.contains("waiting: ring fast waits for the previous ring"),

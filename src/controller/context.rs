@@ -1,8 +1,8 @@
 //! What every reconcile of every controller shares: the context, the one error type, and the
 //! namespaced-or-cluster API helper.
 
+use super::events::Recorder;
 use kube::api::Api;
-use kube::runtime::events::Recorder;
 use kube::{Client, Resource};
 
 use super::Settings;

@@ -5,6 +5,7 @@
 //! and `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
 
 mod context;
+mod events;
 mod http;
 pub mod metrics;
 mod profile;
@@ -21,7 +22,7 @@ use anyhow::Context as _;
 use futures::FutureExt;
 use kube::Client;
 use kube::discovery::ApiGroup;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
@@ -156,7 +157,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let me = identity(&settings);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+        recorder: events::Recorder::new(
             client.clone(),
             Reporter {
                 controller: crate::identity::CONTROLLER_MANAGER.into(),

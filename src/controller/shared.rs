@@ -15,6 +15,65 @@ use super::context::Error;
 use crate::api::{ConfigurationProfile, VirtualMachine};
 use crate::logic::vm::heartbeat::{self, Observed};
 
+/// What the VM controller last wrote to each VM's status, with the resourceVersion of the copy
+/// it decided from: a reconcile that finds the cache still at that version (the watch has not
+/// delivered the write yet) decides from the write instead, so a transition is never decided —
+/// and announced — twice.
+#[derive(Clone, Default)]
+pub struct Written(Arc<Mutex<HashMap<VmKey, (String, crate::api::VirtualMachineStatus)>>>);
+
+/// (namespace, name) of a VirtualMachine.
+type VmKey = (String, String);
+
+impl Written {
+    /// The status to decide from: the cached one, or the last write laid over it when the cache
+    /// is still at the version that write was decided from.
+    pub fn status_for(
+        &self,
+        ns: &str,
+        name: &str,
+        cached_version: Option<&str>,
+        cached: Option<&crate::api::VirtualMachineStatus>,
+    ) -> Option<crate::api::VirtualMachineStatus> {
+        let Ok(mut w) = self.0.lock() else {
+            return cached.cloned();
+        };
+        let key = (ns.to_string(), name.to_string());
+        match w.get(&key) {
+            Some((v, part)) if Some(v.as_str()) == cached_version => Some(
+                crate::logic::vm::with_controller_part(&cached.cloned().unwrap_or_default(), part),
+            ),
+            Some(_) => {
+                // The cache has moved on: it holds the write (or newer).
+                w.remove(&key);
+                cached.cloned()
+            }
+            None => cached.cloned(),
+        }
+    }
+
+    pub fn wrote(
+        &self,
+        ns: &str,
+        name: &str,
+        decided_from: Option<&str>,
+        part: &crate::api::VirtualMachineStatus,
+    ) {
+        if let (Ok(mut w), Some(v)) = (self.0.lock(), decided_from) {
+            w.insert(
+                (ns.to_string(), name.to_string()),
+                (v.to_string(), part.clone()),
+            );
+        }
+    }
+
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+}
+
 /// The controller's own record of every guest's last heartbeat, fed by the Lease watch (see
 /// `logic::vm::heartbeat`: renewals are timed with the controller's clock, not the guest's).
 #[derive(Clone, Default)]
@@ -67,6 +126,8 @@ pub struct Shared {
     pub roles: Store<PartialObjectMeta<Role>>,
     pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
     pub heartbeats: Heartbeats,
+    /// The controller's last status write per VM, until its cache shows it (see `Written`).
+    pub written: Written,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
     /// The namespace of every VM change the VM watch sees (for the rollout controller).
@@ -107,6 +168,7 @@ impl Shared {
             roles,
             role_bindings,
             heartbeats: Heartbeats::default(),
+            written: Written::default(),
             writers: Arc::new(Mutex::new(Some(Writers {
                 vms: vw,
                 profiles: pw,

@@ -185,6 +185,11 @@ fn verdict(out: &Outcome, i: usize) -> String {
         }
         VmState::Succeeded => "patched and proven healthy".into(),
         VmState::Failed(r) => format!("failed: {r}"),
-        VmState::RolledBack => "rolled back to the versions recorded before the install".into(),
+        VmState::RolledBack { failed: true } => {
+            "failed, then rolled back to the versions recorded before the install".into()
+        }
+        VmState::RolledBack { failed: false } => {
+            "rolled back with its wave to the versions recorded before the install (it had not failed)".into()
+        }
     }
 }

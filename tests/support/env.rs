@@ -175,6 +175,25 @@ impl Env {
             .collect()
     }
 
+    /// (reason, how often it was published: 1, or its series count) of an object's Events.
+    pub async fn event_counts(&self, name: &str) -> Vec<(String, i32)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.series.map_or(1, |s| s.count),
+                )
+            })
+            .collect()
+    }
+
     pub fn applies(&self, name: &str) -> u64 {
         self.stats
             .lock()

@@ -190,7 +190,10 @@ async fn reconcile(
             let result = finalizer(&api, FINALIZER, vm, |event| async {
                 match event {
                     Finalizer::Apply(vm) => apply(vm, ctx, shared).await,
-                    Finalizer::Cleanup(vm) => cleanup(vm, ctx).await,
+                    Finalizer::Cleanup(vm) => {
+                        shared.written.forget(&ns, &vm.name_any());
+                        cleanup(vm, ctx).await
+                    }
                 }
             })
             .await;
@@ -317,11 +320,15 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     let lease = shared
         .leases
         .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns));
+    let version = vm.resource_version();
+    let status = shared
+        .written
+        .status_for(&ns, &name, version.as_deref(), vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
         generation: vm.metadata.generation,
         spec: &vm.spec,
-        status: vm.status.as_ref(),
+        status: status.as_ref(),
         profile,
         image_problems,
         heartbeat: decide::heartbeat::judge(
@@ -335,14 +342,16 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         assess_request: vm.annotations().get(decide::ASSESS_ANNOTATION).cloned(),
         clock: ctx.clock,
     });
-    let current = vm
-        .status
+    let current = status
         .as_ref()
         .map(decide::controller_part)
         .unwrap_or_default();
     if outcome.status != current {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
         crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await?;
+        shared
+            .written
+            .wrote(&ns, &name, version.as_deref(), &outcome.status);
         ctx.metrics
             .status_writes
             .get_or_create(&Metrics::label("virtualmachine"))

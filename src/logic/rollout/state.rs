@@ -26,8 +26,11 @@ pub enum VmState {
     Patching,
     Succeeded,
     Failed(String),
-    /// Returned to the versions recorded before the install.
-    RolledBack,
+    /// Returned to the versions recorded before the install; `failed`: it had failed (the
+    /// others of its wave are rolled back with it, healthy).
+    RolledBack {
+        failed: bool,
+    },
 }
 
 impl VmState {
@@ -38,7 +41,7 @@ impl VmState {
             VmState::UpToDate | VmState::Succeeded => State::Succeeded,
             VmState::Waiting(_) => State::Waiting,
             VmState::Patching => State::Patching,
-            VmState::Failed(_) | VmState::RolledBack => State::Failed,
+            VmState::Failed(_) | VmState::RolledBack { .. } => State::Failed,
         }
     }
 
@@ -52,7 +55,10 @@ impl VmState {
     }
 
     pub fn is_failed(&self) -> bool {
-        matches!(self, VmState::Failed(_) | VmState::RolledBack)
+        matches!(
+            self,
+            VmState::Failed(_) | VmState::RolledBack { failed: true }
+        )
     }
 }
 
@@ -99,7 +105,9 @@ fn of(
     let mine = vm.directive.filter(|d| d.rollout == input.name);
     if let Some(d) = mine {
         if d.rollback {
-            return VmState::RolledBack;
+            return VmState::RolledBack {
+                failed: run.failed_before.contains(vm.name),
+            };
         }
         let now = from_result(run, vm, d, wake);
         if run.failed_before.contains(vm.name) {

@@ -134,6 +134,30 @@ pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
     s
 }
 
+/// `status` with the controller's part replaced by `part` (what the controller last wrote, when
+/// its cache has not caught up yet): the guest's report and the rollout controller's fields stay.
+pub fn with_controller_part(
+    status: &VirtualMachineStatus,
+    part: &VirtualMachineStatus,
+) -> VirtualMachineStatus {
+    let mut s = part.clone();
+    s.guest = status.guest.clone();
+    let installation = status.desired.as_ref().and_then(|d| d.installation.clone());
+    if let Some(d) = s.desired.as_mut() {
+        d.installation = installation;
+    }
+    let summary = status
+        .patch_status
+        .as_ref()
+        .and_then(|p| p.last_patch_installation_summary.clone());
+    if summary.is_some() {
+        s.patch_status
+            .get_or_insert_with(Default::default)
+            .last_patch_installation_summary = summary;
+    }
+    s
+}
+
 /// Decide the VM's phase, conditions, desired state, assessment directive, patch status and Events.
 pub fn decide(input: Inputs<'_>) -> Outcome {
     let managed = input.spec.management.enabled;

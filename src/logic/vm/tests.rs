@@ -666,3 +666,30 @@ fn a_vm_rebooting_for_an_install_says_so_while_its_heartbeat_is_gone() {
     assert!(o.events.iter().any(|e| e.reason == "Rebooting"));
     assert!(o.events.iter().all(|e| e.reason != "HeartbeatLost"));
 }
+
+#[test]
+fn a_stale_copy_decides_as_if_the_controllers_last_write_had_arrived() {
+    let s = spec();
+    let mut stale = run(&s, None, 0, true, RemediationMode::Auto).status;
+    guest_acts(&mut stale, &[]);
+    // The guest applied: this decision onboards the VM (and says so once).
+    let o = run(&s, Some(&stale), 1, true, RemediationMode::Auto);
+    let first: Vec<_> = o.events.iter().map(|e| e.reason).collect();
+    assert!(first.contains(&"Onboarded"), "{first:?}");
+    // The cache still holds `stale`; with the last write laid over it...
+    let seen = with_controller_part(&stale, &o.status);
+    assert_eq!(
+        controller_part(&seen),
+        o.status,
+        "the write, as the decision's input"
+    );
+    assert_eq!(seen.guest, stale.guest, "the guest's report is kept");
+    // ...deciding again publishes nothing twice.
+    let again = run(&s, Some(&seen), 2, true, RemediationMode::Auto);
+    for e in &again.events {
+        assert!(!first.contains(&e.reason), "{} published twice", e.reason);
+    }
+    // On the stale copy itself (the old code), the same transition is published again.
+    let stale_again = run(&s, Some(&stale), 2, true, RemediationMode::Auto);
+    assert!(stale_again.events.iter().any(|e| e.reason == "Onboarded"));
+}

@@ -109,3 +109,34 @@ fn a_guest_failure_reason_leads_the_failure() {
         "PreInstallHookFailed: the preInstall hook exited 3: drain refused"
     );
 }
+
+#[test]
+fn vms_rolled_back_with_their_wave_are_not_counted_as_failed() {
+    // Two VMs in one wave; one fails, the ring halts and the whole wave rolls back.
+    let mut w = one_ring(2, 10);
+    w.spec.rollback_on_failure = true;
+    for vm in w.vms.iter_mut() {
+        vm.placement.region = "east".into();
+        vm.placement.zone = Some("1".into());
+    }
+    w.step();
+    let started: Vec<usize> = (0..2).filter(|i| w.vms[*i].directive.is_some()).collect();
+    assert_eq!(started.len(), 2, "one wave of both");
+    w.vms[started[0]].healthy = false;
+    w.now = add(w.now, Duration::from_secs(60));
+    w.run_until(
+        add(w.now, Duration::from_secs(3 * 3600)),
+        Duration::from_secs(600),
+    );
+    assert_eq!(w.ring_phase(0), Some(RingPhase::RolledBack));
+    let st = w.status.clone().expect("status");
+    let wave = &st.rings[0].waves[0];
+    assert_eq!(wave.failed_members, vec![w.vms[started[0]].name.clone()]);
+    assert_eq!(
+        wave.failed, 1,
+        "the healthy VM rolled back with it did not fail"
+    );
+    assert_eq!(st.rings[0].failed, 1);
+    assert_eq!(state(&w, started[1]), VmState::RolledBack { failed: false });
+    assert_eq!(state(&w, started[0]), VmState::RolledBack { failed: true });
+}
