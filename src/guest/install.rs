@@ -190,10 +190,13 @@ pub fn hook_reason(hook: HookName) -> &'static str {
     }
 }
 
-/// Record a hook's run; a failure fails the record with the hook's reason, exit code and output.
+/// Record a hook's run; a failure fails the record with the hook's reason, exit code and output
+/// (an earlier failure's reason and error are kept: they say what went wrong first).
 pub fn hook_ran(record: &mut GuestInstallation, run: HookRun, at: Timestamp) -> bool {
     let ok = run.succeeded;
-    if !ok {
+    if !ok && (record.error.is_some() || record.reason.is_some()) {
+        record.status = OperationStatus::Failed;
+    } else if !ok {
         let code = run
             .exit_code
             .map_or_else(|| "did not finish".to_string(), |c| format!("exited {c}"));
@@ -463,6 +466,25 @@ mod tests {
             Some("the postInstall hook exited 3: app did not answer")
         );
         assert_eq!(r.hooks.len(), 2);
+        // A failure before (the packages) keeps its words.
+        let mut failed_install = started(&d, ts("2026-11-10T18:00:00Z"));
+        failed_install.error = Some("dpkg: error processing libssl".into());
+        let again = HookRun {
+            hook: HookName::PostInstall,
+            exit_code: Some(1),
+            succeeded: false,
+            output: "x".into(),
+        };
+        assert!(!hook_ran(
+            &mut failed_install,
+            again,
+            ts("2026-11-10T18:00:03Z")
+        ));
+        assert_eq!(
+            failed_install.error.as_deref(),
+            Some("dpkg: error processing libssl")
+        );
+        assert_eq!(failed_install.reason, None);
         let env = hook_env(HookName::PreReboot, &d, &[pkg("openssl", "3.0.2")], true);
         assert!(env.contains(&("AUTOMEND_PACKAGES".into(), "openssl=3.0.2".into())));
         assert!(env.contains(&("AUTOMEND_REBOOT".into(), "true".into())));
