@@ -255,6 +255,8 @@ async fn drift_is_remediated_and_failing_remediation_ends_failed() {
         ctl.metric("automend_remediated_total").await >= 1.0,
         "{metrics}"
     );
+    // Without leader election this process is the one that acts, and says so.
+    assert_eq!(ctl.metric("automend_leader").await, 1.0, "{metrics}");
     env.finish(ctl).await;
 }
 

@@ -134,7 +134,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let state = State::new(health.clone());
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
-    info!(addr = %settings.http_addr, leader_elect = settings.leader_elect, "serving /metrics, /healthz and /readyz");
+    // The address bound (with port 0 the system picks the port; say which).
+    let addr = listener.local_addr().unwrap_or(settings.http_addr);
+    info!(%addr, leader_elect = settings.leader_elect, "serving /metrics, /healthz and /readyz");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = {
         let mut rx = stop_rx.clone();
@@ -175,7 +177,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let result = if settings.leader_elect {
         lead(ctx.clone(), &me, stopped.clone()).await
     } else {
+        // Without an election this process is the one that acts.
+        ctx.metrics.leader.set(1);
         run_controllers(ctx.clone(), stopped.clone()).await;
+        ctx.metrics.leader.set(0);
         Ok(())
     };
     state.set_ready(false);
