@@ -404,7 +404,18 @@ fn track_deadline(
 ) {
     let now = run.input.now;
     let finished = matches!(phase, RingPhase::Succeeded | RingPhase::Baking);
-    let late = p.deadline.as_ref().is_some_and(|d| now > d.0 && !finished);
+    // A ring whose last wave completed by the deadline made it, whatever happens to it later
+    // (a rollback changes its phase, not when it finished).
+    let in_time = |d: &Time| {
+        p.completed_time
+            .as_ref()
+            .or(prev.completed_time.as_ref())
+            .is_some_and(|c| c.0 <= d.0)
+    };
+    let late = p
+        .deadline
+        .as_ref()
+        .is_some_and(|d| now > d.0 && !finished && !in_time(d));
     if late && !prev.deadline_missed {
         acc.events.push(EventSpec::warning(
             "RingDeadlineMissed",
@@ -422,5 +433,6 @@ fn track_deadline(
     if let Some(d) = p.deadline.as_ref().map(|d| d.0).filter(|d| now <= *d) {
         acc.wake.at(add(d, Duration::from_secs(1)));
     }
-    p.deadline_missed = late || (prev.deadline_missed && !finished);
+    // Sticky: a ring that finishes late still missed its deadline.
+    p.deadline_missed = late || prev.deadline_missed;
 }

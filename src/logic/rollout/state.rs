@@ -41,7 +41,10 @@ impl VmState {
             VmState::UpToDate | VmState::Succeeded => State::Succeeded,
             VmState::Waiting(_) => State::Waiting,
             VmState::Patching => State::Patching,
-            VmState::Failed(_) | VmState::RolledBack { .. } => State::Failed,
+            VmState::Failed(_) | VmState::RolledBack { failed: true } => State::Failed,
+            // Rolled back with its wave (or by hand) without having failed: not patched
+            // further, and no failure for the gate.
+            VmState::RolledBack { failed: false } => State::Skipped,
         }
     }
 

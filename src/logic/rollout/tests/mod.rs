@@ -3,6 +3,7 @@
 
 mod reboots;
 mod scenarios;
+mod signals;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
