@@ -8,7 +8,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::{Client, ResourceExt};
 
-use crate::api::{PatchRollout, RolloutPhase, UpdateRing, VirtualMachine};
+use crate::api::{PatchRollout, UpdateRing, VirtualMachine};
 use crate::clock::Clock;
 use crate::logic::rollout::Settings;
 
@@ -125,7 +125,8 @@ impl Cluster {
     }
 }
 
-/// The rollout to act on: the named one, else the single unfinished one.
+/// The rollout to act on: the named one, else the single unfinished one (Halted counts as finished,
+/// as for the controller: the next release may go), else the newest release.
 pub(super) fn pick(
     rollouts: &[Arc<PatchRollout>],
     name: Option<&str>,
@@ -139,17 +140,13 @@ pub(super) fn pick(
     }
     let unfinished: Vec<&Arc<PatchRollout>> = rollouts
         .iter()
-        .filter(|r| {
-            !matches!(
-                r.status.as_ref().and_then(|s| s.phase),
-                Some(RolloutPhase::Succeeded | RolloutPhase::RolledBack)
-            )
-        })
+        .filter(|r| !crate::logic::rollout::finished(r.status.as_ref().and_then(|s| s.phase)))
         .collect();
     match unfinished.as_slice() {
         [one] => Ok((*one).clone()),
         [] => rollouts
-            .last()
+            .iter()
+            .max_by_key(|r| (r.spec.release_time.0, r.name_any()))
             .cloned()
             .ok_or_else(|| anyhow!("no PatchRollouts in this namespace")),
         many => bail!(
@@ -159,5 +156,56 @@ pub(super) fn pick(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RolloutPhase;
+
+    fn rollout(name: &str, release: &str, phase: Option<RolloutPhase>) -> Arc<PatchRollout> {
+        let mut r: PatchRollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+            "metadata": { "name": name }, "spec": { "releaseTime": release },
+        }))
+        .expect("rollout");
+        r.status = Some(crate::api::PatchRolloutStatus {
+            phase,
+            ..Default::default()
+        });
+        Arc::new(r)
+    }
+
+    #[test]
+    fn a_halted_rollout_is_finished_for_the_plugin_as_for_the_controller() {
+        let halted = rollout(
+            "october",
+            "2026-10-13T17:00:00Z",
+            Some(RolloutPhase::Halted),
+        );
+        let running = rollout(
+            "november",
+            "2026-11-10T17:00:00Z",
+            Some(RolloutPhase::Progressing),
+        );
+        let all = vec![running.clone(), halted.clone()];
+        assert_eq!(pick(&all, None).expect("one").name_any(), "november");
+        // Nothing unfinished: the newest release, not the last listed.
+        let done = rollout(
+            "november",
+            "2026-11-10T17:00:00Z",
+            Some(RolloutPhase::Succeeded),
+        );
+        assert_eq!(
+            pick(&[done, halted.clone()], None)
+                .expect("newest")
+                .name_any(),
+            "november"
+        );
+        assert_eq!(
+            pick(&[halted], Some("october")).expect("named").name_any(),
+            "october"
+        );
     }
 }

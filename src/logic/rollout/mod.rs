@@ -42,7 +42,8 @@ use crate::logic::window::Window;
 
 pub use cadence::{due as cadence_due, release_name, release_rollout};
 pub use facts::{
-    Gathered, VmView, Written, blocked_by, decide_gathered, facts, gather, sorted_rings, views,
+    Gathered, VmView, Written, blocked_by, decide_gathered, facts, finished, gather, sorted_rings,
+    views,
 };
 pub use manifest::{freeze_manifest, packages_for};
 pub use ring::{max_failed, max_unavailable};
