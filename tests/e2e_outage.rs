@@ -75,7 +75,7 @@ async fn every_controller_reconciles_again_within_30s_of_an_api_server_restart()
     })
     .await;
     assert!(body.contains("is failing"), "{code} {body}");
-    let (_, body) = wait_for("/healthz to fail", Duration::from_secs(18), || async {
+    let (_, body) = wait_for("/healthz to fail", Duration::from_secs(28), || async {
         ctl.http_get("/healthz")
             .await
             .filter(|(code, _)| *code == 500)

@@ -58,6 +58,9 @@ where
             match tokio::time::timeout(probe.idle, inner.next()).await {
                 Ok(Some(item)) => {
                     match &item {
+                        // kube's watcher emits Init before it even asks the API server (and
+                        // again before every retried list): no sign of life.
+                        Ok(Event::Init) => {}
                         Ok(event) => probe.delivered(matches!(event, Event::InitDone)),
                         Err(error) => probe.failed(&error.to_string()),
                     }
@@ -122,6 +125,28 @@ mod tests {
         };
         assert_eq!(health.restarts.get_or_create(&label).get(), 1);
         assert_eq!(health.verdict().ready, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_lists_init_is_no_sign_of_life() {
+        // What kube's watcher yields while the API server is down: Err, then Init before the
+        // next list attempt, then Err again.
+        let health = Health::default();
+        let mut stream = std::pin::pin!(supervise(
+            || {
+                futures::stream::iter([
+                    Err::<Event<u32>, _>("connection refused".to_string()),
+                    Ok(Event::Init),
+                ])
+                .chain(futures::stream::pending())
+                .boxed()
+            },
+            health.probe("leases"),
+        ));
+        assert!(matches!(stream.next().await, Some(Err(_))));
+        assert!(matches!(stream.next().await, Some(Ok(Event::Init))));
+        let why = health.verdict().ready.unwrap_err();
+        assert!(why.contains("leases is failing"), "{why}");
     }
 
     #[tokio::test(start_paused = true)]
