@@ -132,10 +132,6 @@ impl Health {
         }
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// A probe for the watch `name`, recorded from now on.
     pub fn probe(&self, name: &'static str) -> Probe {
         self.update(name, |_| {});

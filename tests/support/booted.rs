@@ -11,11 +11,11 @@ use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::repo;
+use super::{repo, run_checked as sh};
 
 /// The packages of the guest image (besides minbase).
 const PACKAGES: &str = "systemd,systemd-sysv,dbus,apt,procps,iproute2";
@@ -26,18 +26,6 @@ fn cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/automend")))
         .unwrap_or_else(|| PathBuf::from("/tmp/automend-cache"))
-}
-
-fn sh(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The cached root image, built on first use (about a minute; `flock` keeps parallel builds out).
@@ -300,10 +288,8 @@ impl Fleet {
             g.nspawn.clone(),
             g.stop.clone(),
         );
-        let shared_log = Arc::new(Mutex::new(()));
         g.supervisor = Some(std::thread::spawn(move || {
             loop {
-                let _lock = shared_log.lock();
                 let log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -33,7 +33,7 @@ fn script() -> PathBuf {
     repo().join("hack/cluster.sh")
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Output {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));

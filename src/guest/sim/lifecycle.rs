@@ -23,7 +23,6 @@ pub struct Lifecycle {
     marker: bool,
     down_until: Option<Instant>,
     down_for_good: bool,
-    pub reboots: u64,
 }
 
 impl Default for Lifecycle {
@@ -35,7 +34,6 @@ impl Default for Lifecycle {
             marker: false,
             down_until: None,
             down_for_good: false,
-            reboots: 0,
         }
     }
 }
@@ -87,7 +85,6 @@ impl Lifecycle {
     }
 
     pub fn reboot(&mut self) {
-        self.reboots += 1;
         if self.hang {
             self.down_for_good = true;
         } else {
@@ -118,7 +115,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert!(l.is_up());
         assert!(!l.marked());
-        assert_eq!(l.reboots, 1);
     }
 
     #[test]
