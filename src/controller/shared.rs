@@ -15,54 +15,59 @@ use super::context::Error;
 use crate::api::{ConfigurationProfile, VirtualMachine};
 use crate::logic::vm::heartbeat::{self, Observed};
 
-/// What the VM controller last wrote to each VM's status, with the resourceVersion of the copy
-/// it decided from: a reconcile that finds the cache still at that version (the watch has not
-/// delivered the write yet) decides from the write instead, so a transition is never decided —
-/// and announced — twice.
+/// What the VM controller last wrote to each VM's status, until its cache shows it. Only the
+/// controller writes those fields (the admission policy keeps guests to `status.guest`), so a
+/// cached copy whose controller part differs from the write is one the watch has not brought up
+/// to date — also when a guest's write landed in between, with a newer resourceVersion but
+/// without ours. A reconcile decides from the write laid over such a copy, so a transition is
+/// never decided — and announced — twice. Entries end when the cache shows the write, or after
+/// `WRITE_LAG` (far beyond any watch delay) so that nothing masks a change for long.
 #[derive(Clone, Default)]
-pub struct Written(Arc<Mutex<HashMap<VmKey, (String, crate::api::VirtualMachineStatus)>>>);
+pub struct Written(
+    Arc<Mutex<HashMap<VmKey, (std::time::Instant, crate::api::VirtualMachineStatus)>>>,
+);
 
 /// (namespace, name) of a VirtualMachine.
 type VmKey = (String, String);
 
+/// How long a write is laid over cached copies that do not show it yet.
+const WRITE_LAG: Duration = Duration::from_secs(30);
+
 impl Written {
-    /// The status to decide from: the cached one, or the last write laid over it when the cache
-    /// is still at the version that write was decided from.
+    /// The status to decide from: the cached one, or the last write laid over it while the
+    /// cache does not show that write yet.
     pub fn status_for(
         &self,
         ns: &str,
         name: &str,
-        cached_version: Option<&str>,
         cached: Option<&crate::api::VirtualMachineStatus>,
     ) -> Option<crate::api::VirtualMachineStatus> {
         let Ok(mut w) = self.0.lock() else {
             return cached.cloned();
         };
         let key = (ns.to_string(), name.to_string());
-        match w.get(&key) {
-            Some((v, part)) if Some(v.as_str()) == cached_version => Some(
-                crate::logic::vm::with_controller_part(&cached.cloned().unwrap_or_default(), part),
-            ),
-            Some(_) => {
-                // The cache has moved on: it holds the write (or newer).
-                w.remove(&key);
-                cached.cloned()
-            }
-            None => cached.cloned(),
+        let Some((at, part)) = w.get(&key) else {
+            return cached.cloned();
+        };
+        let shown = cached
+            .map(crate::logic::vm::controller_part)
+            .unwrap_or_default()
+            == *part;
+        if shown || at.elapsed() > WRITE_LAG {
+            w.remove(&key);
+            return cached.cloned();
         }
+        Some(crate::logic::vm::with_controller_part(
+            &cached.cloned().unwrap_or_default(),
+            part,
+        ))
     }
 
-    pub fn wrote(
-        &self,
-        ns: &str,
-        name: &str,
-        decided_from: Option<&str>,
-        part: &crate::api::VirtualMachineStatus,
-    ) {
-        if let (Ok(mut w), Some(v)) = (self.0.lock(), decided_from) {
+    pub fn wrote(&self, ns: &str, name: &str, part: &crate::api::VirtualMachineStatus) {
+        if let Ok(mut w) = self.0.lock() {
             w.insert(
                 (ns.to_string(), name.to_string()),
-                (v.to_string(), part.clone()),
+                (std::time::Instant::now(), part.clone()),
             );
         }
     }

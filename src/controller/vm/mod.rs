@@ -320,10 +320,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     let lease = shared
         .leases
         .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns));
-    let version = vm.resource_version();
-    let status = shared
-        .written
-        .status_for(&ns, &name, version.as_deref(), vm.status.as_ref());
+    let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
         generation: vm.metadata.generation,
@@ -349,9 +346,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     if outcome.status != current {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
         crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await?;
-        shared
-            .written
-            .wrote(&ns, &name, version.as_deref(), &outcome.status);
+        shared.written.wrote(&ns, &name, &outcome.status);
         ctx.metrics
             .status_writes
             .get_or_create(&Metrics::label("virtualmachine"))
