@@ -337,7 +337,13 @@ impl Drop for Fleet {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            // Keep the console logs for the failure's reader; the guest roots (about 200 MB
+            // each) go, or every failed run would leave a fleet's worth on the disk.
+            for g in &self.guests {
+                let _ = std::fs::remove_dir_all(&g.root);
+            }
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
