@@ -43,3 +43,48 @@ fn crds_folder_matches_the_types() {
 fn chart_crds_match_the_types() {
     check("charts/automend/crds");
 }
+
+/// Every field a user meets in `kubectl explain` has a description, and none speaks of documents
+/// users never saw ("the seed").
+#[test]
+fn every_field_is_explained() {
+    fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                let here = format!("{path}.{name}");
+                let described = sub
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| !d.trim().is_empty());
+                let top = path.matches('.').count() == 0
+                    && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
+                if !described && !top {
+                    missing.push(format!("{here}: no description"));
+                }
+                if let Some(d) = sub.get("description").and_then(|d| d.as_str())
+                    && d.to_lowercase().contains("seed")
+                {
+                    missing.push(format!("{here}: speaks of the seed: {d}"));
+                }
+                walk(&here, sub, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    for crd in automend::api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        for v in &crd.spec.versions {
+            let schema = v
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .map(|s| serde_json::to_value(s).expect("schema json"))
+                .expect("a schema");
+            walk(&kind, &schema, &mut missing);
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

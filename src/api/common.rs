@@ -22,7 +22,7 @@ pub enum DayOfWeek {
     Sunday,
 }
 
-// An update classification, as the seed's patch classifications.
+// An update classification.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]

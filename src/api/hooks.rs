@@ -91,10 +91,12 @@ impl std::fmt::Display for HookName {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HookRun {
+    /// Which hook ran: preInstall or postInstall.
     pub hook: HookName,
     /// Its exit status; absent when it could not start or was killed at its time limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Whether the hook exited 0 within its timeout.
     pub succeeded: bool,
     /// The last lines of its output (stdout and stderr), or why it did not finish.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -360,14 +360,19 @@ pub struct ConfigurationProfileStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseCounts {
+    /// VMs waiting for a heartbeat (not running).
     #[serde(default)]
     pub pending: i32,
+    /// VMs being configured.
     #[serde(default)]
     pub in_progress: i32,
+    /// VMs compliant with the profile, with no drift.
     #[serde(default)]
     pub configured: i32,
+    /// VMs whose configuration failed or whose prerequisites are unmet.
     #[serde(default)]
     pub failed: i32,
+    /// VMs with management disabled.
     #[serde(default)]
     pub not_managed: i32,
 }
@@ -390,12 +395,19 @@ pub struct EffectiveConfiguration {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveServices {
+    /// Patch assessment and installation.
     pub update_management: EffectiveUpdateManagement,
+    /// Backup of the VM.
     pub backup: EffectiveBackup,
+    /// Guest monitoring.
     pub monitoring: EffectiveToggle,
+    /// Antimalware scanning.
     pub antimalware: EffectiveAntimalware,
+    /// The OS security baseline.
     pub security_baseline: EffectiveSecurityBaseline,
+    /// Change tracking of files and packages.
     pub change_tracking: EffectiveChangeTracking,
+    /// Time synchronization.
     pub time_sync: EffectiveTimeSync,
 }
 
@@ -403,6 +415,7 @@ pub struct EffectiveServices {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveToggle {
+    /// Whether the service is on.
     pub enabled: bool,
 }
 
@@ -410,17 +423,24 @@ pub struct EffectiveToggle {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveUpdateManagement {
+    /// Whether patches are assessed and installed.
     pub enabled: bool,
+    /// Classifications that are installed.
     #[serde(default)]
     pub classifications: Vec<Classification>,
+    /// When the guest reboots after installing: IfRequired, Never or Always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_setting: Option<RebootSetting>,
+    /// How often the guest assesses available patches (Go duration).
     #[serde(default)]
     pub assessment_interval: String,
+    /// When installations may run, in the VM's time zone (unset: off-peak hours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
+    /// Whether hotpatches are installed where the image supports them.
     #[serde(default)]
     pub hotpatch: bool,
+    /// Commands the guest runs before and after installing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
 }
@@ -429,9 +449,12 @@ pub struct EffectiveUpdateManagement {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveBackup {
+    /// Whether the VM is backed up.
     pub enabled: bool,
+    /// How many days backups are kept.
     #[serde(default)]
     pub retention_days: i32,
+    /// When backups run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<BackupSchedule>,
 }
@@ -440,9 +463,12 @@ pub struct EffectiveBackup {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveAntimalware {
+    /// Whether antimalware scanning is on.
     pub enabled: bool,
+    /// When the daily scan runs (HH:MM, the VM's time zone).
     #[serde(default)]
     pub scan_time: String,
+    /// Paths left out of scans.
     #[serde(default)]
     pub exclusions: Vec<String>,
 }
@@ -451,7 +477,9 @@ pub struct EffectiveAntimalware {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveSecurityBaseline {
+    /// Whether the security baseline is enforced.
     pub enabled: bool,
+    /// Baseline rules not enforced.
     #[serde(default)]
     pub exempt_rules: Vec<String>,
 }
@@ -460,7 +488,9 @@ pub struct EffectiveSecurityBaseline {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveChangeTracking {
+    /// Whether changes are tracked.
     pub enabled: bool,
+    /// Files whose changes are tracked.
     #[serde(default)]
     pub tracked_files: Vec<String>,
 }
@@ -469,7 +499,9 @@ pub struct EffectiveChangeTracking {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveTimeSync {
+    /// Whether time synchronization is configured.
     pub enabled: bool,
+    /// NTP servers.
     #[serde(default)]
     pub servers: Vec<String>,
 }

@@ -149,6 +149,7 @@ impl Default for HealthGate {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateRingStatus {
+    /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Member VMs.
@@ -166,6 +167,7 @@ pub struct UpdateRingStatus {
     /// The rollout this ring is taking part in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_rollout: Option<String>,
+    /// Ready (the ring is valid and selects VMs) and what is wrong with it when not: NoMembers, DuplicateOrder, SharesOverflow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -23,7 +23,7 @@ use super::vm_status::PinnedPackage;
     namespaced,
     status = "PatchRolloutStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Release","type":"date","jsonPath":".spec.releaseTime"}"#,
+    printcolumn = r#"{"name":"Release","type":"string","description":"When the release was published (RFC 3339; a date column would show <invalid> for a future release)","jsonPath":".spec.releaseTime"}"#,
     printcolumn = r#"{"name":"Ring","type":"string","jsonPath":".status.currentRing"}"#,
     printcolumn = r#"{"name":"Patched","type":"integer","jsonPath":".status.slo.onManifest"}"#,
     printcolumn = r#"{"name":"Eligible","type":"integer","jsonPath":".status.slo.eligible"}"#,
@@ -62,6 +62,32 @@ pub struct PatchRolloutSpec {
     /// `kubectl automend rollback` sets it.
     #[serde(default)]
     pub rollback: bool,
+
+    /// Abort the rollout: nothing more is installed, nothing is rolled back, and the next release
+    /// may start (phase Aborted). Installations already running finish. `kubectl automend abort`
+    /// sets it.
+    #[serde(default)]
+    pub abort: bool,
+
+    /// Raise by one to retry: the VMs that failed so far get another attempt in new waves, and a
+    /// rollout halted by its health gate goes on. `kubectl automend retry` raises it. Only counts up.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("retry only counts up: raise it by one to retry"))]
+    pub retry: i32,
+
+    /// Rings that need not wait: their deferral and bake time are skipped (health gates still
+    /// apply). `kubectl automend promote` adds the current ring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    pub promoted_rings: Vec<String>,
+
+    /// Rings this rollout passes over: their VMs not yet patched are not patched by it, and the next
+    /// ring starts without waiting for them (phase Skipped). `kubectl automend promote --skip-ring`
+    /// adds the current ring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    pub skipped_rings: Vec<String>,
 
     /// Package names (Linux) or KB ids (Windows, e.g. "KB5034441") that are never installed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -114,6 +140,7 @@ pub enum RolloutPhase {
     Halted,
     Succeeded,
     RolledBack,
+    Aborted,
 }
 
 // The phase of one ring within a rollout.
@@ -127,6 +154,8 @@ pub enum RingPhase {
     Paused,
     Halted,
     Succeeded,
+    /// Passed over (`spec.skippedRings`).
+    Skipped,
     RolledBack,
 }
 
@@ -134,10 +163,15 @@ pub enum RingPhase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PatchRolloutStatus {
+    /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pending (no ring started), Progressing, Paused, Halted (a health gate stopped it: retry, rollback or abort), Succeeded (every ring done), RolledBack, Aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RolloutPhase>,
+    /// The last `spec.retry` the controller acted on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub observed_retry: i32,
     /// The ring currently receiving the release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_ring: Option<String>,
@@ -155,6 +189,7 @@ pub struct PatchRolloutStatus {
     /// are never patched in the same phase.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub region_pairs: Vec<String>,
+    /// Progressing, Paused, Halted, SLOAtRisk and DeadlineMissed, with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -163,8 +198,10 @@ pub struct PatchRolloutStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseManifest {
+    /// When the manifest was frozen (the first ring's start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_time: Option<Time>,
+    /// The approved packages of each image family.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["imageFamily"]))]
     pub families: Vec<ManifestFamily>,
@@ -174,7 +211,9 @@ pub struct ReleaseManifest {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManifestFamily {
+    /// Publisher/offer/SKU of the image, e.g. "Canonical/0001-com-ubuntu-server-jammy/22_04-lts-gen2".
     pub image_family: String,
+    /// Packages with the exact versions every ring installs.
     #[serde(default)]
     pub packages: Vec<PinnedPackage>,
 }
@@ -183,30 +222,42 @@ pub struct ManifestFamily {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RingProgress {
+    /// The UpdateRing's name.
     pub name: String,
+    /// Waiting, Progressing, Baking, Paused, Halted, Succeeded, Skipped or RolledBack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RingPhase>,
     /// The ring does not start before this time (release time plus deferral, unless expedited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_not_before: Option<Time>,
+    /// When the ring's first wave started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_time: Option<Time>,
+    /// When the ring finished (its bake time included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_time: Option<Time>,
     /// When the ring should have finished: its start-not-before plus the ring's deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
+    /// The ring was promoted (`spec.promotedRings`): no deferral, no bake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted: bool,
     /// The ring passed its deadline unfinished (an Event was recorded).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deadline_missed: bool,
+    /// VMs of the ring that take part in the rollout.
     #[serde(default)]
     pub total: i32,
+    /// VMs patched and healthy.
     #[serde(default)]
     pub succeeded: i32,
+    /// VMs whose install failed or that were unhealthy after it.
     #[serde(default)]
     pub failed: i32,
+    /// VMs installing or waiting out their health check.
     #[serde(default)]
     pub in_progress: i32,
+    /// The ring's waves, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<Wave>,
 }
@@ -215,21 +266,29 @@ pub struct RingProgress {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Wave {
+    /// The wave's position in its ring, from 0.
     pub index: i32,
     /// Member VM names.
     #[serde(default)]
     pub members: Vec<String>,
+    /// When the wave's directives were written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_time: Option<Time>,
+    /// When every member finished (succeeded or failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_time: Option<Time>,
+    /// Members patched and healthy.
     #[serde(default)]
     pub succeeded: i32,
+    /// Members that failed.
     #[serde(default)]
     pub failed: i32,
     /// Members that failed (install failed, or unhealthy before `healthyFor` passed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_members: Vec<String>,
+    /// Members that failed here and were given another attempt by a retry (`spec.retry`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<String>,
     /// Members whose guest reported a successful install, with when the controller first saw it:
     /// `healthyFor` counts from then, never from a time the guest reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -240,11 +299,17 @@ pub struct Wave {
     pub reboots_seen: Vec<SeenInstall>,
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 /// When the controller first saw a member's successful install.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeenInstall {
+    /// The member VM.
     pub name: String,
+    /// When the controller first saw it.
     pub time: Time,
 }
 

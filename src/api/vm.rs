@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::schema;
 pub use super::vm_status::VirtualMachineStatus;
 
-/// The effective patch mode, with the seed's defaults applied (Windows: AutomaticByOS, Linux:
+/// The effective patch mode, with the defaults applied (Windows: AutomaticByOS, Linux:
 /// ImageDefault), as a CEL expression over `spec`; `s` is the spec variable name.
 fn effective_mode(s: &str) -> String {
     format!(
@@ -25,6 +25,17 @@ fn manual_switch_rule() -> Rule {
     .message("switching between Manual and an automatic patch mode is not supported (only AutomaticByOS to AutomaticByPlatform, or between the Linux modes); recreate the VirtualMachine instead")
     .field_path(".patchSettings.patchMode")
     .reason(Reason::FieldValueForbidden)
+}
+
+/// Hotpatch installs are orchestrated by the platform, so (as on Azure) a VM asking for the Hotpatch
+/// capability must use AutomaticByPlatform.
+fn hotpatch_rule() -> Rule {
+    Rule::new(format!(
+        "!has(self.capabilities) || !self.capabilities.exists(c, c == 'Hotpatch') || {} == 'AutomaticByPlatform'",
+        effective_mode("self")
+    ))
+    .message("the Hotpatch capability needs patchSettings.patchMode AutomaticByPlatform (hotpatches are installed by rollouts)")
+    .field_path(".patchSettings.patchMode")
 }
 
 fn windows_auto_updates_rule() -> Rule {
@@ -51,16 +62,19 @@ fn windows_auto_updates_rule() -> Rule {
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label (at most 63 lowercase letters, digits and '-'): it names the VM's guest identity and heartbeat Lease"),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Profile","type":"string","jsonPath":".status.profile"}"#,
     printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.placement.region"}"#,
     printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.placement.zone"}"#,
     printcolumn = r#"{"name":"Patch Mode","type":"string","jsonPath":".status.patchMode"}"#,
     printcolumn = r#"{"name":"Crit+Sec","type":"integer","description":"Critical and security patches pending","jsonPath":".status.patchStatus.availablePatchSummary.criticalAndSecurityPatchCount"}"#,
     printcolumn = r#"{"name":"OS","type":"string","priority":1,"jsonPath":".spec.os.type"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    validation = hotpatch_rule(),
     validation = Rule::new("!has(self.patchSettings.patchMode) || self.patchSettings.patchMode != 'AutomaticByOS' || self.os.type == 'Windows'")
         .message("AutomaticByOS is supported only on Windows; Linux VMs use AutomaticByPlatform or ImageDefault")
         .field_path(".patchSettings.patchMode"),
@@ -99,7 +113,7 @@ pub struct VirtualMachineSpec {
         .message("must be an IANA time zone name such as \"UTC\", \"Europe/Paris\" or \"America/Argentina/Buenos_Aires\""))]
     pub time_zone: String,
 
-    /// How the guest is patched: the seed's patch modes and their rules.
+    /// How the guest is patched: the patch mode and, on Windows, automatic updates.
     #[serde(default)]
     pub patch_settings: PatchSettings,
 
@@ -178,10 +192,10 @@ pub struct ImageReference {
     /// e.g. "Canonical", "RedHat", "MicrosoftWindowsServer".
     #[schemars(length(min = 1, max = 128))]
     pub publisher: String,
-    /// e.g. "UbuntuServer", "RHEL", "WindowsServer".
+    /// e.g. "0001-com-ubuntu-server-jammy", "RHEL", "WindowsServer".
     #[schemars(length(min = 1, max = 128))]
     pub offer: String,
-    /// e.g. "22.04-LTS", "9", "2022-datacenter-azure-edition-core".
+    /// e.g. "22_04-lts-gen2", "9-lvm", "2022-datacenter-azure-edition-core".
     #[schemars(length(min = 1, max = 128))]
     pub sku: String,
     /// Image version, or "latest" (default).
@@ -229,7 +243,7 @@ pub struct Placement {
     pub fault_domain: Option<i32>,
 }
 
-/// Patch settings, with the seed's rules for each OS.
+/// Patch settings: the patch mode and its rules for each OS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PatchSettings {
@@ -245,7 +259,7 @@ pub struct PatchSettings {
     pub enable_automatic_updates: Option<bool>,
 }
 
-// A patch mode of the seed.
+// A patch mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum PatchMode {
     /// Patched by Automend rollouts, availability-first. The only mode that joins rollouts.
@@ -259,7 +273,7 @@ pub enum PatchMode {
 }
 
 impl PatchMode {
-    /// The mode that applies when none is set (the seed's defaults).
+    /// The mode that applies when none is set.
     pub fn default_for(os: OsType) -> PatchMode {
         match os {
             OsType::Windows => PatchMode::AutomaticByOS,
@@ -268,7 +282,7 @@ impl PatchMode {
     }
 }
 
-/// An image capability of the seed's matrix.
+/// An image capability (Windows Server Azure Edition).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]

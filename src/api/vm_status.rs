@@ -33,7 +33,7 @@ pub mod bounds {
     pub const HOOK_OUTPUT: usize = 2048;
 }
 
-// The lifecycle phase of a managed VM (the seed's statuses plus NotManaged).
+// The lifecycle phase of a managed VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum VmPhase {
     /// The VM is not running (no heartbeat); onboarding or remediation waits until it runs.
@@ -77,7 +77,7 @@ pub struct VirtualMachineStatus {
     /// What the guest reports. Written only by the VM's own guest agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestState>,
-    /// Patch status, with the names of the seed's instance view.
+    /// Patch status, named as a cloud VM's instance view (assessment, installation, pending patches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_status: Option<PatchStatus>,
     /// The current drift episode and its remediation attempts.
@@ -110,6 +110,7 @@ pub struct DesiredState {
     /// The profile and its generation the configuration comes from.
     #[serde(default)]
     pub profile: String,
+    /// The profile's metadata.generation this configuration was resolved from.
     #[serde(default)]
     pub profile_generation: i64,
     /// The configuration to apply.
@@ -144,7 +145,9 @@ pub struct AssessmentDirective {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstallationDirective {
+    /// The PatchRollout this installation belongs to.
     pub rollout: String,
+    /// The wave of the rollout's current ring (from 0).
     pub wave: i32,
     /// Exact package versions to install.
     #[serde(default)]
@@ -152,8 +155,10 @@ pub struct InstallationDirective {
     /// No installation starts after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_end: Option<Time>,
+    /// When the guest reboots after installing: IfRequired, Never or Always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_setting: Option<super::profile::RebootSetting>,
+    /// Install only what applies without a reboot (hotpatches).
     #[serde(default)]
     pub hotpatch_only: bool,
     /// Return the packages to the versions recorded before the install.
@@ -168,10 +173,13 @@ pub struct InstallationDirective {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PinnedPackage {
+    /// Package name (Linux) or KB id (Windows).
     #[schemars(length(min = 1, max = bounds::PACKAGE_NAME))]
     pub name: String,
+    /// The exact version.
     #[schemars(length(max = bounds::VERSION))]
     pub version: String,
+    /// Critical, Security or Other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classification: Option<super::common::Classification>,
 }
@@ -180,6 +188,7 @@ pub struct PinnedPackage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GuestState {
+    /// The guest agent's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::SHORT))]
     pub agent_version: Option<String>,
@@ -199,10 +208,13 @@ pub struct GuestState {
     #[schemars(length(max = bounds::SERVICES))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub services: Vec<ServiceObservation>,
+    /// The OS says a reboot is needed.
     #[serde(default)]
     pub reboot_pending: bool,
+    /// The VM's health check passed at the last observation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    /// When the guest last observed the machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub last_observed_time: Option<Time>,
@@ -231,14 +243,19 @@ pub struct GuestInstallation {
     /// The directive this answers: rollout, wave and whether it was a rollback.
     #[schemars(length(max = bounds::ID))]
     pub rollout: String,
+    /// The wave of the directive it ran.
     #[schemars(range(min = 0))]
     pub wave: i32,
+    /// Whether it returned packages to their previous versions.
     #[serde(default)]
     pub rollback: bool,
+    /// Unknown, InProgress, Succeeded, CompletedWithWarnings or Failed.
     pub status: OperationStatus,
+    /// When the installation started on the guest (guest clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub start_time: Option<Time>,
+    /// When it finished (guest clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub finish_time: Option<Time>,
@@ -255,11 +272,13 @@ pub struct GuestInstallation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::INSTALLED_PACKAGES))]
     pub previous_versions: Vec<PinnedPackage>,
+    /// A reboot is still needed for the installed patches to take effect.
     #[serde(default)]
     pub reboot_pending: bool,
     /// The installation did not finish before the window's end (or its reboot would not have).
     #[serde(default)]
     pub maintenance_window_exceeded: bool,
+    /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
@@ -290,10 +309,13 @@ pub struct GuestAssessment {
     /// The directive's request id this answers.
     #[schemars(length(max = bounds::ID))]
     pub request_id: String,
+    /// Unknown, InProgress, Succeeded, CompletedWithWarnings or Failed.
     pub status: OperationStatus,
+    /// When the assessment started (guest clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub start_time: Option<Time>,
+    /// When it finished (guest clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub finish_time: Option<Time>,
@@ -301,8 +323,10 @@ pub struct GuestAssessment {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::ASSESSED_PACKAGES))]
     pub packages: Vec<AvailablePackage>,
+    /// The OS says a reboot is needed.
     #[serde(default)]
     pub reboot_pending: bool,
+    /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
@@ -312,6 +336,7 @@ pub struct GuestAssessment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AvailablePackage {
+    /// Package name (Linux) or KB id (Windows).
     #[schemars(length(min = 1, max = bounds::PACKAGE_NAME))]
     pub name: String,
     /// The version available.
@@ -321,6 +346,7 @@ pub struct AvailablePackage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::VERSION))]
     pub installed_version: Option<String>,
+    /// The update's classification.
     pub classification: super::common::Classification,
 }
 
@@ -328,12 +354,15 @@ pub struct AvailablePackage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GuestOs {
+    /// os-release ID, e.g. "debian", "ubuntu", "rocky".
     #[serde(default)]
     #[schemars(length(max = bounds::SHORT))]
     pub id: String,
+    /// os-release VERSION_ID.
     #[serde(default)]
     #[schemars(length(max = bounds::SHORT))]
     pub version: String,
+    /// The running kernel release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::KERNEL))]
     pub kernel: Option<String>,
@@ -343,8 +372,10 @@ pub struct GuestOs {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceObservation {
+    /// The best-practice service.
     #[schemars(length(min = 1, max = bounds::SERVICE_NAME))]
     pub name: String,
+    /// Whether the machine matches the desired configuration of the service.
     pub compliant: bool,
     /// Each difference between desired and observed, e.g. "sshd PermitRootLogin: want no, have
     /// yes" (at most 32, each at most 256 characters).
@@ -353,12 +384,14 @@ pub struct ServiceObservation {
     pub differences: Vec<String>,
 }
 
-/// Patch status, named as the seed's instance view.
+/// Patch status, named as a cloud VM's instance view.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PatchStatus {
+    /// The last assessment's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_patch_summary: Option<AvailablePatchSummary>,
+    /// The last installation's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_patch_installation_summary: Option<LastPatchInstallationSummary>,
 }
@@ -377,19 +410,27 @@ pub enum OperationStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AvailablePatchSummary {
+    /// Unknown, InProgress, Succeeded, Failed or CompletedWithWarnings.
     pub status: OperationStatus,
+    /// Identifies the assessment (a request id or "periodic-<unix time>").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assessment_activity_id: Option<String>,
+    /// Critical and security patches available.
     #[serde(default)]
     pub critical_and_security_patch_count: i32,
+    /// Other patches available.
     #[serde(default)]
     pub other_patch_count: i32,
+    /// The OS says a reboot is needed.
     #[serde(default)]
     pub reboot_pending: bool,
+    /// When the assessment started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the assessment finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified_time: Option<Time>,
+    /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -398,23 +439,33 @@ pub struct AvailablePatchSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastPatchInstallationSummary {
+    /// Unknown, InProgress, Succeeded, Failed or CompletedWithWarnings.
     pub status: OperationStatus,
+    /// Patches installed.
     #[serde(default)]
     pub installed_patch_count: i32,
+    /// Patches of the release not yet installed.
     #[serde(default)]
     pub pending_patch_count: i32,
+    /// Patches that failed to install.
     #[serde(default)]
     pub failed_patch_count: i32,
+    /// Patches left out by the rollout's exclude list.
     #[serde(default)]
     pub excluded_patch_count: i32,
+    /// Patches of classifications the rollout does not install.
     #[serde(default)]
     pub not_selected_patch_count: i32,
+    /// The maintenance window ended before the installation could finish or start.
     #[serde(default)]
     pub maintenance_window_exceeded: bool,
+    /// When the installation started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When it last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified_time: Option<Time>,
+    /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -209,6 +209,11 @@ async fn reconcile(
                     tracing::debug!("stale cache while patching the finalizer; retrying");
                     Ok(Action::requeue(Duration::from_millis(500)))
                 }
+                // The VM went away between our read and the patch: nothing is left to clean.
+                Err(F::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+                    tracing::debug!("VM already gone while removing the finalizer");
+                    Ok(Action::await_change())
+                }
                 Err(other) => Err(Error::Finalizer(other.to_string())),
             }
         },

@@ -176,7 +176,12 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
 pub fn finished(phase: Option<RolloutPhase>) -> bool {
     matches!(
         phase,
-        Some(RolloutPhase::Succeeded | RolloutPhase::RolledBack | RolloutPhase::Halted)
+        Some(
+            RolloutPhase::Succeeded
+                | RolloutPhase::RolledBack
+                | RolloutPhase::Halted
+                | RolloutPhase::Aborted
+        )
     )
 }
 

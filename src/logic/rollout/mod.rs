@@ -13,6 +13,7 @@ mod cadence;
 mod facts;
 mod manifest;
 mod phase;
+mod retry;
 mod ring;
 mod ring_status;
 mod rollback;
@@ -161,7 +162,7 @@ struct Run<'a> {
     installed_seen: std::collections::BTreeMap<(&'a str, i32), Timestamp>,
     /// When the controller first saw each VM's announced reboot (by VM and wave).
     reboots_seen: std::collections::BTreeMap<(&'a str, i32), Timestamp>,
-    /// Succeeded or RolledBack: the record is kept as it is.
+    /// Succeeded, RolledBack or Aborted: the record is kept as it is.
     terminal: bool,
     /// A halt is final: nothing new starts (only rolling back), even if the failures it counted
     /// are later patched over by another rollout.
@@ -176,7 +177,11 @@ impl<'a> Run<'a> {
         let release = spec.release_time.0;
         let terminal = matches!(
             old.phase,
-            Some(crate::api::RolloutPhase::Succeeded | crate::api::RolloutPhase::RolledBack)
+            Some(
+                crate::api::RolloutPhase::Succeeded
+                    | crate::api::RolloutPhase::RolledBack
+                    | crate::api::RolloutPhase::Aborted
+            )
         );
         let halted_before = old.phase == Some(crate::api::RolloutPhase::Halted);
         let times = input
@@ -245,6 +250,7 @@ impl<'a> Run<'a> {
                 && input.now >= release
                 && !terminal
                 && !spec.rollback
+                && !spec.abort
                 && !halted_before,
         }
     }
@@ -266,6 +272,8 @@ struct Acc {
 pub fn decide(input: &Input<'_>) -> Outcome {
     let empty = PatchRolloutStatus::default();
     let old = input.status.unwrap_or(&empty);
+    let retried = retry::forgive(input.spec, old);
+    let old = retried.as_ref().map_or(old, |(s, _)| s);
     let run = Run::new(input, old);
     let mut acc = Acc {
         manifest: old.manifest.clone(),
@@ -298,6 +306,16 @@ pub fn decide(input: &Input<'_>) -> Outcome {
     );
     summary::refresh(&run, &mut acc.writes);
 
+    if let Some((_, forgiven)) = &retried {
+        acc.events.push(EventSpec::normal(
+            "RolloutRetried",
+            "Retry",
+            format!(
+                "retry {}: {forgiven} failed VM(s) get another attempt",
+                input.spec.retry
+            ),
+        ));
+    }
     let phase = phase::rollout_phase(&run, &rings, halted_ring, &mut acc.wake);
     acc.events
         .extend(phase::event(&run, phase, halted_ring, rollback_set.len()));
@@ -321,9 +339,10 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             .map(|(a, b)| format!("{a}/{b}"))
             .collect(),
         phase: Some(phase),
+        observed_retry: input.spec.retry.max(old.observed_retry),
         current_ring: record
             .iter()
-            .find(|r| r.phase != Some(RingPhase::Succeeded))
+            .find(|r| !matches!(r.phase, Some(RingPhase::Succeeded | RingPhase::Skipped)))
             .map(|r| r.name.clone()),
         manifest: old.manifest.clone().or(acc.manifest),
         conditions: phase::conditions(&run, phase, halted_ring, &computed, &slo),

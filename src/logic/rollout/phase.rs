@@ -22,6 +22,8 @@ pub(super) fn rollout_phase(
         RolloutPhase::RolledBack
     } else if run.terminal {
         run.old.phase.unwrap_or(RolloutPhase::Succeeded)
+    } else if input.spec.abort {
+        RolloutPhase::Aborted
     } else if input.blocked_by.is_some() || now < run.release {
         if now < run.release {
             wake.at(run.release);
@@ -29,7 +31,10 @@ pub(super) fn rollout_phase(
         RolloutPhase::Pending
     } else if halted_ring.is_some() || run.halted_before {
         RolloutPhase::Halted
-    } else if rings.iter().all(|r| r.phase == Some(RingPhase::Succeeded)) {
+    } else if rings
+        .iter()
+        .all(|r| matches!(r.phase, Some(RingPhase::Succeeded | RingPhase::Skipped)))
+    {
         RolloutPhase::Succeeded
     } else if input.spec.paused {
         RolloutPhase::Paused
@@ -100,6 +105,11 @@ pub(super) fn event(
             "RolloutPaused",
             "paused: waves in flight finish, no new wave starts".to_string(),
         ),
+        RolloutPhase::Aborted => (
+            true,
+            "RolloutAborted",
+            "aborted (spec.abort): nothing more is installed and nothing is rolled back; installations already running finish".to_string(),
+        ),
         RolloutPhase::Progressing => (false, "RolloutProgressing", "progressing".to_string()),
         RolloutPhase::Pending => (
             false,
@@ -163,6 +173,24 @@ pub(super) fn conditions(
         );
     } else {
         c.set(PAUSED, false, "NotPaused", "not paused");
+    }
+    if slo.withdrawn {
+        c.set(
+            SLO_AT_RISK,
+            false,
+            "Withdrawn",
+            format!(
+                "the release was {}: the SLO no longer applies ({} of {} eligible VMs on the manifest)",
+                if phase == RolloutPhase::Aborted {
+                    "aborted"
+                } else {
+                    "rolled back"
+                },
+                slo.on,
+                slo.eligible
+            ),
+        );
+        return c.into_vec();
     }
     c.set(
         SLO_AT_RISK,

@@ -58,6 +58,18 @@ struct Members {
     eligible: Vec<usize>,
 }
 
+/// The ring was promoted: no deferral and no bake.
+fn promoted(run: &Run<'_>, ri: usize) -> bool {
+    let name = run.input.rings[ri].name;
+    run.input.spec.promoted_rings.iter().any(|r| r == name)
+}
+
+/// The ring is passed over by this rollout.
+fn skipped(run: &Run<'_>, ri: usize) -> bool {
+    let name = run.input.rings[ri].name;
+    run.input.spec.skipped_rings.iter().any(|r| r == name)
+}
+
 /// When the ring may start: after the release plus its deferral (none when expedited), and after
 /// the previous ring's bake. None while the previous ring runs.
 fn start_not_before(
@@ -65,7 +77,7 @@ fn start_not_before(
     ri: usize,
     previous_done: Option<Timestamp>,
 ) -> Option<Timestamp> {
-    let deferral = if run.input.spec.expedite {
+    let deferral = if run.input.spec.expedite || promoted(run, ri) {
         Duration::ZERO
     } else {
         run.times[ri].deferral
@@ -96,6 +108,28 @@ pub(super) fn decide(
     let all: Vec<usize> = (0..input.vms.len())
         .filter(|i| input.vms[*i].ring == Some(ri))
         .collect();
+    let skip = skipped(run, ri) && !run.terminal;
+    if skip {
+        for i in &all {
+            if matches!(acc.states[*i], VmState::Waiting(_)) {
+                acc.states[*i] = VmState::Skipped(format!(
+                    "ring {} is skipped by this rollout (spec.skippedRings)",
+                    ring.name
+                ));
+            }
+        }
+    }
+    p.promoted = promoted(run, ri);
+    if p.promoted && !prev.promoted && !run.terminal {
+        acc.events.push(EventSpec::normal(
+            "RingPromoted",
+            "Promote",
+            format!(
+                "ring {} promoted: its deferral and bake time are skipped",
+                ring.name
+            ),
+        ));
+    }
     let eligible: Vec<usize> = all
         .iter()
         .copied()
@@ -120,7 +154,7 @@ pub(super) fn decide(
                     .assessment
                     .is_some_and(|a| a.status == OperationStatus::Succeeded)
         });
-    let may_start = run.active && !unassessed && not_before.is_some_and(|n| now >= n);
+    let may_start = run.active && !skip && !unassessed && not_before.is_some_and(|n| now >= n);
     if let Some(n) = not_before.filter(|n| now < *n) {
         acc.wake.at(n);
     }
@@ -166,8 +200,45 @@ pub(super) fn decide(
     );
     p.waves = waves::record(run, &prev, &members.all, &new_wave, acc);
     count(&mut p, &members.eligible, &acc.states);
+    if skip {
+        let done = pass_over(run, ri, &prev, &mut p, previous_done, acc);
+        return Decided { progress: p, done };
+    }
     let done = finish(run, ri, &prev, &mut p, &plan, &members.eligible, acc);
     Decided { progress: p, done }
+}
+
+/// A skipped ring: Skipped once nothing of it is installing (the next ring follows the previous
+/// one's end), else Progressing while its waves in flight finish.
+fn pass_over(
+    run: &Run<'_>,
+    ri: usize,
+    prev: &RingProgress,
+    p: &mut RingProgress,
+    previous_done: Option<Timestamp>,
+    acc: &mut Acc,
+) -> Option<Timestamp> {
+    let phase = if p.in_progress == 0 {
+        RingPhase::Skipped
+    } else {
+        RingPhase::Progressing
+    };
+    if phase == RingPhase::Skipped && prev.phase != Some(RingPhase::Skipped) {
+        acc.events.push(EventSpec::normal(
+            "RingSkipped",
+            "Skip",
+            format!(
+                "ring {} skipped (spec.skippedRings): {} of its VMs patched before, the others are not patched by this rollout",
+                run.input.rings[ri].name, p.succeeded
+            ),
+        ));
+    }
+    p.phase = Some(phase);
+    if phase == RingPhase::Skipped {
+        previous_done
+    } else {
+        None
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -311,7 +382,11 @@ fn finish(
 ) -> Option<Timestamp> {
     let now = run.input.now;
     let ring = &run.input.rings[ri];
-    let bake = run.times[ri].bake;
+    let bake = if p.promoted {
+        Duration::ZERO
+    } else {
+        run.times[ri].bake
+    };
     let was = prev.phase;
     let all_done = plan.done || eligible.is_empty();
     let phase = if plan.halted {

@@ -18,6 +18,8 @@ pub(super) struct Slo {
     pub target: usize,
     pub deadline: Timestamp,
     pub projected: bool,
+    /// The release was rolled back or aborted before the target was met.
+    pub withdrawn: bool,
 }
 
 /// When the rings would finish: each by its deadline (the later of start-not-before and now,
@@ -27,6 +29,9 @@ fn estimated_finish(run: &Run<'_>, computed: &[RingProgress]) -> Timestamp {
     let mut est = run.release;
     for (ri, r) in computed.iter().enumerate() {
         let times = &run.times[ri];
+        if r.phase == Some(RingPhase::Skipped) {
+            continue;
+        }
         if r.phase == Some(RingPhase::Succeeded) {
             est = r
                 .completed_time
@@ -71,8 +76,11 @@ pub(super) fn project(
     let deadline = add(run.release, within);
     let target = spec.slo.target_percent.clamp(1, 100) as usize;
     let met = eligible.is_empty() || on * 100 >= target * eligible.len();
+    // Rolled back or aborted by a person: the release is withdrawn, not at risk.
+    let withdrawn = matches!(phase, RolloutPhase::RolledBack | RolloutPhase::Aborted);
     let projected = met
-        || (!matches!(phase, RolloutPhase::Halted | RolloutPhase::RolledBack)
+        || withdrawn
+        || (!matches!(phase, RolloutPhase::Halted)
             && input.now <= deadline
             && estimated_finish(run, computed) <= deadline);
     let percent = if eligible.is_empty() {
@@ -104,8 +112,9 @@ pub(super) fn project(
             deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 deadline,
             )),
-            projected_to_meet: Some(projected),
+            projected_to_meet: (!withdrawn || met).then_some(projected),
         },
+        withdrawn: withdrawn && !met,
         eligible: eligible.len(),
         on,
         target,

@@ -105,7 +105,10 @@ fn of(
     wake: &mut Earliest<Timestamp>,
 ) -> VmState {
     let input = run.input;
-    let mine = vm.directive.filter(|d| d.rollout == input.name);
+    // An attempt forgiven by a retry is no attempt: the VM is planned again.
+    let mine = vm.directive.filter(|d| {
+        d.rollout == input.name && !super::retry::retried(run.old, vm.name, d.wave, d.rollback)
+    });
     if let Some(d) = mine {
         if d.rollback {
             return VmState::RolledBack {

@@ -130,6 +130,10 @@ fn count(
         let Some(&i) = by_name.get(m.as_str()) else {
             continue;
         };
+        // Given another attempt by a retry: it counts in the wave it is retried in.
+        if w.retried.contains(m) {
+            continue;
+        }
         let vm = &run.input.vms[i];
         let installed = vm.result.is_some_and(|r| {
             r.rollout == run.input.name

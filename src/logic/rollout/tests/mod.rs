@@ -1,6 +1,7 @@
 //! The rollout decision driven through whole rollouts: a small simulated world applies every
 //! write, lets each guest act, and advances time.
 
+mod controls;
 mod reboots;
 mod scenarios;
 mod signals;
@@ -143,6 +144,10 @@ impl World {
                 paused: false,
                 rollback_on_failure: false,
                 rollback: false,
+                abort: false,
+                retry: 0,
+                promoted_rings: Vec::new(),
+                skipped_rings: Vec::new(),
                 exclude: vec!["secret-*".into()],
                 slo: SloTarget::default(),
             },
