@@ -88,3 +88,24 @@ fn every_field_is_explained() {
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+/// The chart's default image catalog is the controller's built-in one (it is what the chart
+/// publishes for `kubectl automend catalog`).
+#[test]
+fn chart_catalog_is_the_built_in_one() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/automend/values.yaml"),
+    )
+    .expect("values.yaml");
+    let values: serde_json::Value = serde_norway::from_str(&text).expect("values parse");
+    let chart = automend::logic::catalog::ImageCatalog::from_yaml(
+        &serde_norway::to_string(&serde_json::json!({ "images": values["imageCatalog"] }))
+            .expect("yaml"),
+    )
+    .expect("the chart's catalog parses");
+    assert_eq!(
+        chart,
+        automend::logic::catalog::ImageCatalog::default(),
+        "charts/automend/values.yaml imageCatalog differs from `automend catalog`"
+    );
+}

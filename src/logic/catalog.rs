@@ -105,7 +105,17 @@ impl Default for ImageCatalog {
                 entry("RedHat", "RHEL", "7*", Linux, &[]),
                 entry("RedHat", "RHEL", "8*", Linux, &[]),
                 entry("RedHat", "RHEL", "9*", Linux, &[]),
+                entry("Debian", "debian-11", "11*", Linux, &[]),
                 entry("Debian", "debian-12", "12*", Linux, &[]),
+                entry("Debian", "debian-13", "13*", Linux, &[]),
+                // The dnf family the agent supports besides RHEL.
+                entry("resf", "rockylinux-x86_64", "8*", Linux, &[]),
+                entry("resf", "rockylinux-x86_64", "9*", Linux, &[]),
+                entry("almalinux", "almalinux-x86_64", "8*", Linux, &[]),
+                entry("almalinux", "almalinux-x86_64", "9*", Linux, &[]),
+                entry("Oracle", "Oracle-Linux", "ol8*", Linux, &[]),
+                entry("Oracle", "Oracle-Linux", "ol9*", Linux, &[]),
+                entry("Fedora", "fedora-cloud", "4*", Linux, &[]),
                 entry(w, ws, "2012-R2-Datacenter", Windows, &[]),
                 entry(w, ws, "2016-Datacenter", Windows, &[]),
                 entry(w, ws, "2016-Datacenter-Server-Core", Windows, &[]),
@@ -254,6 +264,18 @@ mod tests {
         for (p, o, s, os) in [
             ("Canonical", "UbuntuServer", "18.04-LTS", OsType::Linux),
             ("Redhat", "RHEL", "7.9", OsType::Linux),
+            // The distributions the agent supports, and the examples `kubectl explain` gives.
+            ("resf", "rockylinux-x86_64", "9-base", OsType::Linux),
+            ("almalinux", "almalinux-x86_64", "9-gen2", OsType::Linux),
+            ("Fedora", "fedora-cloud", "41", OsType::Linux),
+            ("Debian", "debian-13", "13-gen2", OsType::Linux),
+            (
+                "Canonical",
+                "0001-com-ubuntu-server-jammy",
+                "22_04-lts-gen2",
+                OsType::Linux,
+            ),
+            ("RedHat", "RHEL", "9-lvm", OsType::Linux),
             (
                 "MicrosoftWindowsServer",
                 "WindowsServer",

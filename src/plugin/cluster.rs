@@ -125,6 +125,110 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    pub(super) async fn vm(&self, name: &str) -> anyhow::Result<VirtualMachine> {
+        self.vms()
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading VirtualMachine {name:?}"))?
+            .ok_or_else(|| anyhow!("VirtualMachine {name:?} not found in namespace {}", self.ns))
+    }
+
+    /// When the VM's heartbeat Lease was last renewed (None: no Lease or never renewed).
+    pub(super) async fn lease_renewed(&self, vm: &str) -> anyhow::Result<Option<jiff::Timestamp>> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let lease = leases
+            .get_opt(&crate::identity::lease_name(vm))
+            .await
+            .context("reading the VM's heartbeat Lease")?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0))
+    }
+
+    /// The image catalog published in the cluster (ConfigMaps labelled
+    /// `automend.io/image-catalog`), as text.
+    pub(super) async fn catalog(&self) -> anyhow::Result<String> {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::all(self.client.clone());
+        let found = cms
+            .list(&ListParams::default().labels("automend.io/image-catalog"))
+            .await
+            .context("listing image catalog ConfigMaps")?;
+        let mut out = String::new();
+        for cm in &found.items {
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("images.yaml"))
+                .cloned()
+                .unwrap_or_default();
+            let catalog = crate::logic::catalog::ImageCatalog::from_yaml(&text)
+                .map_err(anyhow::Error::msg)?;
+            out.push_str(&format!(
+                "# configmap/{} in namespace {}\n",
+                cm.name_any(),
+                cm.namespace().unwrap_or_default()
+            ));
+            out.push_str(&catalog_table(&catalog));
+        }
+        if found.items.is_empty() {
+            out.push_str("# no ConfigMap labelled automend.io/image-catalog: the controller uses its built-in catalog\n");
+            out.push_str(&catalog_table(&Default::default()));
+        }
+        Ok(out)
+    }
+
+    /// Merge `spec` into the rollout, only if it did not change since it was read.
+    pub(super) async fn spec_patch_checked(
+        &self,
+        r: &PatchRollout,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": r.resource_version() },
+            "spec": spec,
+        });
+        self.rollouts()
+            .patch(&r.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 409 => anyhow!(
+                    "patchrollout/{} changed while this command ran; run it again",
+                    r.name_any()
+                ),
+                e => anyhow!(e),
+            })?;
+        Ok(())
+    }
+}
+
+fn catalog_table(c: &crate::logic::catalog::ImageCatalog) -> String {
+    let rows: Vec<Vec<String>> = c
+        .images
+        .iter()
+        .map(|i| {
+            vec![
+                i.publisher.clone(),
+                i.offer.clone(),
+                i.sku.clone(),
+                format!("{:?}", i.os),
+                if i.automatic_by_platform { "yes" } else { "no" }.into(),
+                i.capabilities
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    super::table(
+        &["PUBLISHER", "OFFER", "SKU", "OS", "AUTOMATICBYPLATFORM", "CAPABILITIES"],
+        &rows,
+    )
+}
+
 /// The rollout to act on: the named one, else the single unfinished one (Halted counts as finished,
 /// as for the controller: the next release may go), else the newest release.
 pub(super) fn pick(

@@ -1,12 +1,15 @@
 //! `kubectl automend`: the kubectl plugin (binary `kubectl-automend` on the PATH).
 //!
 //! `status` and `plan` read rollouts, rings and VMs and run the same decision code as the
-//! controller; `pause`, `resume`, `expedite` and `rollback` edit a rollout's (or a ring's) spec;
-//! `assess` asks for an on-demand assessment; `why` explains where a VM stands.
+//! controller; `pause`, `resume`, `expedite`, `promote`, `retry`, `abort` and `rollback` edit a
+//! rollout's (or a ring's) spec after checking they can do what they say (`controls`); `assess`
+//! asks for an on-demand assessment; `why` explains where a VM stands; `vm` shows one VM.
 
 mod cluster;
+mod controls;
 mod plan;
 mod tables;
+mod views;
 mod why;
 
 use std::sync::Arc;
@@ -23,7 +26,9 @@ use crate::logic::rollout;
 
 use cluster::{Cluster, pick};
 pub use plan::plan_text;
+pub use controls::{Change, Verb};
 pub use tables::{rings_table, rollouts_table, table};
+pub use views::{state_label, tree_text, vm_text};
 pub use why::why_text;
 
 /// What the plugin read from the namespace.
@@ -55,6 +60,10 @@ pub enum Command {
     Status {
         /// A rollout (default: every rollout, and the rings of the most recent).
         rollout: Option<String>,
+        /// Follow the rollout (default: the unfinished one) as a tree of rings, waves and VMs,
+        /// printed again on every change, until it finishes.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// The waves the planner would run from now on in the rollout's current ring.
     Plan { rollout: String },
@@ -64,20 +73,44 @@ pub enum Command {
         #[arg(long)]
         ring: Option<String>,
     },
-    /// Resume a paused rollout (or ring).
+    /// Resume a paused rollout (or ring). A halted rollout is retried, rolled back or aborted.
     Resume {
         rollout: Option<String>,
         #[arg(long)]
         ring: Option<String>,
     },
-    /// Skip the rings' deferrals for this rollout.
+    /// Skip the deferrals of the rings that have not started.
     Expedite { rollout: String },
+    /// Promote the current ring: skip its deferral and the rest of its bake time (--skip-ring:
+    /// pass over the ring; its VMs not yet patched are not patched by this rollout).
+    Promote {
+        rollout: Option<String>,
+        #[arg(long)]
+        skip_ring: bool,
+    },
+    /// Give the failed VMs another attempt; lifts a halt.
+    Retry { rollout: String },
+    /// Stop the rollout for good: nothing more is installed, nothing is rolled back.
+    Abort { rollout: String },
     /// Return every VM the rollout installed on to the versions recorded before the install.
     Rollback { rollout: String },
     /// Ask a VM's guest for an on-demand patch assessment (it never installs).
-    Assess { vm: String },
-    /// The VMs of a ring (selector, or share by stable hash) and whether each takes part.
-    Members { ring: String },
+    Assess {
+        vm: String,
+        /// Wait for the assessment and print it.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = crate::logic::duration::parse)]
+        timeout: Duration,
+    },
+    /// The VMs of a ring (selector, or share by stable hash), whether each takes part, and its
+    /// state in the rollout (default: the unfinished one, else the most recent).
+    Members {
+        ring: String,
+        #[arg(long)]
+        rollout: Option<String>,
+    },
     /// Why a VM is or is not being patched.
     Why {
         vm: String,
@@ -85,6 +118,11 @@ pub enum Command {
         #[arg(long)]
         rollout: Option<String>,
     },
+    /// One VM: configuration, drift, patching and identity.
+    Vm { vm: String },
+    /// The image catalog the controller uses (the chart's ConfigMap, labelled
+    /// automend.io/image-catalog).
+    Catalog,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -105,39 +143,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let now = c.clock.now();
     match cli.command {
-        Command::Status { rollout } => status(&c, rollout).await,
+        Command::Status { rollout, watch } if watch => watch_tree(&c, rollout).await,
+        Command::Status { rollout, .. } => status(&c, rollout).await,
         Command::Plan { rollout } => {
             let snap = c.all().await?;
             let r = pick(&snap.rollouts, Some(&rollout))?;
             print!("{}", plan_text(&r, &snap, &c.clock, &c.settings(&r), now));
             Ok(())
         }
-        Command::Pause { rollout, ring } => pause(&c, rollout, ring, true).await,
-        Command::Resume { rollout, ring } => pause(&c, rollout, ring, false).await,
-        Command::Expedite { rollout } => {
-            c.spec_patch(
-                c.rollouts(),
-                &rollout,
-                serde_json::json!({ "expedite": true }),
-            )
-            .await?;
-            println!("patchrollout/{rollout} expedited: deferrals are skipped");
-            Ok(())
+        Command::Pause { ring: Some(ring), .. } => ring_pause(&c, &ring, true).await,
+        Command::Resume { ring: Some(ring), .. } => ring_pause(&c, &ring, false).await,
+        Command::Pause { rollout, .. } => control(&c, Verb::Pause, rollout.as_deref()).await,
+        Command::Resume { rollout, .. } => control(&c, Verb::Resume, rollout.as_deref()).await,
+        Command::Expedite { rollout } => control(&c, Verb::Expedite, Some(&rollout)).await,
+        Command::Promote { rollout, skip_ring } => {
+            control(&c, Verb::Promote { skip: skip_ring }, rollout.as_deref()).await
         }
-        Command::Rollback { rollout } => {
-            c.spec_patch(
-                c.rollouts(),
-                &rollout,
-                serde_json::json!({ "rollback": true }),
-            )
-            .await?;
-            println!(
-                "patchrollout/{rollout} rolling back: its VMs return to the versions recorded before the install"
-            );
-            Ok(())
-        }
-        Command::Assess { vm } => assess(&c, &vm).await,
-        Command::Members { ring } => members(&c, &ring).await,
+        Command::Retry { rollout } => control(&c, Verb::Retry, Some(&rollout)).await,
+        Command::Abort { rollout } => control(&c, Verb::Abort, Some(&rollout)).await,
+        Command::Rollback { rollout } => control(&c, Verb::Rollback, Some(&rollout)).await,
+        Command::Assess { vm, wait, timeout } => assess(&c, &vm, wait.then_some(timeout)).await,
+        Command::Members { ring, rollout } => members(&c, &ring, rollout.as_deref()).await,
         Command::Why { vm, rollout } => {
             let snap = c.all().await?;
             let r = pick(&snap.rollouts, rollout.as_deref())?;
@@ -145,6 +171,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 why_text(&vm, &r, &snap, &c.clock, &c.settings(&r), now)?
             );
+            Ok(())
+        }
+        Command::Vm { vm } => {
+            let obj = c.vm(&vm).await?;
+            let renewed = c.lease_renewed(&vm).await?;
+            print!("{}", vm_text(&obj, renewed, Timestamp::now()));
+            Ok(())
+        }
+        Command::Catalog => {
+            print!("{}", c.catalog().await?);
             Ok(())
         }
     }
@@ -169,65 +205,159 @@ async fn status(c: &Cluster, rollout: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pause(
-    c: &Cluster,
-    rollout: Option<String>,
-    ring: Option<String>,
-    paused: bool,
-) -> anyhow::Result<()> {
-    let verb = if paused { "paused" } else { "resumed" };
-    let spec = serde_json::json!({ "paused": paused });
-    match ring {
-        Some(ring) => {
-            c.spec_patch(c.rings(), &ring, spec).await?;
-            println!("updatering/{ring} {verb}");
-        }
-        None => {
-            let rollouts = c.all().await?.rollouts;
-            let r = pick(&rollouts, rollout.as_deref())?;
-            c.spec_patch(c.rollouts(), &r.name_any(), spec).await?;
-            println!("patchrollout/{} {verb}", r.name_any());
+/// A rollout verb: refused with the reason when it cannot do what it says.
+async fn control(c: &Cluster, verb: Verb, rollout: Option<&str>) -> anyhow::Result<()> {
+    let rollouts = c.all().await?.rollouts;
+    let r = pick(&rollouts, rollout)?;
+    match controls::decide(verb, &r).map_err(anyhow::Error::msg)? {
+        Change::Nothing(text) => println!("{text}"),
+        Change::Patch { spec, done } => {
+            c.spec_patch_checked(&r, spec).await?;
+            println!("{done}");
         }
     }
     Ok(())
 }
 
-async fn assess(c: &Cluster, vm: &str) -> anyhow::Result<()> {
-    let id = format!("{}", Timestamp::now().as_second());
+async fn ring_pause(c: &Cluster, ring: &str, paused: bool) -> anyhow::Result<()> {
+    let current = c.rings().get_opt(ring).await?.ok_or_else(|| {
+        anyhow!("UpdateRing {ring:?} not found in namespace {}", c.ns)
+    })?;
+    let verb = if paused { "paused" } else { "resumed" };
+    if current.spec.paused == paused {
+        println!(
+            "updatering/{ring} is {} paused",
+            if paused { "already" } else { "not" }
+        );
+        return Ok(());
+    }
+    c.spec_patch(c.rings(), ring, serde_json::json!({ "paused": paused }))
+        .await?;
+    println!("updatering/{ring} {verb}");
+    Ok(())
+}
+
+async fn watch_tree(c: &Cluster, rollout: Option<String>) -> anyhow::Result<()> {
+    let mut last = String::new();
+    loop {
+        let snap = c.all().await?;
+        let r = pick(&snap.rollouts, rollout.as_deref())?;
+        let now = c.clock.now();
+        let states = views::states(&r, &snap, &c.clock, &c.settings(&r), now);
+        let text = tree_text(&r, &states);
+        if text != last {
+            println!("--- {}", Timestamp::now().strftime("%H:%M:%S"));
+            print!("{text}");
+            last = text;
+        }
+        if rollout::finished(r.status.as_ref().and_then(|s| s.phase)) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn assess(c: &Cluster, vm: &str, wait: Option<Duration>) -> anyhow::Result<()> {
+    let current = c.vm(vm).await?;
+    if !current.spec.management.enabled {
+        bail!(
+            "virtualmachine/{vm} is not managed (spec.management.enabled is false): no guest acts on an assessment request"
+        );
+    }
+    let id = format!("{}", Timestamp::now().as_millisecond());
     let patch = serde_json::json!({
         "metadata": { "annotations": { crate::logic::vm::ASSESS_ANNOTATION: id } }
     });
     c.vms()
         .patch(vm, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => {
-                anyhow!("VirtualMachine {vm:?} not found in namespace {}", c.ns)
+        .await?;
+    let running = current
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p != crate::api::VmPhase::Pending);
+    println!(
+        "virtualmachine/{vm}: on-demand assessment {id} requested (it never installs){}",
+        if running {
+            ""
+        } else {
+            "; the VM has no heartbeat, so its guest runs it when the VM returns"
+        }
+    );
+    let Some(limit) = wait else {
+        return Ok(());
+    };
+    let activity = format!("ondemand-{id}");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let now = c.vm(vm).await?;
+        if let Some(a) = now
+            .status
+            .as_ref()
+            .and_then(|s| s.patch_status.as_ref())
+            .and_then(|p| p.available_patch_summary.as_ref())
+            .filter(|a| a.assessment_activity_id.as_deref() == Some(activity.as_str()))
+            .filter(|a| a.status != crate::api::OperationStatus::InProgress)
+        {
+            println!(
+                "assessment {id}: {:?} — {} critical/security, {} other{}{}",
+                a.status,
+                a.critical_and_security_patch_count,
+                a.other_patch_count,
+                if a.reboot_pending {
+                    ", reboot pending"
+                } else {
+                    ""
+                },
+                a.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(": {}", crate::logic::text::safe(e, 512)))
+            );
+            if a.status == crate::api::OperationStatus::Failed {
+                bail!("the assessment failed");
             }
-            e => anyhow!(e),
-        })?;
-    println!("virtualmachine/{vm}: on-demand assessment {id} requested (it never installs)");
-    Ok(())
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "no answer to assessment {id} within {}; it stays requested",
+                crate::logic::duration::format(limit)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
-async fn members(c: &Cluster, ring: &str) -> anyhow::Result<()> {
-    let Snapshot { rings, vms, .. } = c.all().await?;
-    let rings = rollout::sorted_rings(&rings);
+async fn members(c: &Cluster, ring: &str, rollout: Option<&str>) -> anyhow::Result<()> {
+    let snap = c.all().await?;
+    let rings = rollout::sorted_rings(&snap.rings);
     let Some(ri) = rings.iter().position(|r| r.name_any() == ring) else {
         bail!("UpdateRing {ring:?} not found in namespace {}", c.ns);
     };
-    let rows: Vec<Vec<String>> = rollout::views(&vms, &rings, &c.clock)
+    // Each VM's state in the rollout it would be patched by (none yet: no state).
+    let picked = pick(&snap.rollouts, rollout).ok();
+    let states = picked.as_ref().map(|r| {
+        views::states(r, &snap, &c.clock, &c.settings(r), c.clock.now())
+    });
+    let rows: Vec<Vec<String>> = rollout::views(&snap.vms, &rings, &c.clock)
         .into_iter()
         .filter(|v| v.ring == Some(ri))
         .map(|v| {
+            let name = v.vm.name_any();
             let eligible = if v.ineligible.is_none() { "yes" } else { "no" };
-            vec![
-                v.vm.name_any(),
-                eligible.into(),
-                v.ineligible.unwrap_or_default(),
-            ]
+            let state = states
+                .as_ref()
+                .and_then(|s| s.get(&name))
+                .map_or("-".into(), |(_, s)| state_label(s));
+            vec![name, eligible.into(), v.ineligible.unwrap_or_default(), state]
         })
         .collect();
-    print!("{}", table(&["VM", "ELIGIBLE", "WHY NOT"], &rows));
+    if let Some(r) = &picked {
+        println!("rollout {}:", r.name_any());
+    }
+    print!("{}", table(&["VM", "ELIGIBLE", "WHY NOT", "STATE"], &rows));
     Ok(())
 }
