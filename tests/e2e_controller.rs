@@ -443,6 +443,98 @@ async fn assignment_selectors_onboard_vms_that_name_no_profile() {
         },
     )
     .await;
+
+    // Assignment is sticky, and the condition says so: `all` now outranks `web` for w-1, which
+    // stays where it was onboarded.
+    env.profiles
+        .patch(
+            &all,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "assignment": { "priority": 100 } } })),
+        )
+        .await
+        .expect("raising all's priority");
+    let vms = env.vms.clone();
+    let msg = wait_for("w-1's condition to say it stays", LONG, || {
+        let vms = vms.clone();
+        async move {
+            let v = vms.get("w-1").await.ok()?;
+            let c = v
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "ProfileResolved")?;
+            c.message.contains("now ranks first").then_some(c.message)
+        }
+    })
+    .await;
+    assert!(msg.contains(&format!("stays with {web}")), "{msg}");
+    assert_eq!(
+        env.get("w-1")
+            .await
+            .status
+            .and_then(|s| s.profile)
+            .as_deref(),
+        Some(web.as_str())
+    );
+
+    // Deleting a profile in use waits for its VMs: nothing moves them to another profile.
+    env.profiles
+        .delete(&web, &Default::default())
+        .await
+        .expect("deleting web");
+    let profiles = env.profiles.clone();
+    let web2 = web.clone();
+    let deleting = wait_for("the Deleting condition on web", LONG, || {
+        let profiles = profiles.clone();
+        let web2 = web2.clone();
+        async move {
+            let p = profiles.get(&web2).await.ok()?;
+            p.metadata.deletion_timestamp.as_ref()?;
+            p.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Deleting" && c.status == "True")
+        }
+    })
+    .await;
+    assert_eq!(deleting.reason, "InUse");
+    assert!(deleting.message.contains("/w-1"), "{}", deleting.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), "default");
+    let blocked: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(web.as_str())
+                && e.reason.as_deref() == Some("DeletionBlocked")
+        })
+        .collect();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let w = env.get("w-1").await;
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.profile.as_deref()),
+        Some(web.as_str()),
+        "w-1 was moved by a deletion"
+    );
+    assert_eq!(w.status.and_then(|s| s.phase), Some(VmPhase::Configured));
+    // Its last VM gone, the profile goes too.
+    env.vms
+        .delete("w-1", &Default::default())
+        .await
+        .expect("deleting w-1");
+    let profiles = env.profiles.clone();
+    let web2 = web.clone();
+    wait_for("web to be deleted once unused", LONG, || {
+        let profiles = profiles.clone();
+        let web2 = web2.clone();
+        async move { profiles.get_opt(&web2).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
     env.finish(ctl).await;
 }
 

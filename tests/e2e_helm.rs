@@ -80,16 +80,8 @@ fn image_catalog_value_replaces_the_built_in_catalog() {
         CHART,
         "--kube-version",
         &version,
-        "--set",
-        "imageCatalog[0].publisher=Example",
-        "--set",
-        "imageCatalog[0].offer=Custom",
-        "--set",
-        "imageCatalog[0].sku=v1*",
-        "--set",
-        "imageCatalog[0].os=Linux",
-        "--set",
-        "imageCatalog[0].automaticByPlatform=true",
+        "--set-json",
+        r#"imageCatalog=[{"publisher":"Example","offer":"Custom","sku":"v1*","os":"Linux","automaticByPlatform":true}]"#,
     ]);
     let rendered = text(&out);
     assert!(out.status.success(), "{rendered}");
@@ -119,16 +111,31 @@ fn image_catalog_value_replaces_the_built_in_catalog() {
         CHART,
         "--kube-version",
         &version,
-        "--set",
-        "imageCatalog[0].publisher=Example",
+        "--set-json",
+        r#"imageCatalog=[{"publisher":"Example"}]"#,
     ]);
     assert!(
         !bad.status.success(),
         "an entry without offer/sku/os was accepted"
     );
-    // Without the value, no ConfigMap and no flag: the built-in catalog.
+    // By default the chart publishes the built-in catalog, labelled for `kubectl automend catalog`.
     let plain = text(&c.helm(&["template", "x", CHART, "--kube-version", &version]));
-    assert!(!plain.contains("--image-catalog"));
+    assert!(plain.contains("--image-catalog"), "{plain}");
+    assert!(
+        plain.contains("automend.io/image-catalog: \"true\""),
+        "{plain}"
+    );
+    // An empty list: no ConfigMap and no flag, the controller's built-in catalog.
+    let empty = text(&c.helm(&[
+        "template",
+        "x",
+        CHART,
+        "--kube-version",
+        &version,
+        "--set-json",
+        "imageCatalog=[]",
+    ]));
+    assert!(!empty.contains("--image-catalog"), "{empty}");
 }
 
 #[tokio::test]

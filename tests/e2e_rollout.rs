@@ -263,6 +263,23 @@ impl Rollouts {
         stdout
     }
 
+    /// Run the kubectl plugin expecting a refusal; returns its stderr.
+    fn plugin_refused(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-automend"))
+            .args(["-n", &self.env.ns.name])
+            .args(args)
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .output()
+            .expect("running kubectl-automend");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "kubectl-automend {args:?} was not refused:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
     async fn finish(mut self, controller: ControllerProcess) {
         if let Some(r) = self.recorder.take() {
             r.abort();
@@ -609,7 +626,16 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     );
 
     // Events, ring status, metrics.
-    let notes = r.env.event_notes("monthly").await;
+    let env = &r.env;
+    let notes = wait_for(
+        "the RolloutSucceeded Event",
+        Duration::from_secs(20),
+        || async {
+            let e = env.event_notes("monthly").await;
+            e.iter().any(|e| e.0 == "RolloutSucceeded").then_some(e)
+        },
+    )
+    .await;
     let reasons: Vec<String> = notes.iter().map(|e| e.0.clone()).collect();
     // One Event per ring that started, each with its own note (not the first ring's note
     // repeated as a series).
@@ -687,8 +713,18 @@ async fn halt_rollback_pause_resume_and_expedite() {
         Some(RingPhase::Succeeded),
         "test passed before first started (expedite)"
     );
-    let events = r.env.event_notes("bad").await;
-    assert!(events.iter().any(|e| e.0 == "RolloutHalted"), "{events:?}");
+    // The controller publishes a transition's Events right after the status write that records
+    // it: wait for them rather than racing the publication.
+    let env = &r.env;
+    let events = wait_for(
+        "the RolloutHalted Event",
+        Duration::from_secs(20),
+        || async {
+            let e = env.event_notes("bad").await;
+            e.iter().any(|e| e.0 == "RolloutHalted").then_some(e)
+        },
+    )
+    .await;
     assert!(
         events
             .iter()
@@ -775,7 +811,21 @@ async fn halt_rollback_pause_resume_and_expedite() {
         8,
         "{members}"
     );
-    r.plugin(&["assess", "fast-1"]);
+    // Verbs that cannot do what they say are refused with the reason.
+    let refused = r.plugin_refused(&["resume", "bad"]);
+    assert!(
+        refused.contains("Halted") && refused.contains("retry"),
+        "{refused}"
+    );
+    let refused = r.plugin_refused(&["expedite", "bad"]);
+    assert!(refused.contains("nothing to expedite"), "{refused}");
+    let vm = r.plugin(&["vm", &failed[0]]);
+    assert!(
+        vm.contains("profile:") && vm.contains("identity:       serviceaccount automend-guest-"),
+        "{vm}"
+    );
+    let assessed = r.plugin(&["assess", "fast-1", "--wait", "--timeout", "120s"]);
+    assert!(assessed.contains(": Succeeded"), "{assessed}");
     let annotated = r.env.get("fast-1").await;
     assert!(
         annotated
@@ -785,12 +835,38 @@ async fn halt_rollback_pause_resume_and_expedite() {
             .contains_key("automend.io/assess")
     );
 
-    // Pause / resume on a second rollout (the halted one no longer blocks: Halted is final).
+    // The bad patch fixed, `retry` gives ring first's failed and rolled-back VMs another attempt
+    // and the release goes on to the end.
     for j in 0..8 {
         r.env
             .annotate(&format!("first-{j}"), "sim.automend.io/unhealthy", "false")
             .await;
     }
+    let retried = r.plugin(&["retry", "bad"]);
+    assert!(retried.contains("halt is lifted"), "{retried}");
+    let done = r
+        .wait_rollout("bad", "Succeeded after retry", |x| {
+            phase(x) == Some(RolloutPhase::Succeeded)
+        })
+        .await;
+    let st = done.status.expect("status");
+    assert_eq!(st.observed_retry, 1);
+    assert_eq!((st.rings[1].failed, st.rings[1].succeeded), (0, 8));
+    let tree = r.plugin(&["status", "bad", "--watch"]);
+    assert!(tree.contains("ring first  Succeeded"), "{tree}");
+    assert!(tree.contains("retried in a later wave"), "{tree}");
+    let env = &r.env;
+    wait_for(
+        "the RolloutRetried Event",
+        Duration::from_secs(20),
+        || async {
+            let e = env.event_notes("bad").await;
+            e.iter().any(|e| e.0 == "RolloutRetried").then_some(())
+        },
+    )
+    .await;
+
+    // Pause / resume on a second rollout.
     r.rollout(
         "second",
         r.clock.now(),
@@ -817,10 +893,25 @@ async fn halt_rollback_pause_resume_and_expedite() {
 
     // Manual rollback of the whole release.
     r.plugin(&["rollback", "second"]);
-    r.wait_rollout("second", "RolledBack", |x| {
-        phase(x) == Some(RolloutPhase::RolledBack)
-    })
-    .await;
+    let back = r
+        .wait_rollout("second", "RolledBack", |x| {
+            phase(x) == Some(RolloutPhase::RolledBack)
+        })
+        .await;
+    // A rolled-back release is withdrawn, not "at risk".
+    let slo = back
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SLOAtRisk")
+        .expect("SLOAtRisk condition");
+    assert_eq!(
+        (slo.status.as_str(), slo.reason.as_str()),
+        ("False", "Withdrawn")
+    );
+    let refused = r.plugin_refused(&["abort", "second"]);
+    assert!(refused.contains("RolledBack"), "{refused}");
     let vms = r.env.vms.clone();
     wait_for(
         "every VM second patched to be rolled back",

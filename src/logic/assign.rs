@@ -53,8 +53,40 @@ pub fn choose<'a>(
     })
 }
 
+/// Assignment is sticky: a VM onboarded by an assignment stays with that profile while the
+/// profile's assignment still matches it, whatever priorities say later (no churn when another
+/// matching profile appears or priorities change). Returns the choice and, when the VM stays
+/// although another profile now ranks first, that profile.
+pub fn sticky(mut choice: Choice, current: Option<&str>) -> (Choice, Option<String>) {
+    match current {
+        Some(cur) if cur != choice.winner && choice.others.iter().any(|o| o == cur) => {
+            choice.others.retain(|o| o != cur);
+            let outranking = std::mem::replace(&mut choice.winner, cur.to_string());
+            choice.others.insert(0, outranking.clone());
+            (choice, Some(outranking))
+        }
+        _ => (choice, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_vm_keeps_its_profile_when_another_outranks_it_later() {
+        let choice = || Choice {
+            winner: "high".into(),
+            others: vec!["low".into()],
+        };
+        let (kept, outranked) = sticky(choice(), Some("low"));
+        assert_eq!(kept.winner, "low");
+        assert_eq!(outranked.as_deref(), Some("high"));
+        assert_eq!(kept.others, vec!["high".to_string()]);
+        // Not onboarded yet, or its profile no longer matches: the highest priority wins.
+        assert_eq!(sticky(choice(), None).0.winner, "high");
+        assert_eq!(sticky(choice(), Some("gone")).0.winner, "high");
+        assert_eq!(sticky(choice(), Some("high")).1, None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -224,7 +224,14 @@ fn catalog_table(c: &crate::logic::catalog::ImageCatalog) -> String {
         })
         .collect();
     super::table(
-        &["PUBLISHER", "OFFER", "SKU", "OS", "AUTOMATICBYPLATFORM", "CAPABILITIES"],
+        &[
+            "PUBLISHER",
+            "OFFER",
+            "SKU",
+            "OS",
+            "AUTOMATICBYPLATFORM",
+            "CAPABILITIES",
+        ],
         &rows,
     )
 }

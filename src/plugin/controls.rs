@@ -15,7 +15,9 @@ pub enum Verb {
     Abort,
     Retry,
     /// Promote the current ring; `skip`: pass over it instead.
-    Promote { skip: bool },
+    Promote {
+        skip: bool,
+    },
 }
 
 /// What to do.
@@ -65,17 +67,23 @@ pub fn decide(verb: Verb, r: &PatchRollout) -> Result<Change, String> {
         phase_of(r)
     };
     let halted_hint = "resume does not lift a halt: `kubectl automend retry` gives the failed VMs another attempt, `rollback` returns the VMs to their previous versions, `abort` stops the rollout";
-    let over = |what: &str| -> Result<Change, String> {
-        Err(format!("{me} is {phase:?}: {what}"))
-    };
+    let over = |what: &str| -> Result<Change, String> { Err(format!("{me} is {phase:?}: {what}")) };
     match verb {
         Verb::Pause | Verb::Resume => {
             let pause = verb == Verb::Pause;
             match phase {
-                RolloutPhase::Halted if pause => over("halted by its health gate; nothing starts until it is retried"),
-                RolloutPhase::Halted => Err(format!("{me} is Halted by its health gate: {halted_hint}")),
+                RolloutPhase::Halted if pause => {
+                    over("halted by its health gate; nothing starts until it is retried")
+                }
+                RolloutPhase::Halted => {
+                    Err(format!("{me} is Halted by its health gate: {halted_hint}"))
+                }
                 RolloutPhase::Succeeded | RolloutPhase::RolledBack | RolloutPhase::Aborted => {
-                    over(if pause { "finished, there is nothing to pause" } else { "finished, there is nothing to resume" })
+                    over(if pause {
+                        "finished, there is nothing to pause"
+                    } else {
+                        "finished, there is nothing to resume"
+                    })
                 }
                 _ if spec.paused == pause => Ok(Change::Nothing(format!(
                     "{me} is {} paused",
@@ -98,31 +106,53 @@ pub fn decide(verb: Verb, r: &PatchRollout) -> Result<Change, String> {
             | RolloutPhase::Aborted => over("finished, there is nothing to expedite"),
             _ if spec.expedite => Ok(Change::Nothing(format!("{me} is already expedited"))),
             _ if r.status.as_ref().is_some_and(|s| {
-                !s.rings.is_empty() && s.rings.iter().all(|g| g.started_time.is_some() || g.phase == Some(RingPhase::Skipped))
-            }) => Err(format!("{me}: every ring has started, no deferral is left to skip")),
+                !s.rings.is_empty()
+                    && s.rings
+                        .iter()
+                        .all(|g| g.started_time.is_some() || g.phase == Some(RingPhase::Skipped))
+            }) =>
+            {
+                Err(format!(
+                    "{me}: every ring has started, no deferral is left to skip"
+                ))
+            }
             _ => Ok(Change::Patch {
                 spec: serde_json::json!({ "expedite": true }),
-                done: format!("{me} expedited: the rings that have not started skip their deferrals (health gates still apply)"),
+                done: format!(
+                    "{me} expedited: the rings that have not started skip their deferrals (health gates still apply)"
+                ),
             }),
         },
         Verb::Rollback => match phase {
-            RolloutPhase::RolledBack => Ok(Change::Nothing(format!("{me} is already rolled back (or rolling back)"))),
-            RolloutPhase::Pending if r.status.as_ref().is_none_or(|s| s.rings.iter().all(|g| g.started_time.is_none())) => {
-                Err(format!("{me} has installed nothing yet: there is nothing to roll back (`kubectl automend abort` stops it)"))
+            RolloutPhase::RolledBack => Ok(Change::Nothing(format!(
+                "{me} is already rolled back (or rolling back)"
+            ))),
+            RolloutPhase::Pending
+                if r.status
+                    .as_ref()
+                    .is_none_or(|s| s.rings.iter().all(|g| g.started_time.is_none())) =>
+            {
+                Err(format!(
+                    "{me} has installed nothing yet: there is nothing to roll back (`kubectl automend abort` stops it)"
+                ))
             }
             _ => Ok(Change::Patch {
                 spec: serde_json::json!({ "rollback": true }),
-                done: format!("{me} rolling back: its VMs return to the versions recorded before the install"),
+                done: format!(
+                    "{me} rolling back: its VMs return to the versions recorded before the install"
+                ),
             }),
         },
         Verb::Abort => match phase {
             RolloutPhase::Aborted => Ok(Change::Nothing(format!("{me} is already aborted"))),
-            RolloutPhase::Succeeded | RolloutPhase::RolledBack => {
-                over("finished, there is nothing to abort (`kubectl automend rollback` returns its VMs)")
-            }
+            RolloutPhase::Succeeded | RolloutPhase::RolledBack => over(
+                "finished, there is nothing to abort (`kubectl automend rollback` returns its VMs)",
+            ),
             _ => Ok(Change::Patch {
                 spec: serde_json::json!({ "abort": true }),
-                done: format!("{me} aborted: nothing more is installed, nothing is rolled back; installations already running finish"),
+                done: format!(
+                    "{me} aborted: nothing more is installed, nothing is rolled back; installations already running finish"
+                ),
             }),
         },
         Verb::Retry => match phase {
@@ -138,19 +168,28 @@ pub fn decide(verb: Verb, r: &PatchRollout) -> Result<Change, String> {
                     "{me} retry {}: {} failed VM(s) get another attempt{}",
                     spec.retry + 1,
                     failed(r),
-                    if phase == RolloutPhase::Halted { "; the halt is lifted" } else { "" }
+                    if phase == RolloutPhase::Halted {
+                        "; the halt is lifted"
+                    } else {
+                        ""
+                    }
                 ),
             }),
         },
         Verb::Promote { skip } => {
             if matches!(
                 phase,
-                RolloutPhase::Halted | RolloutPhase::Succeeded | RolloutPhase::RolledBack | RolloutPhase::Aborted
+                RolloutPhase::Halted
+                    | RolloutPhase::Succeeded
+                    | RolloutPhase::RolledBack
+                    | RolloutPhase::Aborted
             ) {
                 return over("finished, there is nothing to promote");
             }
             let Some((ring, ring_phase)) = current_ring(r) else {
-                return Err(format!("{me} has no ring left to promote (or its status is not written yet)"));
+                return Err(format!(
+                    "{me} has no ring left to promote (or its status is not written yet)"
+                ));
             };
             let (field, list) = if skip {
                 ("skippedRings", &spec.skipped_rings)
@@ -158,16 +197,24 @@ pub fn decide(verb: Verb, r: &PatchRollout) -> Result<Change, String> {
                 ("promotedRings", &spec.promoted_rings)
             };
             if list.iter().any(|x| x == ring) {
-                return Ok(Change::Nothing(format!("{me}: ring {ring} is already in spec.{field}")));
+                return Ok(Change::Nothing(format!(
+                    "{me}: ring {ring} is already in spec.{field}"
+                )));
             }
             let mut next = list.clone();
             next.push(ring.to_string());
             let done = if skip {
-                format!("{me}: ring {ring} skipped: its VMs not yet patched are not patched by this rollout; the next ring follows")
+                format!(
+                    "{me}: ring {ring} skipped: its VMs not yet patched are not patched by this rollout; the next ring follows"
+                )
             } else {
                 match ring_phase {
-                    Some(RingPhase::Baking) => format!("{me}: ring {ring} promoted: the rest of its bake time is skipped"),
-                    _ => format!("{me}: ring {ring} promoted: its deferral and bake time are skipped (its health gate still applies)"),
+                    Some(RingPhase::Baking) => {
+                        format!("{me}: ring {ring} promoted: the rest of its bake time is skipped")
+                    }
+                    _ => format!(
+                        "{me}: ring {ring} promoted: its deferral and bake time are skipped (its health gate still applies)"
+                    ),
                 }
             };
             Ok(Change::Patch {
@@ -218,7 +265,10 @@ mod tests {
     fn verbs_refuse_what_they_cannot_do_and_say_why() {
         let halted = rollout(RolloutPhase::Halted, &[("test", RingPhase::Halted, 2)]);
         assert!(refused(Verb::Resume, &halted).contains("retry"));
-        let done = rollout(RolloutPhase::Succeeded, &[("test", RingPhase::Succeeded, 0)]);
+        let done = rollout(
+            RolloutPhase::Succeeded,
+            &[("test", RingPhase::Succeeded, 0)],
+        );
         assert!(refused(Verb::Expedite, &done).contains("Succeeded"));
         assert!(refused(Verb::Pause, &done).contains("nothing to pause"));
         assert!(refused(Verb::Abort, &done).contains("rollback"));
@@ -226,7 +276,10 @@ mod tests {
         let mut back = done.clone();
         back.status.as_mut().expect("status").phase = Some(RolloutPhase::RolledBack);
         assert!(refused(Verb::Pause, &back).contains("RolledBack"));
-        let running = rollout(RolloutPhase::Progressing, &[("test", RingPhase::Progressing, 0)]);
+        let running = rollout(
+            RolloutPhase::Progressing,
+            &[("test", RingPhase::Progressing, 0)],
+        );
         assert!(refused(Verb::Retry, &running).contains("no VM has failed"));
         assert!(refused(Verb::Expedite, &running).contains("every ring has started"));
         let pending = rollout(RolloutPhase::Pending, &[("test", RingPhase::Waiting, 0)]);
@@ -239,14 +292,23 @@ mod tests {
         match decide(Verb::Retry, &halted) {
             Ok(Change::Patch { spec, done }) => {
                 assert_eq!(spec, serde_json::json!({ "retry": 1 }));
-                assert!(done.contains("2 failed VM(s)") && done.contains("halt is lifted"), "{done}");
+                assert!(
+                    done.contains("2 failed VM(s)") && done.contains("halt is lifted"),
+                    "{done}"
+                );
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(decide(Verb::Abort, &halted), Ok(Change::Patch { .. })));
+        assert!(matches!(
+            decide(Verb::Abort, &halted),
+            Ok(Change::Patch { .. })
+        ));
         let baking = rollout(
             RolloutPhase::Progressing,
-            &[("test", RingPhase::Baking, 0), ("broad", RingPhase::Waiting, 0)],
+            &[
+                ("test", RingPhase::Baking, 0),
+                ("broad", RingPhase::Waiting, 0),
+            ],
         );
         match decide(Verb::Promote { skip: false }, &baking) {
             Ok(Change::Patch { spec, done }) => {
@@ -265,10 +327,19 @@ mod tests {
             decide(Verb::Promote { skip: true }, &promoted),
             Ok(Change::Patch { .. })
         ));
-        assert!(matches!(decide(Verb::Expedite, &baking), Ok(Change::Patch { .. })));
+        assert!(matches!(
+            decide(Verb::Expedite, &baking),
+            Ok(Change::Patch { .. })
+        ));
         let mut paused = baking.clone();
         paused.spec.paused = true;
-        assert!(matches!(decide(Verb::Pause, &paused), Ok(Change::Nothing(_))));
-        assert!(matches!(decide(Verb::Resume, &paused), Ok(Change::Patch { .. })));
+        assert!(matches!(
+            decide(Verb::Pause, &paused),
+            Ok(Change::Nothing(_))
+        ));
+        assert!(matches!(
+            decide(Verb::Resume, &paused),
+            Ok(Change::Patch { .. })
+        ));
     }
 }

@@ -25,8 +25,8 @@ use crate::clock::{Clock, ClockArgs};
 use crate::logic::rollout;
 
 use cluster::{Cluster, pick};
-pub use plan::plan_text;
 pub use controls::{Change, Verb};
+pub use plan::plan_text;
 pub use tables::{rings_table, rollouts_table, table};
 pub use views::{state_label, tree_text, vm_text};
 pub use why::why_text;
@@ -151,8 +151,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", plan_text(&r, &snap, &c.clock, &c.settings(&r), now));
             Ok(())
         }
-        Command::Pause { ring: Some(ring), .. } => ring_pause(&c, &ring, true).await,
-        Command::Resume { ring: Some(ring), .. } => ring_pause(&c, &ring, false).await,
+        Command::Pause {
+            ring: Some(ring), ..
+        } => ring_pause(&c, &ring, true).await,
+        Command::Resume {
+            ring: Some(ring), ..
+        } => ring_pause(&c, &ring, false).await,
         Command::Pause { rollout, .. } => control(&c, Verb::Pause, rollout.as_deref()).await,
         Command::Resume { rollout, .. } => control(&c, Verb::Resume, rollout.as_deref()).await,
         Command::Expedite { rollout } => control(&c, Verb::Expedite, Some(&rollout)).await,
@@ -220,9 +224,11 @@ async fn control(c: &Cluster, verb: Verb, rollout: Option<&str>) -> anyhow::Resu
 }
 
 async fn ring_pause(c: &Cluster, ring: &str, paused: bool) -> anyhow::Result<()> {
-    let current = c.rings().get_opt(ring).await?.ok_or_else(|| {
-        anyhow!("UpdateRing {ring:?} not found in namespace {}", c.ns)
-    })?;
+    let current = c
+        .rings()
+        .get_opt(ring)
+        .await?
+        .ok_or_else(|| anyhow!("UpdateRing {ring:?} not found in namespace {}", c.ns))?;
     let verb = if paused { "paused" } else { "resumed" };
     if current.spec.paused == paused {
         println!(
@@ -312,9 +318,10 @@ async fn assess(c: &Cluster, vm: &str, wait: Option<Duration>) -> anyhow::Result
                 } else {
                     ""
                 },
-                a.error
-                    .as_ref()
-                    .map_or(String::new(), |e| format!(": {}", crate::logic::text::safe(e, 512)))
+                a.error.as_ref().map_or(String::new(), |e| format!(
+                    ": {}",
+                    crate::logic::text::safe(e, 512)
+                ))
             );
             if a.status == crate::api::OperationStatus::Failed {
                 bail!("the assessment failed");
@@ -339,9 +346,9 @@ async fn members(c: &Cluster, ring: &str, rollout: Option<&str>) -> anyhow::Resu
     };
     // Each VM's state in the rollout it would be patched by (none yet: no state).
     let picked = pick(&snap.rollouts, rollout).ok();
-    let states = picked.as_ref().map(|r| {
-        views::states(r, &snap, &c.clock, &c.settings(r), c.clock.now())
-    });
+    let states = picked
+        .as_ref()
+        .map(|r| views::states(r, &snap, &c.clock, &c.settings(r), c.clock.now()));
     let rows: Vec<Vec<String>> = rollout::views(&snap.vms, &rings, &c.clock)
         .into_iter()
         .filter(|v| v.ring == Some(ri))
@@ -352,7 +359,12 @@ async fn members(c: &Cluster, ring: &str, rollout: Option<&str>) -> anyhow::Resu
                 .as_ref()
                 .and_then(|s| s.get(&name))
                 .map_or("-".into(), |(_, s)| state_label(s));
-            vec![name, eligible.into(), v.ineligible.unwrap_or_default(), state]
+            vec![
+                name,
+                eligible.into(),
+                v.ineligible.unwrap_or_default(),
+                state,
+            ]
         })
         .collect();
     if let Some(r) = &picked {

@@ -44,7 +44,12 @@ pub fn states(
     g.views
         .iter()
         .zip(out.states)
-        .map(|(v, s)| (v.vm.name_any(), (v.ring.map(|r| g.ring_names[r].clone()), s)))
+        .map(|(v, s)| {
+            (
+                v.vm.name_any(),
+                (v.ring.map(|r| g.ring_names[r].clone()), s),
+            )
+        })
         .collect()
 }
 
@@ -142,7 +147,9 @@ pub fn vm_text(vm: &VirtualMachine, lease_renewed: Option<Timestamp>, now: Times
         t,
         "  phase:          {}{}",
         st.phase.map_or("-".into(), |p| format!("{p:?}")),
-        st.message.as_ref().map_or(String::new(), |m| format!(" — {m}"))
+        st.message
+            .as_ref()
+            .map_or(String::new(), |m| format!(" — {m}"))
     );
     let _ = writeln!(
         t,
@@ -168,7 +175,11 @@ pub fn vm_text(vm: &VirtualMachine, lease_renewed: Option<Timestamp>, now: Times
     );
     let _ = writeln!(t, "  conditions:");
     for c in &st.conditions {
-        let _ = writeln!(t, "    {:<14} {:<5} {}: {}", c.type_, c.status, c.reason, c.message);
+        let _ = writeln!(
+            t,
+            "    {:<14} {:<5} {}: {}",
+            c.type_, c.status, c.reason, c.message
+        );
     }
     let guest = st.guest.clone().unwrap_or_default();
     let drift: Vec<String> = guest
@@ -179,7 +190,10 @@ pub fn vm_text(vm: &VirtualMachine, lease_renewed: Option<Timestamp>, now: Times
             if s.differences.is_empty() {
                 vec![format!("{}: not compliant", s.name)]
             } else {
-                s.differences.iter().map(|d| format!("{}: {d}", s.name)).collect()
+                s.differences
+                    .iter()
+                    .map(|d| format!("{}: {d}", s.name))
+                    .collect()
             }
         })
         .collect();

@@ -254,39 +254,38 @@ fn resolved(
         remediation: policy(p),
         via_assignment,
         also_matched,
+        outranked_by: None,
     }
 }
 
-/// The assignment choice for a VM that names no profile: the winner and the other matching
-/// profiles. A VM onboarded by assignment stays with its profile while that profile still matches
-/// (no churn when another matching profile appears).
-pub fn assigned_profile(vm: &VirtualMachine, shared: &Shared) -> Option<assign::Choice> {
+/// The assignment choice for a VM that names no profile: the winner, the other matching profiles
+/// and, when the VM keeps its profile although another now ranks first (`assign::sticky`), that
+/// one. A profile being deleted wins no VM that is not already on it.
+pub fn assigned_profile(
+    vm: &VirtualMachine,
+    shared: &Shared,
+) -> Option<(assign::Choice, Option<String>)> {
     let ns_labels = vm
         .namespace()
         .and_then(|ns| shared.namespaces.get(&ObjectRef::new(&ns)))
         .map(|n| n.labels().clone())
         .unwrap_or_default();
+    let current = vm.status.as_ref().and_then(|s| s.profile.clone());
     let profiles = shared.profiles.state();
-    let mut choice = assign::choose(
-        profiles.iter().filter_map(|p| {
-            p.spec.assignment.as_ref().map(|a| Candidate {
-                name: p.metadata.name.as_deref().unwrap_or_default(),
-                assignment: a,
-            })
-        }),
+    let choice = assign::choose(
+        profiles
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() || p.metadata.name == current)
+            .filter_map(|p| {
+                p.spec.assignment.as_ref().map(|a| Candidate {
+                    name: p.metadata.name.as_deref().unwrap_or_default(),
+                    assignment: a,
+                })
+            }),
         vm.labels(),
         &ns_labels,
     )?;
-    if let Some(current) = vm.status.as_ref().and_then(|s| s.profile.clone())
-        && current != choice.winner
-        && choice.others.contains(&current)
-    {
-        choice.others.retain(|o| o != &current);
-        choice
-            .others
-            .insert(0, std::mem::replace(&mut choice.winner, current));
-    }
-    Some(choice)
+    Some(assign::sticky(choice, current.as_deref()))
 }
 
 /// The profile a VM uses, resolved: the one it names, else the one an assignment picks.
@@ -297,11 +296,30 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
             None => ProfileChoice::Missing { name: name.clone() },
         };
     }
-    let Some(choice) = assigned_profile(vm, shared) else {
+    let Some((choice, outranked_by)) = assigned_profile(vm, shared) else {
         return ProfileChoice::Unassigned;
     };
     match shared.profiles.get(&ObjectRef::new(&choice.winner)) {
-        Some(p) => resolved(&p, true, choice.others),
+        Some(p) => match resolved(&p, true, choice.others) {
+            ProfileChoice::Resolved {
+                name,
+                generation,
+                configuration,
+                remediation,
+                via_assignment,
+                also_matched,
+                ..
+            } => ProfileChoice::Resolved {
+                name,
+                generation,
+                configuration,
+                remediation,
+                via_assignment,
+                also_matched,
+                outranked_by,
+            },
+            other => other,
+        },
         None => ProfileChoice::Unassigned,
     }
 }

@@ -231,15 +231,27 @@ impl Decision<'_> {
                 remediation,
                 via_assignment,
                 also_matched,
+                outranked_by,
             } => {
                 let mut msg = if *via_assignment {
                     format!("onboarded to ConfigurationProfile {name} by its assignment selector")
                 } else {
                     format!("ConfigurationProfile {name} found")
                 };
-                if !also_matched.is_empty() {
+                if let Some(high) = outranked_by {
                     msg.push_str(&format!(
-                        "; the assignments of {} also match this VM (the highest priority, then the first name, wins)",
+                        "; it stays with {name} although {high} now ranks first: a VM onboarded by assignment keeps its profile while that profile's assignment matches it (to move it, set spec.management.profile, or disable and re-enable management)"
+                    ));
+                    let rest: Vec<&String> = also_matched.iter().filter(|o| *o != high).collect();
+                    if !rest.is_empty() {
+                        msg.push_str(&format!(
+                            "; the assignments of {} also match",
+                            rest.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                } else if !also_matched.is_empty() {
+                    msg.push_str(&format!(
+                        "; the assignments of {} also match this VM (when a VM is onboarded the highest priority, then the first name, wins; it then keeps its profile)",
                         also_matched.join(", ")
                     ));
                 }

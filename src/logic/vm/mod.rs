@@ -47,6 +47,8 @@ pub enum ProfileChoice {
         remediation: RemediationPolicy,
         via_assignment: bool,
         also_matched: Vec<String>,
+        /// The VM keeps this profile although this one now ranks first (assignment is sticky).
+        outranked_by: Option<String>,
     },
     /// The VM names a profile that does not exist.
     Missing { name: String },

@@ -38,6 +38,7 @@ fn resolved(mode: RemediationMode) -> ProfileChoice {
         remediation: policy(mode),
         via_assignment: false,
         also_matched: vec![],
+        outranked_by: None,
     }
 }
 

@@ -28,7 +28,10 @@ fn rolling_back_a_succeeded_rollout_withdraws_the_slo_instead_of_putting_it_at_r
     let after: Vec<_> = w.events[before..].iter().map(|e| e.reason).collect();
     assert!(!after.contains(&"SLOAtRisk"), "{after:?}");
     let slo = cond(&w, SLO_AT_RISK);
-    assert_eq!((slo.status.as_str(), slo.reason.as_str()), ("False", "Withdrawn"));
+    assert_eq!(
+        (slo.status.as_str(), slo.reason.as_str()),
+        ("False", "Withdrawn")
+    );
 }
 
 #[test]
@@ -87,7 +90,11 @@ fn abort_stops_the_rollout_without_rolling_back_and_frees_the_next_release() {
     let n = installs(&w);
     w.run_until(add(w.now, dur("400h")), dur("1h"));
     assert_eq!(installs(&w), n, "nothing more is installed");
-    assert!(w.vms.iter().all(|v| !v.directive.as_ref().is_some_and(|d| d.rollback)));
+    assert!(
+        w.vms
+            .iter()
+            .all(|v| !v.directive.as_ref().is_some_and(|d| d.rollback))
+    );
     assert_eq!(cond(&w, SLO_AT_RISK).reason, "Withdrawn");
 }
 
@@ -103,9 +110,17 @@ fn promote_skips_the_current_rings_bake_and_the_next_rings_deferral() {
     w.spec.promoted_rings = vec!["test".into(), "broad".into()];
     w.run_until(add(w.now, dur("4h")), dur("10m"));
     assert_eq!(w.ring_phase(0), Some(RingPhase::Succeeded));
-    assert_eq!(phase(&w), Some(RolloutPhase::Succeeded), "{:?}", w.reasons());
     assert_eq!(
-        w.events.iter().filter(|e| e.reason == "RingPromoted").count(),
+        phase(&w),
+        Some(RolloutPhase::Succeeded),
+        "{:?}",
+        w.reasons()
+    );
+    assert_eq!(
+        w.events
+            .iter()
+            .filter(|e| e.reason == "RingPromoted")
+            .count(),
         2
     );
 }
@@ -121,8 +136,23 @@ fn a_skipped_ring_patches_nothing_more_and_the_next_ring_follows() {
     w.spec.skipped_rings = vec!["first".into()];
     w.run_until(add(w.now, dur("8h")), dur("10m"));
     assert_eq!(w.ring_phase(1), Some(RingPhase::Skipped));
-    assert_eq!(phase(&w), Some(RolloutPhase::Succeeded), "{:?}", w.reasons());
-    assert!(w.vms.iter().filter(|v| v.ring == 1).all(|v| v.installs.is_empty()));
-    assert!(w.vms.iter().filter(|v| v.ring == 2).all(|v| !v.installs.is_empty()));
+    assert_eq!(
+        phase(&w),
+        Some(RolloutPhase::Succeeded),
+        "{:?}",
+        w.reasons()
+    );
+    assert!(
+        w.vms
+            .iter()
+            .filter(|v| v.ring == 1)
+            .all(|v| v.installs.is_empty())
+    );
+    assert!(
+        w.vms
+            .iter()
+            .filter(|v| v.ring == 2)
+            .all(|v| !v.installs.is_empty())
+    );
     assert!(w.reasons().contains(&"RingSkipped"));
 }
