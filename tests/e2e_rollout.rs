@@ -658,6 +658,12 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
     let ring = r.rings.get("fast").await.expect("ring");
     let rs = ring.status.expect("ring status");
     assert_eq!((rs.total, rs.eligible), (8, 8));
+    let ready = rs
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("the ring's Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Valid"));
     let series = format!(
         "automend_rollout_slo_on_manifest_vms{{namespace=\"{}\",rollout=\"monthly\"}}",
         r.env.ns.name

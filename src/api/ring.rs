@@ -164,6 +164,9 @@ pub struct UpdateRingStatus {
     /// Members whose last installation failed or whose health checks fail.
     #[serde(default)]
     pub unhealthy: i32,
+    /// VMs of the namespace in no ring: rollouts do not patch them.
+    #[serde(default)]
+    pub in_no_ring: i32,
     /// The rollout this ring is taking part in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_rollout: Option<String>,

@@ -51,7 +51,8 @@ pub(super) async fn status_loop(
             let views = views(&vms, &rings, &ctx.clock);
             let current = current_rollout(&ns, &rollouts);
             for (i, ring) in rings.iter().enumerate() {
-                let status = ring_status(ring, i, &views, current.clone());
+                let status =
+                    ring_status(&rings, i, &views, current.clone(), jiff::Timestamp::now());
                 if ring.status.as_ref() == Some(&status) {
                     continue;
                 }

@@ -365,7 +365,13 @@ mod tests {
         // Off for less than 5 days: still eligible (patched when it returns), not running.
         assert_eq!(v[3].ineligible, None);
         assert!(!v[3].running);
-        let st = crate::logic::rollout::ring_status(&rings[0], 0, &v, Some("r".into()));
+        let st = crate::logic::rollout::ring_status(
+            &rings,
+            0,
+            &v,
+            Some("r".into()),
+            jiff::Timestamp::now(),
+        );
         assert_eq!(
             (st.total, st.eligible, st.healthy, st.unhealthy),
             (4, 2, 1, 1)
