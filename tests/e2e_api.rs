@@ -58,6 +58,10 @@ fn kubectl_explain_shows_our_documentation() {
         ("updatering.spec.healthGate.rebootTimeout", "RebootTimeout"),
         ("updatering.spec.hooks.preInstall.timeout", "from 1s to 6h"),
         ("patchrollout.spec.releaseTime", "Cannot change"),
+        // Status fields explained too (they showed `<no value>`).
+        ("patchrollout.status.phase", "Pending (no ring started)"),
+        ("patchrollout.spec.retry", "Only counts up"),
+        ("updatering.status.conditions", "SharesOverflow"),
     ];
     for (path, want) in cases {
         let text = c.kubectl_ok(&["explain", path]);
@@ -246,6 +250,16 @@ fn cases() -> Vec<Case> {
             Create(json!({"spec": {"patchSettings": {"patchMode": "AutomaticByOS"}}})),
             "spec.patchSettings.patchMode",
             "AutomaticByOS is supported only on Windows",
+        ),
+        c(
+            "hotpatch without AutomaticByPlatform",
+            Vm,
+            windows_vm,
+            Create(
+                json!({"spec": {"capabilities": ["Hotpatch"], "patchSettings": {"patchMode": "AutomaticByOS"}}}),
+            ),
+            "spec.patchSettings.patchMode",
+            "Hotpatch capability needs patchSettings.patchMode AutomaticByPlatform",
         ),
         c(
             "linux Manual",
@@ -790,6 +804,14 @@ fn cases() -> Vec<Case> {
             "greater than or equal to 0",
         ),
         // PatchRollout.
+        c(
+            "retry counts down",
+            Rollout,
+            || json!({ "spec": { "releaseTime": "2026-11-10T17:00:00Z", "retry": 2 } }),
+            Update(json!({"spec": {"retry": 1}})),
+            "spec.retry",
+            "retry only counts up",
+        ),
         c(
             "missing release time",
             Rollout,

@@ -663,7 +663,10 @@ async fn rollout_through_four_rings_keeps_every_invariant() {
         .iter()
         .find(|c| c.type_ == "Ready")
         .expect("the ring's Ready condition");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Valid"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Valid")
+    );
     let series = format!(
         "automend_rollout_slo_on_manifest_vms{{namespace=\"{}\",rollout=\"monthly\"}}",
         r.env.ns.name

@@ -66,6 +66,14 @@ fn every_field_is_explained() {
                 {
                     missing.push(format!("{here}: speaks of the seed: {d}"));
                 }
+                // An optional enum must not list null (kubectl explain shows `<no value>`).
+                if sub
+                    .get("enum")
+                    .and_then(|e| e.as_array())
+                    .is_some_and(|e| e.iter().any(|v| v.is_null()))
+                {
+                    missing.push(format!("{here}: null among its enum values"));
+                }
                 walk(&here, sub, missing);
             }
         }

@@ -164,13 +164,19 @@ pub struct UpdateRingStatus {
     /// Members whose last installation failed or whose health checks fail.
     #[serde(default)]
     pub unhealthy: i32,
+    /// A fingerprint of the namespace's rings (names, orders, selectors, shares) when this status
+    /// was written: a change tells that VMs may have moved between rings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rings_hash: Option<String>,
     /// VMs of the namespace in no ring: rollouts do not patch them.
     #[serde(default)]
     pub in_no_ring: i32,
     /// The rollout this ring is taking part in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_rollout: Option<String>,
-    /// Ready (the ring is valid and selects VMs) and what is wrong with it when not: NoMembers, DuplicateOrder, SharesOverflow.
+    /// Ready (the ring is valid and selects VMs) and what is wrong with it when not: NoMembers,
+    /// DuplicateOrder, SharesOverflow; MembershipChanged when a change of the namespace's rings
+    /// moved VMs into or out of this ring.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

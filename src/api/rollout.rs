@@ -134,12 +134,18 @@ impl Default for SloTarget {
 // The phase of a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RolloutPhase {
+    /// Before the release time, or waiting for an earlier rollout.
     Pending,
     Progressing,
+    /// `spec.paused`: no new wave starts.
     Paused,
+    /// A health gate stopped it: retry, roll back or abort it.
     Halted,
+    /// Every ring passed its health gate.
     Succeeded,
+    /// `spec.rollback`: its VMs returned to the versions from before the install.
     RolledBack,
+    /// `spec.abort`: stopped, nothing rolled back.
     Aborted,
 }
 

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::api::Api;
+use kube::{Resource as _, ResourceExt};
 use tracing::warn;
 
 use super::super::context::Context;
@@ -15,7 +15,7 @@ use super::super::shared::Shared;
 use super::{Stores, wait_ready};
 use crate::api::{UpdateRing, VirtualMachine};
 use crate::identity::CONTROLLER_MANAGER;
-use crate::logic::rollout::{current_rollout, ring_status, sorted_rings, views};
+use crate::logic::rollout::{current_rollout, membership_moved, ring_status, sorted_rings, views};
 
 pub(super) async fn status_loop(
     ctx: Arc<Context>,
@@ -56,6 +56,7 @@ pub(super) async fn status_loop(
                 if ring.status.as_ref() == Some(&status) {
                     continue;
                 }
+                let moved = membership_moved(ring, &status);
                 let api: Api<UpdateRing> = Api::namespaced(ctx.client.clone(), &ns);
                 match crate::status::apply(&api, &ring.name_any(), CONTROLLER_MANAGER, &status)
                     .await
@@ -65,6 +66,9 @@ pub(super) async fn status_loop(
                             .status_writes
                             .get_or_create(&Metrics::label("updatering"))
                             .inc();
+                        if let Some(ev) = moved {
+                            super::super::publish_events(&ctx, &ring.object_ref(&()), &[ev]).await;
+                        }
                     }
                     Err(e) => {
                         warn!(ring = %ring.name_any(), namespace = %ns, error = %e, "writing UpdateRing status")

@@ -48,7 +48,7 @@ pub use facts::{
 };
 pub use manifest::{freeze_manifest, packages_for};
 pub use ring::{max_failed, max_unavailable};
-pub use ring_status::{current_rollout, ring_status};
+pub use ring_status::{current_rollout, membership_moved, ring_status, rings_fingerprint};
 pub use state::VmState;
 pub use summary::installation_summary;
 pub use versions::{compare_versions, excluded};

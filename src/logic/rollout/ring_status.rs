@@ -71,6 +71,45 @@ pub fn ring_problems(
     problems
 }
 
+/// A fingerprint of what decides ring membership in a namespace: each ring's name, order,
+/// selector and share.
+pub fn rings_fingerprint(rings: &[Arc<UpdateRing>]) -> String {
+    use sha2::{Digest, Sha256};
+    let parts: Vec<serde_json::Value> = rings
+        .iter()
+        .map(|r| serde_json::json!([r.name_any(), r.spec.order, r.spec.selector, r.spec.share]))
+        .collect();
+    let digest = Sha256::digest(serde_json::Value::Array(parts).to_string().as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// When the namespace's rings changed (a ring added, removed, reordered or resized) and this
+/// ring's membership changed with them: what to tell people (VMs moved between rings).
+pub fn membership_moved(
+    ring: &UpdateRing,
+    new: &UpdateRingStatus,
+) -> Option<crate::logic::events::EventSpec> {
+    let old = ring.status.as_ref()?;
+    let before = old.rings_hash.as_deref().filter(|h| !h.is_empty())?;
+    if Some(before) == new.rings_hash.as_deref() || old.total == new.total {
+        return None;
+    }
+    Some(crate::logic::events::EventSpec::warning(
+        "MembersMoved",
+        "Assign",
+        moved_message(old.total, new.total, new.current_rollout.as_deref()),
+    ))
+}
+
+fn moved_message(before: i32, now: i32, rollout: Option<&str>) -> String {
+    format!(
+        "the namespace's rings changed and this ring now has {now} VM(s) (was {before}): VMs moved between rings (share rings take VMs by a stable hash over the rings in order){}",
+        rollout.map_or(String::new(), |r| format!(
+            "; rollout {r} is in progress and patches them by their new ring"
+        ))
+    )
+}
+
 /// The status of ring `index` of the namespace's sorted rings, from its VMs' views.
 pub fn ring_status(
     rings: &[Arc<UpdateRing>],
@@ -115,8 +154,29 @@ pub fn ring_status(
                 .join("; "),
         ),
     }
+    let rings_hash = rings_fingerprint(rings);
+    let moved = old
+        .rings_hash
+        .as_deref()
+        .is_some_and(|h| !h.is_empty() && h != rings_hash)
+        && old.total != members.len() as i32;
+    if moved {
+        c.set(
+            "MembershipChanged",
+            true,
+            "RingsChanged",
+            format!(
+                "{} (seen {})",
+                moved_message(old.total, members.len() as i32, current.as_deref()),
+                now.strftime("%Y-%m-%d %H:%M UTC")
+            ),
+        );
+    } else {
+        c.keep("MembershipChanged");
+    }
     UpdateRingStatus {
         observed_generation: ring.metadata.generation,
+        rings_hash: Some(rings_hash),
         in_no_ring: views.iter().filter(|v| v.ring.is_none()).count() as i32,
         total: members.len() as i32,
         eligible: eligible.len() as i32,
@@ -179,5 +239,50 @@ mod tests {
             ("False", "NoMembers")
         );
         assert!(ready.message.contains("150%"), "{}", ready.message);
+    }
+
+    #[test]
+    fn a_ring_added_later_reports_the_vms_it_moved() {
+        let now: Timestamp = "2026-11-23T10:00:00Z".parse().expect("ts");
+        let two = vec![ring("first", 1, Some(50)), ring("broad", 2, Some(50))];
+        let mut first = (*two[0]).clone();
+        first.status = Some(UpdateRingStatus {
+            total: 10,
+            rings_hash: Some(rings_fingerprint(&two)),
+            ..Default::default()
+        });
+        // Same rings, same members: nothing to say.
+        let same = vec![Arc::new(first.clone()), two[1].clone()];
+        let st = ring_status(&same, 0, &[], None, now);
+        assert!(
+            membership_moved(&first, &st).is_none(),
+            "same rings: nothing moved"
+        );
+        // A ring added before it: its count changes with the rings.
+        let three = vec![
+            ring("fast", 0, Some(30)),
+            Arc::new(first.clone()),
+            two[1].clone(),
+        ];
+        let st = ring_status(&three, 1, &[], Some("nov".into()), now);
+        let ev = membership_moved(&first, &st).expect("an Event");
+        assert_eq!(ev.reason, "MembersMoved");
+        assert!(
+            ev.note.contains("now has 0 VM(s) (was 10)") && ev.note.contains("rollout nov"),
+            "{}",
+            ev.note
+        );
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "MembershipChanged")
+            .expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RingsChanged")
+        );
+        // The first status ever written has nothing to compare with.
+        let fresh = (*two[0]).clone();
+        assert!(membership_moved(&fresh, &st).is_none());
     }
 }
