@@ -345,7 +345,10 @@ async fn members(c: &Cluster, ring: &str, rollout: Option<&str>) -> anyhow::Resu
         bail!("UpdateRing {ring:?} not found in namespace {}", c.ns);
     };
     // Each VM's state in the rollout it would be patched by (none yet: no state).
-    let picked = pick(&snap.rollouts, rollout).ok();
+    let picked = match rollout {
+        Some(_) => Some(pick(&snap.rollouts, rollout)?),
+        None => pick(&snap.rollouts, None).ok(),
+    };
     let states = picked
         .as_ref()
         .map(|r| views::states(r, &snap, &c.clock, &c.settings(r), c.clock.now()));

@@ -65,12 +65,15 @@ pub fn rollouts_table(rollouts: &[Arc<PatchRollout>]) -> String {
                 match slo.projected_to_meet {
                     Some(true) => "on track".into(),
                     Some(false) => "AT RISK".into(),
+                    None if r.spec.rollback || r.spec.abort => "withdrawn".into(),
                     None => "-".into(),
                 },
                 [
                     r.spec.paused.then_some("paused"),
                     r.spec.expedite.then_some("expedite"),
                     r.spec.rollback.then_some("rollback"),
+                    r.spec.abort.then_some("abort"),
+                    (r.spec.retry > 0).then_some("retried"),
                 ]
                 .into_iter()
                 .flatten()
