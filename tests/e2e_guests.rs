@@ -314,7 +314,7 @@ async fn create_ring(
                 "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
                 "metadata": { "name": name },
                 "spec": { "order": order, "selector": { "matchLabels": { "automend.io/ring": name } },
-                          "deferral": "0s", "maxUnavailable": max_unavailable,
+                          "deferral": "0s", "maxUnavailable": max_unavailable, "maxAttempts": 1,
                           "healthGate": { "maxFailedPercent": max_failed, "bakeTime": "0s",
                                           "healthyFor": "15s", "rebootTimeout": "1m" } },
             }))

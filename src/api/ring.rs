@@ -61,11 +61,20 @@ pub struct UpdateRingSpec {
     #[x_kube(validation = schema::duration_between("0s", "720h"))]
     pub deadline: String,
 
-    /// At most this many of the ring's VMs patch at once: a count (5) or a percentage of the ring
-    /// ("10%", the default).
+    /// At most this many of the ring's VMs patch at once, those in availability sets included: a
+    /// count (5) or a percentage of the ring's eligible VMs ("10%", the default; rounded down, at
+    /// least 1). Availability sets and zones may hold a wave below it.
     #[serde(default = "default_max_unavailable")]
     #[schemars(schema_with = "schema::count_or_percent")]
     pub max_unavailable: IntOrString,
+
+    /// Installation attempts per VM in one rollout, 1 to 10 (default 3). A failed installation is
+    /// retried in the VM's next maintenance window (an hour later for a VM without one) until this
+    /// many have failed; only then does the VM count against the health gate. A VM unhealthy after
+    /// installing, or not back from its reboot, is not retried.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub max_attempts: i32,
 
     /// A paused ring starts no new installations; those running finish.
     #[serde(default)]
@@ -89,6 +98,10 @@ pub struct UpdateRingSpec {
 
 fn zero_duration() -> String {
     "0s".into()
+}
+
+fn default_max_attempts() -> i32 {
+    3
 }
 
 fn default_max_unavailable() -> IntOrString {

@@ -266,6 +266,30 @@ pub struct RingProgress {
     /// The ring's waves, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<Wave>,
+    /// VMs whose installation failed in this rollout: their attempts, and when the next one may
+    /// start (the ring's `maxAttempts` bounds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub retries: Vec<InstallRetry>,
+}
+
+/// A VM whose installation failed, and its attempts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallRetry {
+    /// The VM.
+    pub name: String,
+    /// Failed installation attempts so far.
+    pub attempts: i32,
+    /// The wave of the last failed attempt.
+    pub last_failed_wave: i32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the next attempt may start (its next maintenance window); unset when no attempt is
+    /// left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Time>,
 }
 
 /// One wave of installations.

@@ -152,9 +152,14 @@ pub struct InstallationDirective {
     /// Exact package versions to install.
     #[serde(default)]
     pub packages: Vec<PinnedPackage>,
-    /// No installation starts after this time.
+    /// The maintenance window's end: no installation or reboot starts after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_end: Option<Time>,
+    /// The latest time an installation may start: the window's end minus the expected length of
+    /// an installation (the controller's `--install-duration`). A guest that gets to it later
+    /// refuses (`maintenanceWindowExceeded`); the VM is retried in its next window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_start: Option<Time>,
     /// When the guest reboots after installing: IfRequired, Never or Always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_setting: Option<super::profile::RebootSetting>,

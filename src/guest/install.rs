@@ -48,14 +48,23 @@ pub fn refused_after_window(
     record: &GuestInstallation,
     start: Timestamp,
 ) -> Option<GuestInstallation> {
-    if d.window_end.as_ref().is_none_or(|end| end.0 > start) {
+    let ended = d.window_end.as_ref().is_some_and(|end| end.0 <= start);
+    let too_late = d.latest_start.as_ref().is_some_and(|l| l.0 < start);
+    if !ended && !too_late {
         return None;
     }
-    let mut r = failed(
-        record.clone(),
-        "the maintenance window ended before the installation could start".into(),
-        start,
-    );
+    let why = if ended {
+        "the maintenance window ended before the installation could start".to_string()
+    } else {
+        format!(
+            "too little of the maintenance window was left to start the installation (latest start {})",
+            d.latest_start
+                .as_ref()
+                .map(|l| l.0.to_string())
+                .unwrap_or_default()
+        )
+    };
+    let mut r = failed(record.clone(), why, start);
     r.maintenance_window_exceeded = true;
     Some(r)
 }
@@ -297,6 +306,7 @@ mod tests {
             wave: 1,
             packages: vec![pkg("libssl", "1.1"), pkg("new", "1.0")],
             window_end: Some(Time(ts("2026-01-01T04:00:00Z"))),
+            latest_start: None,
             reboot_setting: Some(RebootSetting::IfRequired),
             hotpatch_only: false,
             rollback,
@@ -315,6 +325,24 @@ mod tests {
         assert!(
             refused_after_window(&d, &started(&d, at_end), ts("2026-01-01T03:59:00Z")).is_none()
         );
+    }
+
+    #[test]
+    fn an_install_never_starts_after_its_latest_start() {
+        let mut d = directive(false);
+        d.latest_start = Some(Time(ts("2026-01-01T03:30:00Z")));
+        let late = ts("2026-01-01T03:45:00Z");
+        let r = refused_after_window(&d, &started(&d, late), late).expect("refused");
+        assert!(r.maintenance_window_exceeded);
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("latest start")),
+            "{:?}",
+            r.error
+        );
+        let on_time = ts("2026-01-01T03:30:00Z");
+        assert!(refused_after_window(&d, &started(&d, on_time), on_time).is_none());
     }
 
     #[test]

@@ -110,6 +110,23 @@ pub fn tree_text(rollout: &PatchRollout, states: &BTreeMap<String, Standing>) ->
                 let _ = writeln!(t, "      {m}  {label}");
             }
         }
+        for r in &ring.retries {
+            let _ = writeln!(
+                t,
+                "    retry {}  {} failed attempt(s){}{}",
+                r.name,
+                r.attempts,
+                r.next_attempt
+                    .as_ref()
+                    .map_or(", no attempt left".to_string(), |n| format!(
+                        ", next from {}",
+                        ts(Some(n))
+                    )),
+                r.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            );
+        }
         // The ring's other VMs, grouped by state.
         let mut rest: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for (name, (r, s)) in states {

@@ -318,8 +318,13 @@ async fn apply(
     }
     record_metrics(ctx, &ns, &name, &out.status);
 
-    // 3. Events, after the writes they describe.
+    // 3. Events, after the writes they describe: the rollout's, then each VM's patch story.
     super::publish_events(ctx, &r.object_ref(&()), &out.events).await;
+    for (i, ev) in &out.vm_events {
+        if let Some(v) = g.views.get(*i) {
+            super::publish_events(ctx, &v.vm.object_ref(&()), std::slice::from_ref(ev)).await;
+        }
+    }
 
     let real = out
         .requeue_after

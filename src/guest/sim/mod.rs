@@ -55,8 +55,11 @@ pub fn parse_patches(spec: &str) -> Result<Vec<AvailablePackage>, String> {
             let (name, rest) = item
                 .split_once('=')
                 .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
+            // The classification follows the last ':' (a Debian version may carry an epoch,
+            // "2:9.1.0016-1").
             let (version, class) = rest
-                .split_once(':')
+                .rsplit_once(':')
+                .filter(|(v, _)| !v.is_empty())
                 .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
             let classification = match class {
                 "Critical" => Classification::Critical,
@@ -129,6 +132,8 @@ pub struct SimBackend {
     stopped: BTreeSet<String>,
     last_drift: Option<String>,
     last_patches: Option<String>,
+    /// Why the last `sim.automend.io/patches` annotation was refused (a guest problem).
+    patches_problem: Option<String>,
     fail_remediation: bool,
     powered_on: bool,
     available: Vec<AvailablePackage>,
@@ -161,6 +166,7 @@ impl SimBackend {
             stopped: BTreeSet::new(),
             last_drift: None,
             last_patches: None,
+            patches_problem: None,
             fail_remediation: false,
             powered_on: true,
             installed: default_patches(name)
@@ -248,6 +254,10 @@ impl Backend for SimBackend {
         self.os.clone()
     }
 
+    fn problems(&self) -> Vec<String> {
+        self.patches_problem.iter().cloned().collect()
+    }
+
     async fn apply(&mut self, config: &EffectiveConfiguration) -> Result<(), String> {
         self.bump(|s| s.applies += 1);
         let drifted = !self.stopped.is_empty() || !self.actual.is_empty();
@@ -304,8 +314,20 @@ impl Backend for SimBackend {
 
     async fn assess(&mut self) -> Result<super::Assessed, String> {
         self.bump(|s| s.assessments += 1);
+        // Each update with the version installed now (an install or rollback since it was
+        // offered changed it).
+        let installed = &self.installed;
+        let packages = self
+            .available
+            .iter()
+            .filter(|p| installed.get(&p.name) != Some(&p.version))
+            .map(|p| AvailablePackage {
+                installed_version: installed.get(&p.name).cloned(),
+                ..p.clone()
+            })
+            .collect();
         Ok(super::Assessed {
-            packages: self.available.clone(),
+            packages,
             reboot_pending: false,
         })
     }
@@ -367,6 +389,7 @@ impl Backend for SimBackend {
             self.last_patches = Some(spec.clone());
             match parse_patches(spec) {
                 Ok(offered) => {
+                    self.patches_problem = None;
                     // Updates are offered for installed packages: a package the machine lacks is
                     // taken to be installed at the baseline 1.0.0; one already at the offered
                     // version is not offered.
@@ -384,7 +407,10 @@ impl Backend for SimBackend {
                         })
                         .collect();
                 }
-                Err(e) => warn!(vm = %self.name, error = %e, "ignoring {PATCHES}"),
+                Err(e) => {
+                    warn!(vm = %self.name, error = %e, "ignoring {PATCHES}");
+                    self.patches_problem = Some(format!("annotation {PATCHES} ignored: {e}"));
+                }
             }
         }
         self.fail_remediation = annotations
@@ -580,6 +606,10 @@ mod patch_tests {
 
     #[test]
     fn patches_annotation_parses_and_errors_name_the_item() {
+        let epoch = parse_patches("vim=2:9.1.0016-1:Other, openssl=3.0.2-1:Security")
+            .expect("a Debian epoch parses");
+        assert_eq!(epoch[0].version, "2:9.1.0016-1");
+        assert_eq!(epoch.len(), 2);
         let p = parse_patches("openssl=3.0.2-1:Security, vim=9.1:Other").expect("parses");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].classification, Classification::Security);

@@ -7,20 +7,16 @@ use super::{Limits, Placement, State, Topology, simulate_from};
 
 /// A lower bound on the number of steps any plan needs when every install takes one step and
 /// succeeds, for every assignment of regions to phases that keeps pairs apart: the longest
-/// region (or geo-pair of regions, which cannot overlap), and the loose VMs over `max_unavailable`.
+/// region (or geo-pair of regions, which cannot overlap), and the ring's VMs over `max_unavailable`.
 pub fn lower_bound(topo: &Topology, pairs: &[(String, String)], limits: Limits) -> usize {
     let regions = topo.regions.len();
     // Per region: zones run one after another, each at least as long as its deepest set.
     let mut zone_need: HashMap<(u16, u16), usize> = HashMap::new();
     let mut set_uds: HashMap<u32, (u16, Vec<u16>)> = HashMap::new();
-    let mut loose_total = 0usize;
     for n in &topo.nodes {
-        match topo.in_set(n) {
-            Some(a) => {
-                let e = set_uds.entry(a).or_insert((n.region, Vec::new()));
-                e.1.push(n.ud);
-            }
-            None => loose_total += 1,
+        if let Some(a) = topo.in_set(n) {
+            let e = set_uds.entry(a).or_insert((n.region, Vec::new()));
+            e.1.push(n.ud);
         }
         if let Some(z) = n.zone {
             zone_need.entry((n.region, z)).or_insert(1);
@@ -54,7 +50,8 @@ pub fn lower_bound(topo: &Topology, pairs: &[(String, String)], limits: Limits) 
             lb = lb.max(region_lb[a] + region_lb[b]);
         }
     }
-    lb.max(loose_total.div_ceil(limits.max_unavailable.max(1)))
+    // maxUnavailable bounds the whole ring: at most that many finish per step.
+    lb.max(topo.len().div_ceil(limits.max_unavailable.max(1)))
 }
 
 /// Run a whole rollout in steps where every started VM finishes (with `outcome`) one step later.

@@ -5,7 +5,7 @@
 //!    every VM of the previous phases finished (succeeded, or failed within the failure budget);
 //! 2. within a region, VMs of one availability zone at a time;
 //! 3. within an availability set, one update domain at a time, and never every member at once;
-//! 4. VMs in no availability set: at most `max_unavailable` patching at once.
+//! 4. at most `max_unavailable` of the ring's VMs patching at once (in or out of availability sets).
 //!
 //! [`check`] states the invariants independently of the planner; property tests drive random
 //! fleets through whole rollouts with failures and check every step.
@@ -256,21 +256,19 @@ pub fn plan(
     let mut zone_active: HashMap<u16, u16> = HashMap::new();
     let mut set_ud: HashMap<u32, u16> = HashMap::new();
     let mut set_patching: HashMap<u32, u32> = HashMap::new();
-    let mut loose_patching = 0usize;
+    let mut patching_now = 0usize;
     for v in members {
         if states[*v as usize] != State::Patching {
             continue;
         }
+        patching_now += 1;
         let n = topo.nodes[*v as usize];
         if let Some(z) = n.zone {
             zone_active.insert(n.region, z);
         }
-        match topo.in_set(&n) {
-            Some(a) => {
-                set_ud.insert(a, n.ud);
-                *set_patching.entry(a).or_default() += 1;
-            }
-            None => loose_patching += 1,
+        if let Some(a) = topo.in_set(&n) {
+            set_ud.insert(a, n.ud);
+            *set_patching.entry(a).or_default() += 1;
         }
     }
     // Regions with no zone active pick the zone with the most VMs ready to start (then the first).
@@ -296,28 +294,24 @@ pub fn plan(
         if states[*v as usize] != State::Waiting || !ready(*v) {
             continue;
         }
+        if patching_now >= limits.max_unavailable.max(1) {
+            break;
+        }
         let n = topo.nodes[*v as usize];
         if let Some(z) = n.zone
             && zone_active.get(&n.region) != Some(&z)
         {
             continue;
         }
-        match topo.in_set(&n) {
-            Some(a) => {
-                let ud = *set_ud.entry(a).or_insert(n.ud);
-                let patching = set_patching.entry(a).or_default();
-                if ud != n.ud || *patching + 1 >= topo.avset_size[a as usize] {
-                    continue;
-                }
-                *patching += 1;
+        if let Some(a) = topo.in_set(&n) {
+            let ud = *set_ud.entry(a).or_insert(n.ud);
+            let patching = set_patching.entry(a).or_default();
+            if ud != n.ud || *patching + 1 >= topo.avset_size[a as usize] {
+                continue;
             }
-            None => {
-                if loose_patching >= limits.max_unavailable.max(1) {
-                    continue;
-                }
-                loose_patching += 1;
-            }
+            *patching += 1;
         }
+        patching_now += 1;
         start.push(*v);
     }
     Plan {
@@ -355,7 +349,6 @@ pub fn check(topo: &Topology, states: &[State], limits: Limits) -> Result<(), St
     let mut zones: HashMap<u16, u16> = HashMap::new();
     let mut uds: HashMap<u32, u16> = HashMap::new();
     let mut counts: HashMap<u32, u32> = HashMap::new();
-    let mut loose = 0;
     for v in &patching {
         let n = topo.nodes[*v as usize];
         if let Some(z) = n.zone
@@ -366,16 +359,13 @@ pub fn check(topo: &Topology, states: &[State], limits: Limits) -> Result<(), St
                 topo.regions[n.region as usize]
             ));
         }
-        match topo.in_set(&n) {
-            Some(a) => {
-                if *uds.entry(a).or_insert(n.ud) != n.ud {
-                    return Err(format!(
-                        "two update domains of availability set {a} patch together"
-                    ));
-                }
-                *counts.entry(a).or_default() += 1;
+        if let Some(a) = topo.in_set(&n) {
+            if *uds.entry(a).or_insert(n.ud) != n.ud {
+                return Err(format!(
+                    "two update domains of availability set {a} patch together"
+                ));
             }
-            None => loose += 1,
+            *counts.entry(a).or_default() += 1;
         }
     }
     for (a, c) in counts {
@@ -385,9 +375,10 @@ pub fn check(topo: &Topology, states: &[State], limits: Limits) -> Result<(), St
             ));
         }
     }
-    if loose > limits.max_unavailable.max(1) {
+    if patching.len() > limits.max_unavailable.max(1) {
         return Err(format!(
-            "{loose} VMs outside availability sets patch at once (max {})",
+            "{} VMs patch at once (maxUnavailable {})",
+            patching.len(),
             limits.max_unavailable
         ));
     }
@@ -530,6 +521,41 @@ mod tests {
             .collect();
         assert_eq!(zones[0], zones[1]);
         assert_eq!(simulate(&t, limits, |_| State::Succeeded), Some(6));
+    }
+
+    #[test]
+    fn max_unavailable_limits_the_whole_ring_sets_included() {
+        // Six availability sets of five update domains and four loose VMs: with maxUnavailable 3,
+        // never more than three patch at once (the sets alone would allow six).
+        let mut vms: Vec<Placement> = (0..30)
+            .map(|i| {
+                pl(
+                    "r",
+                    None,
+                    Some(["a", "b", "c", "d", "e", "f"][i % 6]),
+                    (i / 6) as i32,
+                )
+            })
+            .collect();
+        vms.extend((0..4).map(|_| pl("r", None, None, 0)));
+        let t = Topology::new(&vms, &[]);
+        let limits = Limits {
+            max_unavailable: 3,
+            max_failed: 0,
+        };
+        let p = plan(&t, &vec![State::Waiting; vms.len()], &|_| true, limits);
+        assert_eq!(p.start.len(), 3, "{:?}", p.start);
+        let mut states = vec![State::Waiting; vms.len()];
+        for v in &p.start {
+            states[*v as usize] = State::Patching;
+        }
+        assert!(check(&t, &states, limits).is_ok());
+        states[p.start[0] as usize] = State::Waiting;
+        states.iter_mut().take(4).for_each(|s| *s = State::Patching);
+        assert!(
+            check(&t, &states, limits).is_err(),
+            "four patching breaks the limit"
+        );
     }
 
     #[test]
@@ -702,8 +728,10 @@ mod tests {
         let steps = simulate(&t, limits, |_| State::Succeeded).expect("finishes");
         let lb = lower_bound(&t, &pairs, limits);
         assert!(steps >= lb);
+        // maxUnavailable bounds the whole ring while zones go one at a time per region, so
+        // capacity and zones cannot both be used to the full in every step.
         assert!(
-            (steps as f64) <= 1.5 * lb as f64,
+            (steps as f64) <= 1.7 * lb as f64,
             "{steps} steps for a lower bound of {lb}"
         );
     }

@@ -9,6 +9,7 @@
 //!
 //! The kubectl plugin calls the same code for `plan` and `why`.
 
+mod attempts;
 mod cadence;
 mod facts;
 mod manifest;
@@ -142,6 +143,8 @@ pub struct Outcome {
     pub status: PatchRolloutStatus,
     pub writes: Vec<VmWrite>,
     pub events: Vec<EventSpec>,
+    /// Events about one VM (by index into the input's VMs).
+    pub vm_events: Vec<(usize, EventSpec)>,
     /// Look again after this long (virtual time), even if nothing changes.
     pub requeue_after: Option<Duration>,
     /// Every VM's state, by index (for `why` and tests).
@@ -264,6 +267,8 @@ struct Acc {
     next_wave: i32,
     wake: Earliest<Timestamp>,
     events: Vec<EventSpec>,
+    /// Events about one VM (by index): its patch story in `kubectl describe virtualmachine`.
+    vm_events: Vec<(usize, EventSpec)>,
     writes: Vec<VmWrite>,
 }
 
@@ -281,6 +286,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
         next_wave: waves::next_index(input, old),
         wake: Earliest::default(),
         events: Vec::new(),
+        vm_events: Vec::new(),
         writes: Vec::new(),
     };
     acc.states = state::initial(&run, acc.manifest.as_ref(), &mut acc.wake);
@@ -297,13 +303,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
         rings.push(decided.progress);
     }
     let rollback_set = rollback::set(&run, &rings, halted_ring);
-    rollback::start(
-        &run,
-        &rollback_set,
-        &mut rings,
-        halted_ring,
-        &mut acc.writes,
-    );
+    rollback::start(&run, &rollback_set, &mut rings, halted_ring, &mut acc);
     summary::refresh(&run, &mut acc.writes);
 
     if let Some((_, forgiven)) = &retried {
@@ -360,6 +360,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
         status,
         writes: acc.writes,
         events: acc.events,
+        vm_events: acc.vm_events,
         requeue_after: acc
             .wake
             .get()

@@ -32,6 +32,8 @@ pub(super) fn forgive(
             }
             w.failed = 0;
         }
+        // Attempts start again.
+        ring.retries.clear();
         if matches!(ring.phase, Some(RingPhase::Halted | RingPhase::RolledBack)) {
             ring.phase = Some(RingPhase::Progressing);
         }

@@ -119,6 +119,7 @@ pub(super) fn decide(
             }
         }
     }
+    super::attempts::apply(run, ri, &all, &prev, &mut p, acc);
     p.promoted = promoted(run, ri);
     if p.promoted && !prev.promoted && !run.terminal {
         acc.events.push(EventSpec::normal(
@@ -275,10 +276,17 @@ fn plan_and_start(
     let planner_states: Vec<_> = eligible.iter().map(|i| acc.states[*i].planner()).collect();
     let mut reasons: HashMap<usize, String> = HashMap::new();
     for i in eligible {
-        if matches!(acc.states[*i], VmState::Waiting(None))
-            && let Some(r) = state::not_ready(run, &input.vms[*i], &mut acc.wake)
-        {
-            reasons.insert(*i, r);
+        match &acc.states[*i] {
+            VmState::Waiting(None) => {
+                if let Some(r) = state::not_ready(run, &input.vms[*i], &mut acc.wake) {
+                    reasons.insert(*i, r);
+                }
+            }
+            // Already says why it may not start (a retry's next window, no assessment).
+            VmState::Waiting(Some(r)) => {
+                reasons.insert(*i, r.clone());
+            }
+            _ => {}
         }
     }
     let ready =

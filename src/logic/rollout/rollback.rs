@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use crate::api::{InstallationDirective, RingPhase, RingProgress};
 
-use super::{Run, VmFacts, VmWrite};
+use crate::logic::events::EventSpec;
+
+use super::{Acc, Run, VmFacts, VmWrite};
 
 /// Whether a VM installed something of this rollout, or is being rolled back already.
 fn patched_here(name: &str, vm: &VmFacts<'_>) -> bool {
@@ -54,7 +56,7 @@ pub(super) fn start(
     set: &[usize],
     rings: &mut [RingProgress],
     halted_ring: Option<usize>,
-    writes: &mut Vec<VmWrite>,
+    acc: &mut Acc,
 ) {
     let name = run.input.name;
     let mut rolled_back = 0;
@@ -74,13 +76,29 @@ pub(super) fn start(
             }
             continue;
         }
-        writes.push(VmWrite {
+        acc.vm_events.push((
+            *i,
+            EventSpec::warning(
+                "PatchRollback",
+                "Rollback",
+                format!(
+                    "rollout {name}: returning to the package versions recorded before its install{}",
+                    if run.input.spec.rollback {
+                        " (the rollout is rolled back)"
+                    } else {
+                        " (its wave failed the health gate)"
+                    }
+                ),
+            ),
+        ));
+        acc.writes.push(VmWrite {
             vm: *i,
             directive: InstallationDirective {
                 rollout: name.to_string(),
                 wave: r.wave,
                 packages: Vec::new(),
                 window_end: None,
+                latest_start: None,
                 reboot_setting: vm.reboot_setting,
                 hotpatch_only: vm.hotpatch,
                 rollback: true,

@@ -18,7 +18,7 @@ pub(super) struct Slo {
     pub target: usize,
     pub deadline: Timestamp,
     pub projected: bool,
-    /// The release was rolled back or aborted before the target was met.
+    /// The release was rolled back or aborted: the SLO no longer applies.
     pub withdrawn: bool,
 }
 
@@ -112,9 +112,9 @@ pub(super) fn project(
             deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 deadline,
             )),
-            projected_to_meet: (!withdrawn || met).then_some(projected),
+            projected_to_meet: (!withdrawn).then_some(projected),
         },
-        withdrawn: withdrawn && !met,
+        withdrawn,
         eligible: eligible.len(),
         on,
         target,

@@ -22,10 +22,15 @@ pub fn installation_summary(
         .iter()
         .filter(|p| excluded(&spec.exclude, &p.name))
         .count() as i32;
+    // Every available update is in exactly one bucket: excluded, not selected (a classification
+    // the rollout does not install, or not part of its release: published after the manifest
+    // froze), or the directive's (installed, failed, pending).
     let not_selected = available
         .iter()
         .filter(|p| {
-            !excluded(&spec.exclude, &p.name) && !spec.classifications.contains(&p.classification)
+            !excluded(&spec.exclude, &p.name)
+                && (!spec.classifications.contains(&p.classification)
+                    || !directive.packages.iter().any(|d| d.name == p.name))
         })
         .count() as i32;
     let finished = result.filter(|r| {
@@ -90,5 +95,63 @@ pub(super) fn refresh(run: &Run<'_>, writes: &mut Vec<VmWrite>) {
                 )),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AvailablePackage, Classification, PinnedPackage};
+
+    #[test]
+    fn every_available_update_is_counted_in_exactly_one_bucket() {
+        let spec: PatchRolloutSpec = serde_json::from_value(serde_json::json!({
+            "releaseTime": "2026-11-10T17:00:00Z", "exclude": ["secret"]
+        }))
+        .expect("spec");
+        let avail = |name: &str, c| AvailablePackage {
+            name: name.into(),
+            version: "2".into(),
+            installed_version: Some("1".into()),
+            classification: c,
+        };
+        let assessment = GuestAssessment {
+            packages: vec![
+                avail("libssl", Classification::Security),
+                // Published after the manifest froze: not part of this release.
+                avail("kernel", Classification::Security),
+                avail("tool", Classification::Other),
+                avail("secret", Classification::Critical),
+            ],
+            ..serde_json::from_value(serde_json::json!({ "requestId": "x", "status": "Succeeded" }))
+                .expect("assessment")
+        };
+        let directive: InstallationDirective = serde_json::from_value(serde_json::json!({
+            "rollout": "r", "wave": 1,
+        }))
+        .expect("directive");
+        let directive = InstallationDirective {
+            packages: vec![PinnedPackage {
+                name: "libssl".into(),
+                version: "2".into(),
+                classification: Some(Classification::Security),
+            }],
+            ..directive
+        };
+        let s = installation_summary(&spec, &directive, Some(&assessment), None);
+        assert_eq!(
+            (
+                s.pending_patch_count,
+                s.not_selected_patch_count,
+                s.excluded_patch_count
+            ),
+            (1, 2, 1)
+        );
+        let total = s.installed_patch_count
+            + s.pending_patch_count
+            + s.failed_patch_count
+            + s.not_selected_patch_count
+            + s.excluded_patch_count;
+        assert_eq!(total, 4);
     }
 }

@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{InstallationDirective, PatchRolloutStatus, RingProgress, Wave};
 
+use crate::logic::events::EventSpec;
+
 use super::manifest::packages_for;
 use super::state::VmState;
 use super::summary::installation_summary;
@@ -43,11 +45,22 @@ pub(super) fn directive(run: &Run<'_>, i: usize, acc: &Acc) -> Option<VmWrite> {
         .as_ref()
         .and_then(|(w, tz)| w.current(tz, input.now))
         .map(|(_, end)| Time(end));
+    let latest_start = window_end.as_ref().map(|end| {
+        Time(
+            end.0
+                .checked_sub(
+                    jiff::SignedDuration::try_from(input.settings.expected_duration)
+                        .unwrap_or(jiff::SignedDuration::ZERO),
+                )
+                .unwrap_or(end.0),
+        )
+    });
     let directive = InstallationDirective {
         rollout: input.name.to_string(),
         wave: acc.next_wave,
         packages,
         window_end,
+        latest_start,
         reboot_setting: vm.reboot_setting,
         hotpatch_only: vm.hotpatch,
         rollback: false,
@@ -108,7 +121,7 @@ pub(super) fn record(
     }
     let by_name: HashMap<&str, usize> = members.iter().map(|i| (input.vms[*i].name, *i)).collect();
     for w in waves.values_mut() {
-        count(run, w, &by_name, new_wave, &acc.states);
+        count(run, w, &by_name, new_wave, &acc.states, &mut acc.vm_events);
     }
     waves.into_values().collect()
 }
@@ -120,6 +133,7 @@ fn count(
     by_name: &HashMap<&str, usize>,
     new_wave: &[usize],
     states: &[VmState],
+    vm_events: &mut Vec<(usize, EventSpec)>,
 ) {
     let (mut ok, mut bad, mut busy) = (0, 0, 0);
     let mut seen: std::collections::HashSet<String> =
@@ -134,7 +148,15 @@ fn count(
         if w.retried.contains(m) {
             continue;
         }
+        // Started again in a later wave (an automatic retry): that wave counts it.
         let vm = &run.input.vms[i];
+        if vm
+            .directive
+            .is_some_and(|d| d.rollout == run.input.name && d.wave > w.index)
+            && !w.failed_members.contains(m)
+        {
+            continue;
+        }
         let installed = vm.result.is_some_and(|r| {
             r.rollout == run.input.name
                 && r.wave == w.index
@@ -146,6 +168,24 @@ fn count(
                 name: m.clone(),
                 time: Time(run.input.now),
             });
+            let n = vm.result.map_or(0, |r| r.installed.len());
+            vm_events.push((
+                i,
+                EventSpec::normal(
+                    "PatchInstalled",
+                    "Install",
+                    format!(
+                        "rollout {} wave {}: {n} package(s) installed{}; the health gate judges it next",
+                        run.input.name,
+                        w.index,
+                        if vm.result.is_some_and(|r| r.rebooted_at.is_some()) {
+                            ", rebooted"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+            ));
         }
         let announced = vm.result.is_some_and(|r| {
             r.rollout == run.input.name
@@ -166,6 +206,16 @@ fn count(
                 bad += 1;
                 if !w.failed_members.contains(m) {
                     w.failed_members.push(m.clone());
+                    if let VmState::Failed(why) = s {
+                        vm_events.push((
+                            i,
+                            EventSpec::warning(
+                                "PatchFailed",
+                                "Install",
+                                format!("rollout {} wave {}: {why}", run.input.name, w.index),
+                            ),
+                        ));
+                    }
                 }
             }
             // Part of this wave only while its directive is this wave's.

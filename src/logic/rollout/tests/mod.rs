@@ -3,6 +3,7 @@
 
 mod controls;
 mod reboots;
+mod retries;
 mod scenarios;
 mod signals;
 
@@ -41,6 +42,8 @@ fn ring(order: i32, deferral: &str, bake: &str, max_failed: i32) -> UpdateRingSp
         deferral: deferral.into(),
         deadline: "48h".into(),
         max_unavailable: IntOrString::Int(2),
+        // One attempt: the scenarios written before automatic retries (tests/retries.rs has them).
+        max_attempts: 1,
         paused: false,
         health_gate: HealthGate {
             max_failed_percent: max_failed,
