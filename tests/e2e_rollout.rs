@@ -48,8 +48,18 @@ struct Rollouts {
 
 impl Rollouts {
     async fn new(prefix: &str) -> Rollouts {
+        Rollouts::new_at(prefix, Timestamp::now()).await
+    }
+
+    /// The patching clock reads `at` now (and runs SPEED times faster). The clock equals real time
+    /// at its start S, so virtual(now) = S + (now − S) × SPEED = `at` gives S.
+    async fn new_at(prefix: &str, at: Timestamp) -> Rollouts {
         let env = Env::new(prefix).await;
-        let start = Timestamp::now();
+        let now = Timestamp::now();
+        let ahead = at.duration_since(now).as_secs_f64();
+        let start = now
+            .checked_sub(jiff::SignedDuration::from_secs_f64(ahead / (SPEED - 1.0)))
+            .expect("clock start");
         let args = ClockArgs {
             clock_speed: SPEED,
             clock_start: Some(start),
@@ -1049,4 +1059,154 @@ async fn cadence_creates_the_release_rollout() {
         .delete_collection(&Default::default(), &ListParams::default())
         .await;
     env.finish(ctl).await;
+}
+
+/// Across two daylight-saving changes (Paris springs forward on 2027-03-28, Sydney falls back on
+/// 2027-04-04): every install starts inside its window in local time, with 30 minutes left; a
+/// failed install is retried in the VM's next window, succeeds there, and the status and the VM's
+/// Events tell the story.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_in_a_later_window_across_daylight_saving_changes() {
+    let release: Timestamp = "2027-03-27T20:00:00Z".parse().expect("ts");
+    // The patching clock reads 18 hours (18 real seconds) before the release: time to onboard.
+    let mut r = Rollouts::new_at("dst", "2027-03-27T02:00:00Z".parse().expect("ts")).await;
+    let profile = r
+        .env
+        .profile("patching", json!({ "environment": "DevTest" }))
+        .await;
+    let ctl = r.controller(&[]);
+    let window = json!({ "start": "01:00", "duration": "3h" });
+    let ring = |order: i32, label: &str, deferral: &str| {
+        json!({
+            "order": order,
+            "selector": { "matchLabels": { "automend.io/ring": label } },
+            "deferral": deferral, "maxUnavailable": 2, "maxAttempts": 3,
+            "maintenanceWindow": window,
+            "healthGate": { "maxFailedPercent": 0, "bakeTime": "0s", "healthyFor": "30m" },
+        })
+    };
+    r.ring("paris", ring(0, "paris", "0s")).await;
+    // Sydney's ring starts on 2027-04-03 13:00Z, the day before its change (local 2027-04-04).
+    r.ring("sydney", ring(1, "sydney", "161h")).await;
+    let mut zones = BTreeMap::new();
+    for (ring, tz) in [("paris", "Europe/Paris"), ("sydney", "Australia/Sydney")] {
+        for j in 0..3 {
+            let name = format!("{ring}-{j}");
+            r.vm(
+                &name,
+                ring,
+                json!({ "region": format!("{ring}-region") }),
+                tz,
+                &profile,
+            )
+            .await;
+            zones.insert(name, tz);
+        }
+    }
+    r.env
+        .annotate("paris-0", automend::guest::sim::INSTALL_FAIL, "true")
+        .await;
+    r.record();
+    r.sim().await;
+    r.wait_assessed(6).await;
+    assert!(r.clock.now() < release, "onboarding took the whole lead");
+    r.rollout("spring", release, json!({})).await;
+
+    // paris-0 fails in the 2027-03-28 window: one attempt, the next in the following window.
+    let failed = r
+        .wait_rollout("spring", "paris-0's failed attempt recorded", |x| {
+            x.status.as_ref().is_some_and(|s| {
+                s.rings
+                    .first()
+                    .is_some_and(|g| g.retries.iter().any(|t| t.name == "paris-0"))
+            })
+        })
+        .await;
+    let retry = failed.status.expect("status").rings[0]
+        .retries
+        .iter()
+        .find(|t| t.name == "paris-0")
+        .cloned()
+        .expect("retry");
+    assert_eq!(retry.attempts, 1);
+    let next = retry.next_attempt.expect("a next attempt").0;
+    let paris = window::time_zone("Europe/Paris").expect("tz");
+    assert_eq!(
+        next.to_zoned(paris.clone()).strftime("%H:%M").to_string(),
+        "01:00",
+        "a window's opening, in local time"
+    );
+    r.env
+        .annotate("paris-0", automend::guest::sim::INSTALL_FAIL, "false")
+        .await;
+    let done = r
+        .wait_rollout("spring", "Succeeded", |x| {
+            phase(x) == Some(RolloutPhase::Succeeded)
+        })
+        .await;
+    let st = done.status.expect("status");
+    assert_eq!((st.rings[0].succeeded, st.rings[0].failed), (3, 0));
+    assert_eq!((st.rings[1].succeeded, st.rings[1].failed), (3, 0));
+
+    // Every install started inside its window in local time, 30 minutes before its end; the
+    // changes' days are among them.
+    let w = Window::parse(&automend::api::MaintenanceWindow {
+        start: "01:00".into(),
+        duration: "3h".into(),
+        days_of_week: vec![],
+    })
+    .expect("window");
+    let installs: Vec<Install> = r
+        .installs()
+        .into_iter()
+        .filter(|i| i.record.rollout == "spring" && !i.record.rollback)
+        .collect();
+    let mut days = BTreeSet::new();
+    for i in &installs {
+        let tz = window::time_zone(zones[&i.vm]).expect("tz");
+        let start = i.record.start_time.as_ref().expect("start").0;
+        assert!(
+            w.may_start(&tz, start, Duration::from_secs(1800)),
+            "{} started at {} local, outside its window",
+            i.vm,
+            start.to_zoned(tz.clone())
+        );
+        days.insert(start.to_zoned(tz).strftime("%Y-%m-%d").to_string());
+    }
+    assert!(days.contains("2027-03-28"), "{days:?}");
+    assert!(days.contains("2027-04-04"), "{days:?}");
+    // paris-0: two attempts, the second in the next day's window, successful.
+    let mut mine: Vec<&Install> = installs.iter().filter(|i| i.vm == "paris-0").collect();
+    mine.sort_by_key(|i| i.record.wave);
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(
+        mine[0].record.status,
+        automend::api::OperationStatus::Failed
+    );
+    assert_eq!(
+        mine[1].record.status,
+        automend::api::OperationStatus::Succeeded
+    );
+    // The retry waited for the window after the one it failed in.
+    let first = mine[0].record.start_time.as_ref().expect("start").0;
+    let second = mine[1].record.start_time.as_ref().expect("start").0;
+    assert_eq!(w.next_opening(&paris, first), Some(next), "{mine:?}");
+    assert!(
+        second >= next,
+        "retried at {second}, before its next window {next}"
+    );
+    let env = &r.env;
+    let reasons = wait_for(
+        "paris-0's patch Events",
+        Duration::from_secs(20),
+        || async {
+            let e = env.events("paris-0").await;
+            (e.iter().any(|x| x == "PatchRetryScheduled")
+                && e.iter().any(|x| x == "PatchInstalled"))
+            .then_some(e)
+        },
+    )
+    .await;
+    assert!(!reasons.iter().any(|x| x == "PatchFailed"), "{reasons:?}");
+    r.finish(ctl).await;
 }
