@@ -670,6 +670,29 @@ mod install_tests {
         )]));
         let failed = b.install(&[pin("openssl", "3.0.2-2")], &[]).await;
         assert_eq!(failed.failed.len(), 1);
+        // A newer update offered, an intermediate version installed: the next assessment reports
+        // the version installed now, not the one from before the install.
+        b.annotations(&BTreeMap::from([(
+            PATCHES.to_string(),
+            "openssl=3.0.2-4:Security".to_string(),
+        )]));
+        b.fail_install = false;
+        b.install(&[pin("openssl", "3.0.2-3")], &[]).await;
+        let seen = b.assess().await.expect("assess").packages;
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].installed_version.as_deref(), Some("3.0.2-3"));
+        // A refused annotation is a guest problem, not a silent fallback.
+        b.annotations(&BTreeMap::from([(
+            PATCHES.to_string(),
+            "openssl=3.0.2-4".to_string(),
+        )]));
+        assert!(
+            b.problems()
+                .iter()
+                .any(|p| p.contains("sim.automend.io/patches")),
+            "{:?}",
+            b.problems()
+        );
         assert!(
             failed
                 .error

@@ -32,6 +32,17 @@ fn a_failed_install_waits_for_the_next_window_then_succeeds() {
         v.window = Some((win.clone(), TimeZone::UTC));
     }
     w.vms[0].fail = true;
+    // The directive carries the latest start: the window's end less the expected 30 minutes.
+    let first = w.step();
+    let d = &first.writes.first().expect("a directive").directive;
+    assert_eq!(
+        d.window_end.as_ref().map(|t| t.0),
+        Some(ts("2026-11-10T21:00:00Z"))
+    );
+    assert_eq!(
+        d.latest_start.as_ref().map(|t| t.0),
+        Some(ts("2026-11-10T20:30:00Z"))
+    );
     w.run_until(add(w.now, dur("2h")), dur("10m"));
     // Not a failure for the health gate yet: retried in tomorrow's window.
     assert_ne!(
