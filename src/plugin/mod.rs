@@ -5,6 +5,23 @@
 //! rollout's (or a ring's) spec after checking they can do what they say (`controls`); `assess`
 //! asks for an on-demand assessment; `why` explains where a VM stands; `vm` shows one VM.
 
+/// Print to stdout; a closed pipe (`kubectl automend status | head`) ends the output quietly
+/// instead of panicking as `print!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `out!` with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cluster;
 mod controls;
 mod plan;
@@ -148,7 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan { rollout } => {
             let snap = c.all().await?;
             let r = pick(&snap.rollouts, Some(&rollout))?;
-            print!("{}", plan_text(&r, &snap, &c.clock, &c.settings(&r), now));
+            out!("{}", plan_text(&r, &snap, &c.clock, &c.settings(&r), now));
             Ok(())
         }
         Command::Pause {
@@ -171,7 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Why { vm, rollout } => {
             let snap = c.all().await?;
             let r = pick(&snap.rollouts, rollout.as_deref())?;
-            print!(
+            out!(
                 "{}",
                 why_text(&vm, &r, &snap, &c.clock, &c.settings(&r), now)?
             );
@@ -180,11 +197,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm { vm } => {
             let obj = c.vm(&vm).await?;
             let renewed = c.lease_renewed(&vm).await?;
-            print!("{}", vm_text(&obj, renewed, Timestamp::now()));
+            out!("{}", vm_text(&obj, renewed, Timestamp::now()));
             Ok(())
         }
         Command::Catalog => {
-            print!("{}", c.catalog().await?);
+            out!("{}", c.catalog().await?);
             Ok(())
         }
     }
@@ -193,16 +210,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn status(c: &Cluster, rollout: Option<String>) -> anyhow::Result<()> {
     let rollouts = c.all().await?.rollouts;
     if rollouts.is_empty() {
-        println!("No PatchRollouts in namespace {}.", c.ns);
+        outln!("No PatchRollouts in namespace {}.", c.ns);
         return Ok(());
     }
     match rollout {
-        Some(n) => print!("{}", rings_table(&*pick(&rollouts, Some(&n))?)),
+        Some(n) => out!("{}", rings_table(&*pick(&rollouts, Some(&n))?)),
         None => {
-            print!("{}", rollouts_table(&rollouts));
+            out!("{}", rollouts_table(&rollouts));
             if let Ok(r) = pick(&rollouts, None) {
-                println!();
-                print!("{}", rings_table(&r));
+                outln!();
+                out!("{}", rings_table(&r));
             }
         }
     }
@@ -214,10 +231,10 @@ async fn control(c: &Cluster, verb: Verb, rollout: Option<&str>) -> anyhow::Resu
     let rollouts = c.all().await?.rollouts;
     let r = pick(&rollouts, rollout)?;
     match controls::decide(verb, &r).map_err(anyhow::Error::msg)? {
-        Change::Nothing(text) => println!("{text}"),
+        Change::Nothing(text) => outln!("{text}"),
         Change::Patch { spec, done } => {
             c.spec_patch_checked(&r, spec).await?;
-            println!("{done}");
+            outln!("{done}");
         }
     }
     Ok(())
@@ -231,7 +248,7 @@ async fn ring_pause(c: &Cluster, ring: &str, paused: bool) -> anyhow::Result<()>
         .ok_or_else(|| anyhow!("UpdateRing {ring:?} not found in namespace {}", c.ns))?;
     let verb = if paused { "paused" } else { "resumed" };
     if current.spec.paused == paused {
-        println!(
+        outln!(
             "updatering/{ring} is {} paused",
             if paused { "already" } else { "not" }
         );
@@ -239,7 +256,7 @@ async fn ring_pause(c: &Cluster, ring: &str, paused: bool) -> anyhow::Result<()>
     }
     c.spec_patch(c.rings(), ring, serde_json::json!({ "paused": paused }))
         .await?;
-    println!("updatering/{ring} {verb}");
+    outln!("updatering/{ring} {verb}");
     Ok(())
 }
 
@@ -252,8 +269,8 @@ async fn watch_tree(c: &Cluster, rollout: Option<String>) -> anyhow::Result<()> 
         let states = views::states(&r, &snap, &c.clock, &c.settings(&r), now);
         let text = tree_text(&r, &states);
         if text != last {
-            println!("--- {}", Timestamp::now().strftime("%H:%M:%S"));
-            print!("{text}");
+            outln!("--- {}", Timestamp::now().strftime("%H:%M:%S"));
+            out!("{text}");
             last = text;
         }
         if rollout::finished(r.status.as_ref().and_then(|s| s.phase)) {
@@ -285,7 +302,7 @@ async fn assess(c: &Cluster, vm: &str, wait: Option<Duration>) -> anyhow::Result
         .as_ref()
         .and_then(|s| s.phase)
         .is_some_and(|p| p != crate::api::VmPhase::Pending);
-    println!(
+    outln!(
         "virtualmachine/{vm}: on-demand assessment {id} requested (it never installs){}",
         if running {
             ""
@@ -308,7 +325,7 @@ async fn assess(c: &Cluster, vm: &str, wait: Option<Duration>) -> anyhow::Result
             .filter(|a| a.assessment_activity_id.as_deref() == Some(activity.as_str()))
             .filter(|a| a.status != crate::api::OperationStatus::InProgress)
         {
-            println!(
+            outln!(
                 "assessment {id}: {:?} — {} critical/security, {} other{}{}",
                 a.status,
                 a.critical_and_security_patch_count,
@@ -371,8 +388,8 @@ async fn members(c: &Cluster, ring: &str, rollout: Option<&str>) -> anyhow::Resu
         })
         .collect();
     if let Some(r) = &picked {
-        println!("rollout {}:", r.name_any());
+        outln!("rollout {}:", r.name_any());
     }
-    print!("{}", table(&["VM", "ELIGIBLE", "WHY NOT", "STATE"], &rows));
+    out!("{}", table(&["VM", "ELIGIBLE", "WHY NOT", "STATE"], &rows));
     Ok(())
 }

@@ -88,6 +88,13 @@ pub fn tree_text(rollout: &PatchRollout, states: &BTreeMap<String, Standing>) ->
             }
         );
         let mut in_wave = std::collections::BTreeSet::new();
+        // A VM in several waves (its start refused for the window, or retried): its state is
+        // that of its last wave.
+        let last_wave: BTreeMap<&str, i32> = ring
+            .waves
+            .iter()
+            .flat_map(|w| w.members.iter().map(move |m| (m.as_str(), w.index)))
+            .collect();
         for w in &ring.waves {
             let _ = writeln!(
                 t,
@@ -104,6 +111,10 @@ pub fn tree_text(rollout: &PatchRollout, states: &BTreeMap<String, Standing>) ->
                 in_wave.insert(m.clone());
                 let label = if w.retried.contains(m) {
                     "retried in a later wave".to_string()
+                } else if w.failed_members.contains(m) {
+                    "failed here".to_string()
+                } else if last_wave.get(m.as_str()).is_some_and(|l| *l > w.index) {
+                    "started again in a later wave".to_string()
                 } else {
                     states.get(m).map_or("-".into(), |(_, s)| state_label(s))
                 };
@@ -308,4 +319,53 @@ pub fn vm_text(vm: &VirtualMachine, lease_renewed: Option<Timestamp>, now: Times
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PatchRolloutStatus, RingPhase, RingProgress, RolloutPhase, Wave};
+
+    #[test]
+    fn the_tree_says_where_each_vm_stands_in_each_wave() {
+        let mut r: PatchRollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+            "metadata": { "name": "nov" }, "spec": { "releaseTime": "2026-11-10T17:00:00Z" },
+        }))
+        .expect("rollout");
+        let wave = |index, members: &[&str], failed: &[&str]| Wave {
+            index,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            failed_members: failed.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        };
+        r.status = Some(PatchRolloutStatus {
+            phase: Some(RolloutPhase::Progressing),
+            rings: vec![RingProgress {
+                name: "test".into(),
+                phase: Some(RingPhase::Progressing),
+                waves: vec![wave(1, &["a", "b"], &["b"]), wave(2, &["a"], &[])],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let ring = Some("test".to_string());
+        let states = BTreeMap::from([
+            ("a".to_string(), (ring.clone(), VmState::Succeeded)),
+            (
+                "b".to_string(),
+                (ring.clone(), VmState::Failed("dpkg".into())),
+            ),
+            (
+                "c".to_string(),
+                (ring.clone(), VmState::Waiting(Some("window".into()))),
+            ),
+        ]);
+        let t = tree_text(&r, &states);
+        assert!(t.contains("      a  started again in a later wave"), "{t}");
+        assert!(t.contains("      b  failed here"), "{t}");
+        assert!(t.contains("    wave 2"), "{t}");
+        assert!(t.contains("      a  succeeded"), "{t}");
+        assert!(t.contains("1 VM(s) waiting (window): c"), "{t}");
+    }
 }

@@ -120,6 +120,9 @@ fn of(
             // Failures are sticky; the reason is the guest's when its result still says why.
             return match now {
                 Some(VmState::Failed(why)) => VmState::Failed(why),
+                _ if !vm.healthy => {
+                    VmState::Failed("the guest reported itself unhealthy after the install".into())
+                }
                 _ => VmState::Failed("failed earlier in this rollout".into()),
             };
         }
