@@ -117,3 +117,35 @@ fn chart_catalog_is_the_built_in_one() {
         "charts/automend/values.yaml imageCatalog differs from `automend catalog`"
     );
 }
+
+/// The columns `kubectl get` shows: VMs have READY and MESSAGE (from the Ready condition), and a
+/// rollout's RELEASE is a string (a date column shows `<invalid>` for a future release).
+#[test]
+fn printer_columns_read_right() {
+    let crds = automend::api::crds();
+    let columns = |kind: &str| -> Vec<(String, String, String)> {
+        crds.iter()
+            .find(|c| c.spec.names.kind == kind)
+            .and_then(|c| c.spec.versions[0].additional_printer_columns.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.name, c.type_, c.json_path))
+            .collect()
+    };
+    let vm = columns("VirtualMachine");
+    assert!(
+        vm.iter()
+            .any(|c| c.0 == "Ready" && c.2 == ".status.conditions[?(@.type==\"Ready\")].status"),
+        "{vm:?}"
+    );
+    assert!(
+        vm.iter()
+            .any(|c| c.0 == "Message" && c.2.ends_with("].message")),
+        "{vm:?}"
+    );
+    let rollout = columns("PatchRollout");
+    assert!(
+        rollout.iter().any(|c| c.0 == "Release" && c.1 == "string"),
+        "{rollout:?}"
+    );
+}
