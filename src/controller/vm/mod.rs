@@ -242,11 +242,14 @@ fn policy(p: &ConfigurationProfile) -> RemediationPolicy {
     }
 }
 
+/// A found profile, resolved; `assignment`: the other matching profiles and the one that now
+/// outranks it, when an assignment chose it.
 fn resolved(
     p: &ConfigurationProfile,
-    via_assignment: bool,
-    also_matched: Vec<String>,
+    assignment: Option<(Vec<String>, Option<String>)>,
 ) -> ProfileChoice {
+    let via_assignment = assignment.is_some();
+    let (also_matched, outranked_by) = assignment.unwrap_or_default();
     ProfileChoice::Resolved {
         name: p.name_any(),
         generation: p.metadata.generation.unwrap_or_default(),
@@ -254,7 +257,7 @@ fn resolved(
         remediation: policy(p),
         via_assignment,
         also_matched,
-        outranked_by: None,
+        outranked_by,
     }
 }
 
@@ -292,7 +295,7 @@ pub fn assigned_profile(
 fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
     if let Some(name) = &vm.spec.management.profile {
         return match shared.profiles.get(&ObjectRef::new(name)) {
-            Some(p) => resolved(&p, false, Vec::new()),
+            Some(p) => resolved(&p, None),
             None => ProfileChoice::Missing { name: name.clone() },
         };
     }
@@ -300,26 +303,7 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
         return ProfileChoice::Unassigned;
     };
     match shared.profiles.get(&ObjectRef::new(&choice.winner)) {
-        Some(p) => match resolved(&p, true, choice.others) {
-            ProfileChoice::Resolved {
-                name,
-                generation,
-                configuration,
-                remediation,
-                via_assignment,
-                also_matched,
-                ..
-            } => ProfileChoice::Resolved {
-                name,
-                generation,
-                configuration,
-                remediation,
-                via_assignment,
-                also_matched,
-                outranked_by,
-            },
-            other => other,
-        },
+        Some(p) => resolved(&p, Some((choice.others, outranked_by))),
         None => ProfileChoice::Unassigned,
     }
 }
