@@ -1,5 +1,5 @@
 //! Names and objects of a VM's guest identity: a ServiceAccount, a Role that lets it read its own
-//! VirtualMachine, write that VM's status and renew its own heartbeat Lease, the RoleBinding, and
+//! VirtualMachine, write that VM's status, renew its own heartbeat Lease and its own token, the RoleBinding, and
 //! the Lease. The ValidatingAdmissionPolicy in the chart narrows status writes to `status.guest`.
 
 use std::collections::BTreeMap;
@@ -23,6 +23,10 @@ pub const GUEST_MANAGER: &str = "automend-guest";
 pub const ROLLOUT_MANAGER: &str = "automend-rollout";
 /// Label on everything the controller creates for a VM: the VM's name.
 pub const VM_LABEL: &str = "automend.io/virtual-machine";
+/// Annotation on a guest Role: the version of its rules. A Role of an older version is updated
+/// (version 2 added the renewal of the guest's own token).
+pub const RULES_ANNOTATION: &str = "automend.io/rules-version";
+pub const RULES_VERSION: &str = "2";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "automend";
 /// The label selector of objects the controller created for VMs.
@@ -75,8 +79,13 @@ pub fn role(vm: &VirtualMachine) -> Role {
         verbs: verbs.iter().map(|v| v.to_string()).collect(),
         non_resource_urls: None,
     };
+    let mut metadata = meta(vm, guest_name(&vm_name));
+    metadata.annotations = Some(BTreeMap::from([(
+        RULES_ANNOTATION.to_string(),
+        RULES_VERSION.to_string(),
+    )]));
     Role {
-        metadata: meta(vm, guest_name(&vm_name)),
+        metadata,
         rules: Some(vec![
             rule(
                 crate::api::GROUP,
@@ -95,6 +104,13 @@ pub fn role(vm: &VirtualMachine) -> Role {
                 "leases",
                 &lease_name(&vm_name),
                 &["get", "patch", "update"],
+            ),
+            // The agent renews its own token (TokenRequest) before it expires.
+            rule(
+                "",
+                "serviceaccounts/token",
+                &guest_name(&vm_name),
+                &["create"],
             ),
         ]),
     }

@@ -8,5 +8,6 @@ pub mod kubeclient;
 pub mod kubeconfig;
 pub mod logic;
 pub mod plugin;
+pub mod sealed;
 pub mod status;
 pub mod watch;

@@ -5,6 +5,7 @@
 //! rules (`x-kubernetes-validations`); every rule's message names the field and says what is allowed.
 
 pub mod common;
+pub mod enrollment;
 pub mod hooks;
 pub mod profile;
 pub mod ring;
@@ -14,6 +15,7 @@ pub mod vm;
 pub mod vm_status;
 
 pub use common::*;
+pub use enrollment::*;
 pub use hooks::*;
 pub use profile::*;
 pub use ring::*;
@@ -38,6 +40,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualMachine::crd(),
         UpdateRing::crd(),
         PatchRollout::crd(),
+        Enrollment::crd(),
+        EnrollmentRequest::crd(),
     ]
 }
 

@@ -239,6 +239,11 @@ pub struct GuestState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::CHANGES), inner(length(max = bounds::LINE)))]
     pub changes: Vec<String>,
+    /// When the agent's credential (its ServiceAccount token) expires; the agent renews it
+    /// before then. Past it, a silent guest is reported as "credential expired".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
+    pub credential_expires_at: Option<Time>,
 }
 
 /// An installation (or rollback) as the guest ran it.

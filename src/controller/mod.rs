@@ -5,6 +5,7 @@
 //! and `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
 
 mod context;
+mod enroll;
 mod events;
 mod http;
 pub mod metrics;
@@ -303,11 +304,13 @@ async fn run_controllers(
     let vm_controller = vm::run(ctx.clone(), shared.clone(), stop.clone());
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
     let rollout_controller = rollout::run(ctx.clone(), shared.clone(), vm_changes, stop.clone());
+    let enrollment = enroll::run(ctx.clone(), shared.clone(), stop.clone());
     let gauges = vm::phase_gauges(ctx.clone(), shared, stop);
     tokio::join!(
         vm_controller,
         profile_controller,
         rollout_controller,
+        enrollment,
         gauges
     );
 }

@@ -191,6 +191,8 @@ pub struct Guest<B: Backend> {
     /// The announced reboot came from the journal: this process started after it.
     reboot_restored: bool,
     problems: Vec<String>,
+    /// When the guest's credential expires, as its renewer last published it.
+    credential: Option<tokio::sync::watch::Receiver<Option<Time>>>,
 }
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -222,7 +224,15 @@ impl<B: Backend> Guest<B> {
             reboot_issued: None,
             reboot_restored: false,
             problems: Vec::new(),
+            credential: None,
         }
+    }
+
+    /// Report the credential's expiry (`status.guest.credentialExpiresAt`) as the renewer
+    /// publishes it.
+    pub fn with_credential(mut self, expiry: tokio::sync::watch::Receiver<Option<Time>>) -> Self {
+        self.credential = Some(expiry);
+        self
     }
 
     /// Keep results in a journal on disk until the API server has them.
@@ -543,6 +553,7 @@ impl<B: Backend> Guest<B> {
                 .take(32)
                 .collect(),
             changes: self.backend.changes(),
+            credential_expires_at: self.credential.as_ref().and_then(|c| c.borrow().clone()),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod assign;
 pub mod catalog;
 pub mod conditions;
 pub mod duration;
+pub mod enroll;
 pub mod events;
 pub mod planner;
 pub mod resolve;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -18,7 +18,7 @@ use crate::api::VirtualMachine;
 use crate::identity::{self, CONTROLLER_MANAGER};
 
 /// Create what the VM's guest needs to act as itself, if missing.
-pub(super) async fn ensure_identity(
+pub(crate) async fn ensure_identity(
     vm: &VirtualMachine,
     ctx: &Context,
     shared: &Shared,
@@ -52,17 +52,33 @@ pub(super) async fn ensure_identity(
         )
         .await?;
     }
-    if shared
-        .roles
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::role(vm),
-            &pp,
-        )
-        .await?;
+    match shared.roles.get(&ObjectRef::new(&guest).within(&ns)) {
+        None => {
+            create(
+                Api::namespaced(ctx.client.clone(), &ns),
+                identity::role(vm),
+                &pp,
+            )
+            .await?
+        }
+        // A Role of older rules (before guests renewed their own tokens) is brought up to date.
+        Some(r)
+            if r.annotations()
+                .get(identity::RULES_ANNOTATION)
+                .map(String::as_str)
+                != Some(identity::RULES_VERSION) =>
+        {
+            let role = identity::role(vm);
+            Api::<Role>::namespaced(ctx.client.clone(), &ns)
+                .patch(
+                    &guest,
+                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                    &Patch::Apply(&role),
+                )
+                .await?;
+            info!(role = %guest, "guest Role updated to the current rules");
+        }
+        Some(_) => {}
     }
     if shared
         .role_bindings

@@ -32,7 +32,7 @@ use crate::logic::resolve;
 use crate::logic::vm::{self as decide, Inputs, ProfileChoice, RemediationPolicy};
 use crate::watch;
 
-mod guest_identity;
+pub(crate) mod guest_identity;
 mod invalid;
 mod triggers;
 

@@ -21,6 +21,8 @@ use super::{
 
 /// The Heartbeat condition's reason (and the Event's) for a guest whose clock is off.
 pub const CLOCK_SKEWED: &str = "ClockSkewed";
+/// A silent guest whose credential expired: it must be enrolled again.
+pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
 
 /// Where the VM stands, and why.
 struct Verdict {
@@ -170,7 +172,15 @@ impl Decision<'_> {
                     ),
                     None => "the guest has never renewed its Lease: the VM is not running or has no agent".into(),
                 };
-                self.conditions.set(HEARTBEAT, false, "NoHeartbeat", msg);
+                match self.credential_expired() {
+                    Some(expired) => self.conditions.set(
+                        HEARTBEAT,
+                        false,
+                        CREDENTIAL_EXPIRED,
+                        format!("{msg}; {expired}"),
+                    ),
+                    None => self.conditions.set(HEARTBEAT, false, "NoHeartbeat", msg),
+                }
                 None
             }
         }
@@ -374,12 +384,48 @@ impl Decision<'_> {
                 .set(HEARTBEAT, false, "Rebooting", msg.clone());
             return Verdict::new(VmPhase::Pending, "Rebooting", msg);
         }
+        if let Some(expired) = self.credential_expired() {
+            let was = self
+                .old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == HEARTBEAT && c.reason == CREDENTIAL_EXPIRED);
+            if !was {
+                self.events.push(EventSpec::warning(
+                    CREDENTIAL_EXPIRED,
+                    "Heartbeat",
+                    expired.clone(),
+                ));
+            }
+            return Verdict::new(VmPhase::Pending, CREDENTIAL_EXPIRED, expired);
+        }
         let msg = "the VM is not running (no heartbeat); onboarding or remediation continues when it runs";
         if self.was() != Some(VmPhase::Pending) && self.was().is_some() {
             self.events
                 .push(EventSpec::warning("HeartbeatLost", "Heartbeat", msg));
         }
-        Verdict::new(VmPhase::Pending, "NoHeartbeat", msg)
+        let mut verdict = Verdict::new(VmPhase::Pending, "NoHeartbeat", msg);
+        // Wake when the credential expires, to say so.
+        verdict.wait = self
+            .old
+            .guest
+            .as_ref()
+            .and_then(|g| g.credential_expires_at.as_ref())
+            .filter(|at| at.0 > self.input.now)
+            .map(|at| duration::until(self.input.now, at.0) + Duration::from_secs(1));
+        verdict
+    }
+
+    /// "credential expired …" when the guest's last reported credential expiry has passed: a
+    /// silent guest then cannot come back by itself.
+    fn credential_expired(&self) -> Option<String> {
+        let at = self.old.guest.as_ref()?.credential_expires_at.as_ref()?;
+        (self.input.now >= at.0).then(|| {
+            format!(
+                "credential expired at {}; re-enroll the machine (automend enroll create, then put the token on the machine): it gets this VM back",
+                at.0
+            )
+        })
     }
 
     /// "rebooting since …" when the guest announced a reboot for an installation it has not

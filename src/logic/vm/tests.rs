@@ -694,3 +694,64 @@ fn a_stale_copy_decides_as_if_the_controllers_last_write_had_arrived() {
     let stale_again = run(&s, Some(&stale), 2, true, RemediationMode::Auto);
     assert!(stale_again.events.iter().any(|e| e.reason == "Onboarded"));
 }
+
+#[test]
+fn a_silent_guest_whose_credential_expired_is_told_to_re_enroll() {
+    let s = spec();
+    let status = VirtualMachineStatus {
+        phase: Some(VmPhase::Configured),
+        guest: Some(GuestState {
+            credential_expires_at: Some(Time(t(1000))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Silent before the expiry: a missing heartbeat, and a wake-up at the expiry.
+    let o = with_request(&s, Some(&status), 400, false, None);
+    assert_eq!(
+        o.status.message.as_deref().map(|m| m.contains("re-enroll")),
+        Some(false)
+    );
+    assert_eq!(o.requeue_after, Some(Duration::from_secs(601)));
+    // After it: the condition and the verdict say so, with one Event.
+    let o = with_request(&s, Some(&status), 1000, false, None);
+    let hb = o
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == HEARTBEAT)
+        .expect("heartbeat condition");
+    assert_eq!(
+        (hb.status.as_str(), hb.reason.as_str()),
+        ("False", "CredentialExpired")
+    );
+    assert!(
+        hb.message.contains("re-enroll the machine"),
+        "{}",
+        hb.message
+    );
+    assert!(
+        o.status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("credential expired at")
+    );
+    assert_eq!(
+        o.events
+            .iter()
+            .filter(|e| e.reason == "CredentialExpired")
+            .count(),
+        1
+    );
+    let mut again = o.status.clone();
+    again.guest = status.guest.clone();
+    let o = with_request(&s, Some(&again), 1100, false, None);
+    assert!(
+        o.events.iter().all(|e| e.reason != "CredentialExpired"),
+        "said once"
+    );
+    // A guest that heartbeats is fine whatever its old expiry said.
+    let o = with_request(&s, Some(&status), 2000, true, None);
+    assert!(o.events.iter().all(|e| e.reason != "CredentialExpired"));
+}
