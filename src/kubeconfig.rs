@@ -26,11 +26,9 @@ pub struct Args {
     pub server: Option<String>,
 }
 
-/// Build the guest kubeconfig as YAML.
-pub async fn run(args: Args) -> anyhow::Result<String> {
-    if args.duration < Duration::from_secs(600) {
-        bail!("--duration must be at least 10m (the TokenRequest API's minimum)");
-    }
+/// The current kubeconfig context's cluster, with the CA carried inline (the guest runs
+/// elsewhere: never a path on this machine) and the server replaced when given.
+pub fn current_cluster(server: Option<&str>) -> anyhow::Result<kube::config::Cluster> {
     let source = Kubeconfig::read().context("reading the current kubeconfig")?;
     let context_name = source
         .current_context
@@ -48,10 +46,9 @@ pub async fn run(args: Args) -> anyhow::Result<String> {
         .find(|c| c.name == context.cluster)
         .and_then(|c| c.cluster.clone())
         .context("the kubeconfig's current cluster is missing")?;
-    if let Some(server) = &args.server {
-        cluster.server = Some(server.clone());
+    if let Some(server) = server {
+        cluster.server = Some(server.to_string());
     }
-    // The guest runs elsewhere: carry the CA inline, never as a path on this machine.
     if let Some(path) = cluster.certificate_authority.take() {
         let pem = std::fs::read(&path).with_context(|| format!("reading the cluster CA {path}"))?;
         cluster.certificate_authority_data = Some(base64::Engine::encode(
@@ -59,6 +56,15 @@ pub async fn run(args: Args) -> anyhow::Result<String> {
             pem,
         ));
     }
+    Ok(cluster)
+}
+
+/// Build the guest kubeconfig as YAML.
+pub async fn run(args: Args) -> anyhow::Result<String> {
+    if args.duration < Duration::from_secs(600) {
+        bail!("--duration must be at least 10m (the TokenRequest API's minimum)");
+    }
+    let cluster = current_cluster(args.server.as_deref())?;
     let client = Client::try_default().await?;
     let token = request_token(&client, &args.namespace, &args.vm, args.duration)
         .await

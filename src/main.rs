@@ -38,6 +38,15 @@ enum Command {
     GuestKubeconfig(automend::kubeconfig::Args),
     /// Print the built-in image catalog (the format --image-catalog and the chart accept).
     Catalog,
+    /// Enroll machines: create an Enrollment and print its token with a cloud-init or shell
+    /// snippet (`enroll create`), or print another token for one (`enroll token`).
+    Enroll {
+        /// The namespace of the Enrollment and of the VMs it creates.
+        #[arg(long, short = 'n', default_value = "default", global = true)]
+        namespace: String,
+        #[command(subcommand)]
+        command: automend::plugin::enroll::EnrollCommand,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -108,6 +117,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GuestKubeconfig(args) => {
             let yaml = tokio::runtime::Runtime::new()?.block_on(automend::kubeconfig::run(args))?;
             print!("{yaml}");
+            Ok(())
+        }
+        Command::Enroll { namespace, command } => {
+            let text = tokio::runtime::Runtime::new()?.block_on(async {
+                let client = automend::kubeclient::client().await?;
+                automend::plugin::enroll::run(client, &namespace, command).await
+            })?;
+            print!("{text}");
             Ok(())
         }
         Command::Catalog => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::config::{
     AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
 };
@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use super::credential::{Token, token_path};
 use super::exec;
 use super::os::OsRelease;
-use crate::api::{EnrollmentRequest, EnrollmentRequestSpec, RequestPhase};
-use crate::logic::enroll::{ENROLL_PREFIX, name_from_hostname};
+use crate::api::{EnrollmentRequest, EnrollmentRequestSpec};
+use crate::logic::enroll::ENROLL_PREFIX;
 use crate::sealed::{self, KeyPair};
 
 /// Enrollment flags (or the same variables in `/etc/automend/agent.env`).
@@ -229,59 +229,14 @@ pub async fn enroll(
     .context("building the enrollment client")?;
     let client = crate::kubeclient::client_for(config)?;
     let api: Api<EnrollmentRequest> = Api::namespaced(client, &namespace);
-    // Only this machine knows the name: the credential may read a request by name, not list.
-    let base: String = name_from_hostname(&spec.hostname)
-        .chars()
-        .take(30)
-        .collect();
-    let name = format!("{}-{}", base.trim_end_matches('-'), sealed::random_hex(16));
-    let request = EnrollmentRequest::new(&name, spec);
-    info!(%namespace, %enrollment, request = %name, "enrolling this machine");
-    if let Err(e) = api.create(&PostParams::default(), &request).await {
-        return Err(Failure::Other(match &e {
-            kube::Error::Api(s) if s.code == 401 => anyhow::anyhow!(
-                "the enrollment token was rejected: it expired, or enrollment {namespace}/{enrollment} was deleted"
-            ),
-            kube::Error::Api(s) if s.code == 403 || s.code == 422 || s.code == 400 => {
-                anyhow::anyhow!(
-                    "the API server refused the enrollment request: {}",
-                    s.message
-                )
-            }
-            _ => anyhow::Error::new(e).context("creating the EnrollmentRequest"),
-        }));
-    }
-    let deadline = tokio::time::Instant::now() + args.enroll_timeout;
-    let status = loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        match api.get(&name).await {
-            Ok(r) => {
-                let s = r.status.unwrap_or_default();
-                match s.phase {
-                    Some(RequestPhase::Refused) => {
-                        return Err(Failure::Refused(format!(
-                            "{}: {}",
-                            s.reason.unwrap_or_default(),
-                            s.message.unwrap_or_default()
-                        )));
-                    }
-                    Some(RequestPhase::Approved) if s.sealed_token.is_some() => break s,
-                    _ => {}
-                }
-            }
-            Err(e) => warn!(error = %e, "reading the answer to the enrollment request"),
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Failure::Other(anyhow::anyhow!(
-                "no answer to enrollment request {namespace}/{name} within {:?} (is the controller running?)",
-                args.enroll_timeout
-            )));
-        }
-    };
-    let sealed = status.sealed_token.unwrap_or_default();
-    let guest_token = key.open(&sealed).map_err(anyhow::Error::msg)?;
-    let guest_token = String::from_utf8(guest_token).context("the guest token is not text")?;
-    let vm = status.virtual_machine.unwrap_or_default();
+    info!(%namespace, %enrollment, "enrolling this machine");
+    let answer = crate::guest::enroll::ask(&api, spec, &key, args.enroll_timeout)
+        .await
+        .map_err(|e| match e {
+            crate::guest::enroll::Refusal::Refused(m) => Failure::Refused(m),
+            crate::guest::enroll::Refusal::Failed(m) => Failure::Other(anyhow::anyhow!(m)),
+        })?;
+    let (vm, guest_token, reenrolled) = (answer.vm, answer.token, answer.reenrolled);
     let identity = Identity {
         vm: vm.clone(),
         namespace: namespace.clone(),
@@ -305,7 +260,7 @@ pub async fn enroll(
         identity_path(state),
         serde_json::to_vec_pretty(&identity).context("identity")?,
     )?;
-    info!(%vm, %namespace, reenrolled = status.reenrolled, "enrolled; running as the VM's own identity");
+    info!(%vm, %namespace, reenrolled, "enrolled; running as the VM's own identity");
     // The enrollment credential is no longer needed: drop it.
     match std::fs::remove_file(token_file) {
         Ok(()) => info!(file = %token_file.display(), "enrollment token removed"),

@@ -6,6 +6,7 @@
 //! reports `status.guest` with server-side apply as the `automend-guest` field manager. It writes
 //! only when what it reports has changed.
 
+pub mod enroll;
 mod install;
 pub mod journal;
 mod lifecycle;

@@ -24,6 +24,7 @@ macro_rules! outln {
 
 mod cluster;
 mod controls;
+pub mod enroll;
 mod plan;
 mod tables;
 mod views;
@@ -140,6 +141,10 @@ pub enum Command {
     /// The image catalog the controller uses (the chart's ConfigMap, labelled
     /// automend.io/image-catalog).
     Catalog,
+    /// Enroll machines: create an Enrollment and print its token with a cloud-init or shell
+    /// snippet, or print another token for one.
+    #[command(subcommand)]
+    Enroll(enroll::EnrollCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -202,6 +207,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Catalog => {
             out!("{}", c.catalog().await?);
+            Ok(())
+        }
+        Command::Enroll(cmd) => {
+            out!("{}", enroll::run(c.client.clone(), &c.ns, cmd).await?);
             Ok(())
         }
     }

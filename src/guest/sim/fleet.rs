@@ -40,6 +40,19 @@ pub struct SimSettings {
     /// How long a simulated reboot keeps a machine down (no heartbeat, no reports).
     #[arg(long, default_value = "5s", value_parser = crate::logic::duration::parse)]
     pub reboot_time: Duration,
+    /// Instead of playing the namespace's VMs, enroll this many simulated machines with the
+    /// Enrollment token in `--enroll-token-file` and play those (each renews its own token).
+    #[arg(long, default_value_t = 0)]
+    pub enroll: usize,
+    /// The Enrollment token the simulated machines enroll with.
+    #[arg(long)]
+    pub enroll_token_file: Option<std::path::PathBuf>,
+    /// Simulated machines' hostnames: `<prefix>-<n>`.
+    #[arg(long, default_value = "sim")]
+    pub enroll_prefix: String,
+    /// Region the simulated machines report (default: the Enrollment's).
+    #[arg(long)]
+    pub enroll_region: Option<String>,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,
 }
@@ -53,9 +66,18 @@ pub async fn guest_client(
     ttl: Duration,
 ) -> Result<Client, kube::Error> {
     let token = request_token(admin, namespace, vm, ttl).await?;
+    own_client(base, namespace, &token)
+}
+
+/// A client that acts with a token the guest holds.
+pub(super) fn own_client(
+    base: &kube::Config,
+    namespace: &str,
+    token: &str,
+) -> Result<Client, kube::Error> {
     let mut config = base.clone();
     config.auth_info = kube::config::AuthInfo {
-        token: Some(secrecy::SecretString::from(token)),
+        token: Some(secrecy::SecretString::from(token.to_string())),
         ..Default::default()
     };
     config.default_namespace = namespace.into();
@@ -92,6 +114,9 @@ pub async fn run(
     stats: Stats,
     stop: impl Future<Output = ()>,
 ) {
+    if settings.enroll > 0 {
+        return super::run_enrolled(base, settings, stats, stop).await;
+    }
     // Object by object: an unreadable VM is skipped, never a broken watch of the namespace.
     let api: Api<DeserializeGuard<VirtualMachine>> =
         Api::namespaced(admin.clone(), &settings.namespace);
@@ -140,7 +165,7 @@ pub async fn run(
             guests.insert(name.clone(), tx);
             let linux = vm.spec.os.os_type == crate::api::OsType::Linux;
             tokio::spawn(play(
-                admin.clone(),
+                Identity::Admin(admin.clone()),
                 base.clone(),
                 settings.clone(),
                 name,
@@ -156,8 +181,16 @@ pub async fn run(
     info!("simulator stopped");
 }
 
-async fn play(
-    admin: Client,
+/// Where a simulated guest's token comes from: the admin's TokenRequests, or the guest itself
+/// (an enrolled machine renewing its own token, as the agent does).
+#[derive(Clone)]
+pub(super) enum Identity {
+    Admin(Client),
+    Own(String),
+}
+
+pub(super) async fn play(
+    identity: Identity,
     base: kube::Config,
     settings: SimSettings,
     name: String,
@@ -180,20 +213,19 @@ async fn play(
         observe: settings.observe_interval,
         clock,
     };
+    let mut identity = identity;
     let mut backend =
         Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
     loop {
         // The controller creates the guest identity; wait for it.
         let client = loop {
-            match guest_client(
-                &admin,
-                &base,
-                &settings.namespace,
-                &name,
-                settings.token_ttl,
-            )
-            .await
-            {
+            let made = match &mut identity {
+                Identity::Admin(admin) => {
+                    guest_client(admin, &base, &settings.namespace, &name, settings.token_ttl).await
+                }
+                Identity::Own(token) => own_client(&base, &settings.namespace, token),
+            };
+            match made {
                 Ok(c) => break c,
                 Err(e) => {
                     debug!(vm = %name, error = %e, "waiting for the guest identity");
@@ -205,6 +237,7 @@ async fn play(
             }
         };
         let Some(b) = backend.take() else { return };
+        let own = client.clone();
         let guest = Guest::new(client, &settings.namespace, &name, b, timing.clone());
         // Run until the token is close to expiring, then carry the machine over to a fresh token.
         let renew_at = settings
@@ -220,6 +253,14 @@ async fn play(
             _ = &mut runner => return,
             _ = stop.clone() => { let _ = done_tx.send(()); let _ = runner.await; return; }
             _ = tokio::time::sleep(renew_at) => { let _ = done_tx.send(()); backend = Some(runner.await); }
+        }
+        // An enrolled guest renews its own token with the token it has.
+        if let Identity::Own(token) = &mut identity {
+            match request_token(&own, &settings.namespace, &name, settings.token_ttl).await {
+                Ok(t) if !t.is_empty() => *token = t,
+                Ok(_) => warn!(vm = %name, "the TokenRequest answered without a token"),
+                Err(e) => warn!(vm = %name, error = %e, "renewing the guest's own token"),
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use super::Backend;
 
+mod enrolled;
 mod fleet;
 mod lifecycle;
 use crate::api::{
@@ -33,6 +34,7 @@ use crate::api::{
     ServiceObservation,
 };
 use crate::logic::resolve::SERVICE_NAMES;
+pub use enrolled::run as run_enrolled;
 pub use fleet::{SimSettings, guest_client, request_token, run};
 pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
 
