@@ -104,7 +104,40 @@ impl Env {
             observe_interval: Duration::from_secs(1),
             token_ttl: Duration::from_secs(3600),
             reboot_time: Duration::from_secs(2),
+            enroll: 0,
+            enroll_token_file: None,
+            enroll_prefix: "sim".into(),
+            enroll_region: None,
             clock,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.sim_stop = Some(tx);
+        tokio::spawn(sim::run(
+            self.client.clone(),
+            config,
+            settings,
+            self.stats.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+    }
+
+    /// Simulate `count` machines that enroll with the Enrollment token in `token_file`.
+    pub async fn sim_enrolled(&mut self, token_file: &std::path::Path, count: usize, prefix: &str) {
+        let config = cluster().config().await;
+        let settings = SimSettings {
+            namespace: self.ns.name.clone(),
+            selector: None,
+            heartbeat_interval: Duration::from_secs(2),
+            observe_interval: Duration::from_secs(2),
+            token_ttl: Duration::from_secs(3600),
+            reboot_time: Duration::from_secs(2),
+            enroll: count,
+            enroll_token_file: Some(token_file.to_path_buf()),
+            enroll_prefix: prefix.into(),
+            enroll_region: None,
+            clock: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.sim_stop = Some(tx);
