@@ -33,7 +33,7 @@ enum Command {
     /// Simulate the guests of a namespace's VirtualMachines (demo, tests, benchmarks).
     Sim(automend::guest::sim::SimSettings),
     /// Run the guest agent on a Linux VM (apt or dnf, systemd), as the VM's own identity.
-    Agent(automend::agent::AgentArgs),
+    Agent(Box<automend::agent::AgentArgs>),
     /// Print a kubeconfig for one VM's guest agent, with a short-lived token of its own identity.
     GuestKubeconfig(automend::kubeconfig::Args),
     /// Print the built-in image catalog (the format --image-catalog and the chart accept).
@@ -112,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agent(args) => {
             init_logging(cli.log_format);
-            tokio::runtime::Runtime::new()?.block_on(automend::agent::run(args))
+            tokio::runtime::Runtime::new()?.block_on(automend::agent::run(*args))
         }
         Command::GuestKubeconfig(args) => {
             let yaml = tokio::runtime::Runtime::new()?.block_on(automend::kubeconfig::run(args))?;

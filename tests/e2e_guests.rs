@@ -153,8 +153,7 @@ fn prepare(root: &Path, vm: &str, ns: &str, kubeconfig: &[u8], repo: &Repo) {
     } else {
         ""
     };
-    let unit = std::fs::read_to_string(repo_file("dist/automend-agent.service")).expect("unit");
-    put(root, "/etc/systemd/system/automend-agent.service", &unit);
+    prepare_machine(root, repo);
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&wants).expect("wants");
     let _ = std::os::unix::fs::symlink(
@@ -170,6 +169,14 @@ fn prepare(root: &Path, vm: &str, ns: &str, kubeconfig: &[u8], repo: &Repo) {
             "AUTOMEND_VM={vm}\nAUTOMEND_NAMESPACE={ns}\nAUTOMEND_HEARTBEAT_INTERVAL=2s\nAUTOMEND_OBSERVE_INTERVAL=2s\nRUST_LOG=info,kube=warn\n{reboot}"
         ),
     );
+}
+
+/// The machine without an identity: the agent's unit (not enabled) and binary path as a package
+/// would install them, stand-ins for the managed daemons, apt pointed at the local repository,
+/// the old packages.
+fn prepare_machine(root: &Path, repo: &Repo) {
+    let unit = std::fs::read_to_string(repo_file("dist/automend-agent.service")).expect("unit");
+    put(root, "/etc/systemd/system/automend-agent.service", &unit);
     // Stand-ins for the daemons the services manage (the real ones need the network or more
     // than a test image carries): long-running units systemd really starts and stops.
     for unit in [
@@ -770,5 +777,163 @@ async fn demo_real_guests() {
     }
     drop(fleet);
     steps.done("guests stopped and removed");
+    env.finish(ctl).await;
+}
+
+/// Two booted guests enroll as a user would: each runs the shell snippet `automend enroll create`
+/// printed (token, CA, env file, `systemctl enable --now`), with one Enrollment limited to 50
+/// machines; then 50 simulated machines enroll with the same token: exactly 50 succeed, the rest
+/// are refused with the reason, and the Enrollment's label puts every VM in the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booted_guests_enroll_with_the_snippet_and_the_limit_holds() {
+    let (image, _) = root_image();
+    let mut env = Env::new("enrollboot").await;
+    let ns = env.ns.name.clone();
+    let c = cluster();
+    let repo = release_repo();
+    let profile = env.profile("booted", profile_spec("IfRequired")).await;
+    let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
+    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &ns);
+    rings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+                "metadata": { "name": "pilot" },
+                "spec": { "order": 0, "selector": { "matchLabels": { "ring": "pilot" } } },
+            }))
+            .expect("ring"),
+        )
+        .await
+        .expect("ring");
+    let enroll = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_automend"))
+            .args(["enroll", "-n", &ns])
+            .args(args)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .output()
+            .expect("automend enroll");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snippet = enroll(&[
+        "create",
+        "fleet",
+        "--profile",
+        &profile,
+        "--label",
+        "ring=pilot",
+        "--max-machines",
+        "50",
+        "--region",
+        "westeurope",
+        "--format",
+        "shell",
+    ]);
+
+    let api_port: u16 = std::fs::read_to_string(&c.kubeconfig)
+        .expect("kubeconfig")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the API server's port");
+    let mut fleet = Fleet::new(&ns);
+    fleet.forward(api_port);
+    fleet.forward(repo.port);
+    let agent = std::path::PathBuf::from(env!("CARGO_BIN_EXE_automend"));
+    let names = ["e1", "e2"];
+    for name in names {
+        fleet.add(&image, name, |root| {
+            prepare_machine(root, &repo);
+            put(root, "/root/enroll.sh", &snippet);
+            put(
+                root,
+                "/etc/systemd/system/automend-agent.service.d/e2e.conf",
+                "[Service]\nEnvironment=AUTOMEND_HEARTBEAT_INTERVAL=2s AUTOMEND_OBSERVE_INTERVAL=2s RUST_LOG=info,kube=warn\n",
+            );
+        });
+        fleet.boot(name, &[(agent.clone(), "/usr/local/bin/automend")]);
+    }
+    wait_for("both guests booted", LONG, || async {
+        names.iter().all(|g| fleet.guest(g).booted()).then_some(())
+    })
+    .await;
+    for name in names {
+        let out = fleet
+            .guest(name)
+            .exec("sh /root/enroll.sh")
+            .expect("running the snippet");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Each becomes a VM named after its hostname, onboarded by the agent inside.
+    for name in names {
+        let vm = wait_for_phase(&env, name, VmPhase::Configured).await;
+        assert_eq!(
+            vm.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("ring"))
+                .map(String::as_str),
+            Some("pilot")
+        );
+        let g = fleet.guest(name);
+        assert_eq!(
+            g.run("systemctl is-active automend-agent.service"),
+            "active",
+            "{name}"
+        );
+        assert_eq!(
+            g.run("test -e /etc/automend/enroll-token && echo kept || echo dropped"),
+            "dropped",
+            "{name}"
+        );
+        assert!(
+            g.read("/var/lib/automend/identity.json").contains(name),
+            "{name}"
+        );
+    }
+
+    // Fifty simulated machines with the same token: 48 fit, 2 are refused.
+    let token = enroll(&["token", "fleet", "--format", "token"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).expect("token");
+    env.sim_enrolled(&token_file, 50, "sim").await;
+    let enrollments: Api<automend::api::Enrollment> = Api::namespaced(env.client.clone(), &ns);
+    wait_for("50 enrolled, 2 refused", MINUTES, || async {
+        let s = enrollments.get("fleet").await.ok()?.status?;
+        (s.machines_enrolled == 50 && s.machines_refused == 2).then_some(())
+    })
+    .await;
+    let refused: Vec<String> = env
+        .event_notes("fleet")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "EnrollmentRefused")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|n| n.contains("has reached its limit of 50 machines")),
+        "{refused:?}"
+    );
+    wait_for("the ring holds all 50 enrolled VMs", MINUTES, || async {
+        (rings.get("pilot").await.ok()?.status?.total == 50).then_some(())
+    })
+    .await;
+    let vms = env.vms.list(&Default::default()).await.expect("vms").items;
+    assert_eq!(vms.len(), 50);
+    env.sim_stop.take().map(|tx| tx.send(()));
+    drop(fleet);
     env.finish(ctl).await;
 }

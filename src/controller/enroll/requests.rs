@@ -37,10 +37,13 @@ pub const GUEST_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One lock per namespace, guarding the VMs this process created that the cache may not show yet.
 #[derive(Clone, Default)]
-struct Locks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<KnownVm>>>>>>);
+struct Locks(Arc<Mutex<HashMap<String, NamespaceLock>>>);
+
+/// A namespace's decision lock, holding the VMs created under it.
+type NamespaceLock = Arc<tokio::sync::Mutex<Vec<KnownVm>>>;
 
 impl Locks {
-    fn of(&self, ns: &str) -> Arc<tokio::sync::Mutex<Vec<KnownVm>>> {
+    fn of(&self, ns: &str) -> NamespaceLock {
         let mut map = match self.0.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
