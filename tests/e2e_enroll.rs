@@ -526,6 +526,33 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
         ),
         other => panic!("expected a refusal: {other:?}"),
     }
+
+    // Deleting the Enrollment stops new enrollments (its ServiceAccount goes, and with it every
+    // token) and leaves the enrolled VMs alone.
+    enrollments
+        .delete("fleet", &DeleteParams::default())
+        .await
+        .expect("deleting the enrollment");
+    let key = KeyPair::generate();
+    let gone = wait_for("the deleted enrollment's token rejected", LONG, || async {
+        match ask(
+            &requests,
+            machine("fleet", "late-2", &key),
+            &key,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Err(Refusal::Failed(why)) if why.contains("token was rejected") => Some(why),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(gone.contains("was deleted"), "{gone}");
+    assert_eq!(
+        env.get("web-1").await.spec.management.profile.as_deref(),
+        Some(profile.as_str())
+    );
     env.finish(ctl).await;
 }
 
@@ -644,7 +671,7 @@ async fn an_agent_past_its_credential_re_enrolls_as_the_same_vm() {
         .collect();
     assert!(
         answers.iter().any(|s| s.reenrolled
-            && s.phase == Some(RequestPhase::Approved)
+            && s.phase == RequestPhase::Approved
             && s.virtual_machine.as_deref() == Some("app-1")),
         "{answers:?}"
     );

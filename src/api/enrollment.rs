@@ -156,16 +156,26 @@ pub struct EnrollmentRequestSpec {
     /// The machine's architecture (uname -m), e.g. "x86_64".
     #[schemars(length(min = 1, max = 32))]
     pub architecture: String,
-    /// Where the machine runs, as far as it knows; the Enrollment's placement fills the rest.
+    /// The machine's region, when it knows it; the Enrollment's placement fills what the
+    /// machine does not give.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub region: Option<String>,
+    /// The machine's availability zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub zone: Option<String>,
+    /// The machine's availability set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 80))]
     pub availability_set: Option<String>,
+    /// The machine's update domain within its availability set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 19))]
     pub update_domain: Option<i32>,
+    /// The machine's fault domain within its availability set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2))]
     pub fault_domain: Option<i32>,
     /// The machine's IANA time zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,9 +191,9 @@ pub struct EnrollmentRequestSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollmentRequestStatus {
-    /// Approved or Refused; empty while undecided.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<RequestPhase>,
+    /// Pending (undecided), Approved or Refused.
+    #[serde(default)]
+    pub phase: RequestPhase,
     /// Why it was refused: LimitReached, Expired, EnrollmentNotFound, LabelNotAllowed,
     /// InvalidFacts, NameUnavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,9 +218,11 @@ pub struct EnrollmentRequestStatus {
     pub decided_at: Option<Time>,
 }
 
-// Approved or Refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+// Pending, Approved or Refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RequestPhase {
+    #[default]
+    Pending,
     Approved,
     Refused,
 }

@@ -66,14 +66,14 @@ pub async fn ask(
             Ok(r) => {
                 let s = r.status.unwrap_or_default();
                 match (s.phase, s.sealed_token) {
-                    (Some(RequestPhase::Refused), _) => {
+                    (RequestPhase::Refused, _) => {
                         return Err(Refusal::Refused(format!(
                             "{}: {}",
                             s.reason.unwrap_or_default(),
                             s.message.unwrap_or_default()
                         )));
                     }
-                    (Some(RequestPhase::Approved), Some(sealed)) => {
+                    (RequestPhase::Approved, Some(sealed)) => {
                         let token = key.open(&sealed).map_err(Refusal::Failed)?;
                         let token = String::from_utf8(token)
                             .map_err(|_| Refusal::Failed("the guest token is not text".into()))?;

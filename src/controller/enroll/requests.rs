@@ -95,12 +95,14 @@ async fn reconcile(
         let status = r.status.clone().unwrap_or_default();
         let now = Timestamp::now();
         match (status.phase, status.sealed_token.is_some()) {
-            (Some(RequestPhase::Approved), false) => {
+            (RequestPhase::Approved, false) => {
                 let vm = status.virtual_machine.clone().unwrap_or_default();
                 deliver(&r, &vm, ctx, shared).await
             }
-            (Some(_), _) => collect(&r, status.decided_at.as_ref(), ctx, now).await,
-            (None, _) => {
+            (RequestPhase::Approved | RequestPhase::Refused, _) => {
+                collect(&r, status.decided_at.as_ref(), ctx, now).await
+            }
+            (RequestPhase::Pending, _) => {
                 let approved = decide(&r, ctx, shared, locks, now).await?;
                 match approved {
                     Some(vm) => deliver(&r, &vm, ctx, shared).await,
@@ -221,7 +223,7 @@ async fn decide(
     match decision {
         Decision::Refuse { why, message } => {
             let answer = EnrollmentRequestStatus {
-                phase: Some(RequestPhase::Refused),
+                phase: RequestPhase::Refused,
                 reason: Some(why.reason().into()),
                 message: Some(message.clone()),
                 decided_at: Some(Time(now)),
@@ -269,7 +271,7 @@ async fn decide(
                 format!("enrolled through {enrollment_name} as VM {vm}")
             };
             let answer = EnrollmentRequestStatus {
-                phase: Some(RequestPhase::Approved),
+                phase: RequestPhase::Approved,
                 virtual_machine: Some(vm.clone()),
                 reenrolled,
                 message: Some(format!("{message}; issuing its credential")),
