@@ -408,6 +408,19 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
             "token",
         ],
     );
+    // The kubectl plugin prints tokens the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-automend"))
+        .args(["-n", &ns, "enroll", "token", "other", "--format", "token"])
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .output()
+        .expect("kubectl automend enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(plugin_token.split('.').count(), 3, "a JWT: {plugin_token}");
     let other = denied(
         "a request naming another Enrollment",
         requests
