@@ -10,7 +10,9 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::watcher;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -124,6 +126,7 @@ pub async fn run(
         Some(s) => crate::watch::config().labels(s),
         None => crate::watch::config(),
     };
+    let identities = identities(&admin, &settings.namespace);
     let probe = crate::watch::Probe::detached("sim/virtualmachines", GUEST_WATCH_IDLE);
     let mut events = std::pin::pin!(crate::watch::supervised(api, config, probe));
     let mut guests: HashMap<String, tokio::sync::oneshot::Sender<()>> = HashMap::new();
@@ -165,7 +168,7 @@ pub async fn run(
             guests.insert(name.clone(), tx);
             let linux = vm.spec.os.os_type == crate::api::OsType::Linux;
             tokio::spawn(play(
-                Identity::Admin(admin.clone()),
+                Identity::Admin(admin.clone(), identities.clone()),
                 base.clone(),
                 settings.clone(),
                 name,
@@ -185,8 +188,41 @@ pub async fn run(
 /// (an enrolled machine renewing its own token, as the agent does).
 #[derive(Clone)]
 pub(super) enum Identity {
-    Admin(Client),
+    /// The admin's TokenRequests, once the guest ServiceAccount is in the store.
+    Admin(Client, Store<PartialObjectMeta<ServiceAccount>>),
     Own(String),
+}
+
+/// The guest ServiceAccounts of the namespace, from one metadata watch: a simulated guest asks
+/// for a token only once the controller has created its identity, instead of asking (and being
+/// answered 404) until it has.
+fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<ServiceAccount>> {
+    let (store, writer) = reflector::store();
+    let api: Api<PartialObjectMeta<ServiceAccount>> = Api::namespaced(admin.clone(), namespace);
+    let config = crate::watch::config().labels(identity::OWNED_SELECTOR);
+    let stream = watcher(api, config)
+        .backoff(crate::watch::backoff())
+        .reflect(writer)
+        .for_each(|e| {
+            if let Err(e) = e {
+                debug!(error = %e, "watching guest ServiceAccounts");
+            }
+            futures::future::ready(())
+        });
+    tokio::spawn(stream);
+    store
+}
+
+/// Wait until the VM's guest ServiceAccount exists (a local look at the store, no API request).
+async fn identity_ready(
+    store: &Store<PartialObjectMeta<ServiceAccount>>,
+    namespace: &str,
+    vm: &str,
+) {
+    let key = ObjectRef::new(&identity::guest_name(vm)).within(namespace);
+    while store.get(&key).is_none() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 pub(super) async fn play(
@@ -214,13 +250,27 @@ pub(super) async fn play(
         clock,
     };
     let mut identity = identity;
+    let count_request = {
+        let (stats, name) = (stats.clone(), name.clone());
+        move || {
+            if let Ok(mut s) = stats.lock() {
+                s.entry(name.clone()).or_default().token_requests += 1;
+            }
+        }
+    };
     let mut backend =
         Some(SimBackend::new(&name, linux, stats).with_reboot_time(settings.reboot_time));
     loop {
         // The controller creates the guest identity; wait for it.
+        let mut backoff = Duration::from_millis(500);
         let client = loop {
             let made = match &mut identity {
-                Identity::Admin(admin) => {
+                Identity::Admin(admin, store) => {
+                    tokio::select! {
+                        _ = identity_ready(store, &settings.namespace, &name) => {}
+                        _ = stop.clone() => return,
+                    }
+                    count_request();
                     guest_client(admin, &base, &settings.namespace, &name, settings.token_ttl).await
                 }
                 Identity::Own(token) => own_client(&base, &settings.namespace, token),
@@ -228,11 +278,12 @@ pub(super) async fn play(
             match made {
                 Ok(c) => break c,
                 Err(e) => {
-                    debug!(vm = %name, error = %e, "waiting for the guest identity");
+                    debug!(vm = %name, error = %e, retry_in = ?backoff, "getting the guest's token");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(backoff) => {}
                         _ = stop.clone() => return,
                     }
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
                 }
             }
         };
@@ -256,6 +307,7 @@ pub(super) async fn play(
         }
         // An enrolled guest renews its own token with the token it has.
         if let Identity::Own(token) = &mut identity {
+            count_request();
             match request_token(&own, &settings.namespace, &name, settings.token_ttl).await {
                 Ok(t) if !t.is_empty() => *token = t,
                 Ok(_) => warn!(vm = %name, "the TokenRequest answered without a token"),

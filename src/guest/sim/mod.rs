@@ -121,6 +121,8 @@ pub struct GuestStats {
     pub installs: u64,
     /// Reboots started.
     pub reboots: u64,
+    /// TokenRequests made for the guest (one at the start, one per renewal).
+    pub token_requests: u64,
 }
 
 pub type Stats = Arc<Mutex<HashMap<String, GuestStats>>>;
