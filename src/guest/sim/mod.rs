@@ -547,6 +547,7 @@ mod tests {
                 assessments: 0,
                 installs: 0,
                 reboots: 0,
+                token_requests: 0,
             }
         );
     }
