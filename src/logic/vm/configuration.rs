@@ -172,7 +172,7 @@ impl Decision<'_> {
                     ),
                     None => "the guest has never renewed its Lease: the VM is not running or has no agent".into(),
                 };
-                match self.credential_expired() {
+                match super::heartbeat::credential_expired(self.old, self.input.now) {
                     Some(expired) => self.conditions.set(
                         HEARTBEAT,
                         false,
@@ -375,7 +375,7 @@ impl Decision<'_> {
     /// Not running: everything waits for the heartbeat.
     fn not_running(&mut self) -> Verdict {
         self.conditions.keep(DRIFTED);
-        if let Some(msg) = self.rebooting() {
+        if let Some(msg) = super::heartbeat::rebooting(self.old) {
             if self.was() != Some(VmPhase::Pending) && self.was().is_some() {
                 self.events
                     .push(EventSpec::normal("Rebooting", "Reboot", msg.clone()));
@@ -384,7 +384,7 @@ impl Decision<'_> {
                 .set(HEARTBEAT, false, "Rebooting", msg.clone());
             return Verdict::new(VmPhase::Pending, "Rebooting", msg);
         }
-        if let Some(expired) = self.credential_expired() {
+        if let Some(expired) = super::heartbeat::credential_expired(self.old, self.input.now) {
             let was = self
                 .old
                 .conditions
@@ -414,33 +414,6 @@ impl Decision<'_> {
             .filter(|at| at.0 > self.input.now)
             .map(|at| duration::until(self.input.now, at.0) + Duration::from_secs(1));
         verdict
-    }
-
-    /// "credential expired …" when the guest's last reported credential expiry has passed: a
-    /// silent guest then cannot come back by itself.
-    fn credential_expired(&self) -> Option<String> {
-        let at = self.old.guest.as_ref()?.credential_expires_at.as_ref()?;
-        (self.input.now >= at.0).then(|| {
-            format!(
-                "credential expired at {}; re-enroll the machine (automend enroll create, then put the token on the machine): it gets this VM back",
-                at.0
-            )
-        })
-    }
-
-    /// "rebooting since …" when the guest announced a reboot for an installation it has not
-    /// finished.
-    fn rebooting(&self) -> Option<String> {
-        let i = self.old.guest.as_ref()?.installation.as_ref()?;
-        let since = i.reboot_started_at.as_ref()?;
-        (i.status == crate::api::OperationStatus::InProgress).then(|| {
-            format!(
-                "rebooting since {} (rollout {}, wave {}): the heartbeat resumes when the machine is back",
-                since.0,
-                text::safe(&i.rollout, 64),
-                i.wave
-            )
-        })
     }
 
     /// Running: has the guest applied what is asked, and does it match?

@@ -10,6 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::Heartbeat;
+use crate::api::VirtualMachineStatus;
 
 /// A guest clock further than this from the controller's is reported as skewed.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
@@ -78,6 +79,33 @@ pub fn describe_skew(skew: SignedDuration) -> String {
     } else {
         format!("{d} ahead of")
     }
+}
+
+/// "credential expired …" when the guest's last reported credential expiry has passed: a silent
+/// guest then cannot come back by itself.
+pub fn credential_expired(old: &VirtualMachineStatus, now: Timestamp) -> Option<String> {
+    let at = old.guest.as_ref()?.credential_expires_at.as_ref()?;
+    (now >= at.0).then(|| {
+        format!(
+            "credential expired at {}; re-enroll the machine (automend enroll create, then put the token on the machine): it gets this VM back",
+            at.0
+        )
+    })
+}
+
+/// "rebooting since …" when the guest announced a reboot for an installation it has not
+/// finished.
+pub fn rebooting(old: &VirtualMachineStatus) -> Option<String> {
+    let i = old.guest.as_ref()?.installation.as_ref()?;
+    let since = i.reboot_started_at.as_ref()?;
+    (i.status == crate::api::OperationStatus::InProgress).then(|| {
+        format!(
+            "rebooting since {} (rollout {}, wave {}): the heartbeat resumes when the machine is back",
+            since.0,
+            crate::logic::text::safe(&i.rollout, 64),
+            i.wave
+        )
+    })
 }
 
 #[cfg(test)]
