@@ -118,9 +118,16 @@ pub fn role(vm: &VirtualMachine) -> Role {
 
 pub fn role_binding(vm: &VirtualMachine) -> RoleBinding {
     let vm_name = vm.meta().name.clone().unwrap_or_default();
-    let name = guest_name(&vm_name);
+    binding(meta(vm, guest_name(&vm_name)))
+}
+
+/// A RoleBinding of the Role named like it to the ServiceAccount named like it, in its namespace
+/// (every identity the controller creates is a ServiceAccount, Role and RoleBinding of one name).
+pub fn binding(metadata: ObjectMeta) -> RoleBinding {
+    let name = metadata.name.clone().unwrap_or_default();
+    let namespace = metadata.namespace.clone();
     RoleBinding {
-        metadata: meta(vm, name.clone()),
+        metadata,
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
@@ -129,7 +136,7 @@ pub fn role_binding(vm: &VirtualMachine) -> RoleBinding {
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name,
-            namespace: vm.meta().namespace.clone(),
+            namespace,
             api_group: None,
         }]),
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kube::Client;
-use kube::config::{AuthInfo, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+use kube::config::{
+    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
 
 use crate::guest::sim::request_token;
 use crate::identity;
@@ -59,6 +61,35 @@ pub fn current_cluster(server: Option<&str>) -> anyhow::Result<kube::config::Clu
     Ok(cluster)
 }
 
+/// A kubeconfig of one cluster, one user and one context (all named `name`), current.
+pub fn single(name: &str, cluster: Cluster, namespace: &str, auth: AuthInfo) -> Kubeconfig {
+    Kubeconfig {
+        clusters: vec![NamedCluster {
+            name: name.into(),
+            cluster: Some(cluster),
+            other: Default::default(),
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: name.into(),
+            auth_info: Some(auth),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: name.into(),
+            context: Some(Context {
+                cluster: name.into(),
+                user: Some(name.into()),
+                namespace: Some(namespace.into()),
+                extensions: None,
+                other: Default::default(),
+            }),
+            other: Default::default(),
+        }],
+        current_context: Some(name.into()),
+        ..Default::default()
+    }
+}
+
 /// Build the guest kubeconfig as YAML.
 pub async fn run(args: Args) -> anyhow::Result<String> {
     if args.duration < Duration::from_secs(600) {
@@ -76,34 +107,15 @@ pub async fn run(args: Args) -> anyhow::Result<String> {
             )
         })?;
     let name = format!("automend-guest-{}-{}", args.namespace, args.vm);
-    let out = Kubeconfig {
-        clusters: vec![NamedCluster {
-            name: name.clone(),
-            cluster: Some(cluster),
-            other: Default::default(),
-        }],
-        auth_infos: vec![NamedAuthInfo {
-            name: name.clone(),
-            auth_info: Some(AuthInfo {
-                token: Some(secrecy::SecretString::from(token)),
-                ..Default::default()
-            }),
-            other: Default::default(),
-        }],
-        contexts: vec![NamedContext {
-            name: name.clone(),
-            context: Some(Context {
-                cluster: name.clone(),
-                user: Some(name.clone()),
-                namespace: Some(args.namespace.clone()),
-                extensions: None,
-                other: Default::default(),
-            }),
-            other: Default::default(),
-        }],
-        current_context: Some(name),
-        ..Default::default()
-    };
+    let out = single(
+        &name,
+        cluster,
+        &args.namespace,
+        AuthInfo {
+            token: Some(secrecy::SecretString::from(token)),
+            ..Default::default()
+        },
+    );
     // AuthInfo's token is a secret: serialize it on purpose, since handing it over is the point.
     let mut value = serde_json::to_value(&out)?;
     if let Some(users) = value.get_mut("users").and_then(|u| u.as_array_mut()) {

@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use automend::api::{
-    Enrollment, EnrollmentRequest, EnrollmentRequestSpec, RequestPhase, UpdateRing, VmPhase,
-};
+use automend::api::{Enrollment, EnrollmentRequest, EnrollmentRequestSpec, RequestPhase, VmPhase};
 use automend::guest::enroll::{Refusal, ask};
 use automend::sealed::KeyPair;
 use guestroot::GuestRoot;
@@ -28,22 +26,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::env::{Env, LONG};
 use support::{cluster, repo, wait_for};
-
-/// `automend enroll …` as the admin; its stdout.
-fn enroll_cli(ns: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_automend"))
-        .args(["enroll", "-n", ns])
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .output()
-        .expect("running automend enroll");
-    assert!(
-        out.status.success(),
-        "automend enroll {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The API server's URL and its CA in a file, as a machine gets them from the snippet.
 fn server_and_ca(dir: &Path) -> (String, PathBuf) {
@@ -170,46 +152,31 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
         .profile("linux", json!({ "environment": "DevTest" }))
         .await;
     let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
-    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &ns);
-    rings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
-                "metadata": { "name": "pilot" },
-                "spec": { "order": 0, "selector": { "matchLabels": { "ring": "pilot" } } },
-            }))
-            .expect("ring"),
-        )
-        .await
-        .expect("ring");
+    let rings = env.ring_selecting("pilot", "ring", "pilot").await;
 
     // One Enrollment for three machines, as an operator creates it.
-    let token = enroll_cli(
-        &ns,
-        &[
-            "create",
-            "fleet",
-            "--profile",
-            &profile,
-            "--label",
-            "ring=pilot",
-            "--allow-label",
-            "role",
-            "--max-machines",
-            "3",
-            "--region",
-            "westeurope",
-            "--ttl",
-            "1h",
-            "--format",
-            "token",
-        ],
-    );
+    let token = env.enroll(&[
+        "create",
+        "fleet",
+        "--profile",
+        &profile,
+        "--label",
+        "ring=pilot",
+        "--allow-label",
+        "role",
+        "--max-machines",
+        "3",
+        "--region",
+        "westeurope",
+        "--ttl",
+        "1h",
+        "--format",
+        "token",
+    ]);
     let token = token.trim().to_string();
     let token_file = dir.path().join("enroll-token");
     std::fs::write(&token_file, &token).expect("token");
-    let snippet = enroll_cli(&ns, &["token", "fleet", "--format", "cloud-init"]);
+    let snippet = env.enroll(&["token", "fleet", "--format", "cloud-init"]);
     assert!(snippet.starts_with("#cloud-config"), "{snippet}");
     assert!(
         snippet.contains(&format!("AUTOMEND_SERVER={server}")),
@@ -397,17 +364,14 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
             .await,
     ));
     // Another Enrollment of the namespace: its credential cannot borrow it.
-    enroll_cli(
-        &ns,
-        &[
-            "create",
-            "other",
-            "--max-machines",
-            "100",
-            "--format",
-            "token",
-        ],
-    );
+    env.enroll(&[
+        "create",
+        "other",
+        "--max-machines",
+        "100",
+        "--format",
+        "token",
+    ]);
     // The kubectl plugin prints tokens the same way.
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-automend"))
         .args(["-n", &ns, "enroll", "token", "other", "--format", "token"])
@@ -431,7 +395,16 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
             .await,
     );
     assert!(other.contains("its own Enrollment"), "{other}");
+    // Every one denied by RBAC, for the Enrollment's own ServiceAccount.
     assert_eq!(denials.len(), 13);
+    for d in &denials {
+        assert!(
+            d.contains(&format!(
+                "\"system:serviceaccount:{ns}:automend-enroll-fleet\" cannot"
+            )),
+            "{d}"
+        );
+    }
 
     // A label the Enrollment does not allow: refused, naming it.
     let key = KeyPair::generate();
@@ -588,21 +561,18 @@ async fn an_agent_past_its_credential_re_enrolls_as_the_same_vm() {
         .await;
     let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
     let token_file = dir.path().join("enroll-token");
-    let token = enroll_cli(
-        &ns,
-        &[
-            "create",
-            "fleet",
-            "--profile",
-            &profile,
-            "--region",
-            "westeurope",
-            "--ttl",
-            "1h",
-            "--format",
-            "token",
-        ],
-    );
+    let token = env.enroll(&[
+        "create",
+        "fleet",
+        "--profile",
+        &profile,
+        "--region",
+        "westeurope",
+        "--ttl",
+        "1h",
+        "--format",
+        "token",
+    ]);
     std::fs::write(&token_file, token.trim()).expect("token");
     let g = GuestRoot::debian();
     // Tokens of the shortest lifetime the API allows (10 minutes), renewed at once.
@@ -663,7 +633,7 @@ async fn an_agent_past_its_credential_re_enrolls_as_the_same_vm() {
     })
     .await;
     // The operator hands over a new token: the machine gets its VM back.
-    let again = enroll_cli(&ns, &["token", "fleet", "--format", "token"]);
+    let again = env.enroll(&["token", "fleet", "--format", "token"]);
     std::fs::write(&token_file, again.trim()).expect("token");
     let after = env.wait_phase("app-1", VmPhase::Configured).await;
     assert_eq!(

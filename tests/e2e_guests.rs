@@ -793,34 +793,8 @@ async fn booted_guests_enroll_with_the_snippet_and_the_limit_holds() {
     let repo = release_repo();
     let profile = env.profile("booted", profile_spec("IfRequired")).await;
     let ctl = env.controller(&["--leader-elect=false", "--release-cadence", "off"]);
-    let rings: Api<UpdateRing> = Api::namespaced(env.client.clone(), &ns);
-    rings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
-                "metadata": { "name": "pilot" },
-                "spec": { "order": 0, "selector": { "matchLabels": { "ring": "pilot" } } },
-            }))
-            .expect("ring"),
-        )
-        .await
-        .expect("ring");
-    let enroll = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_automend"))
-            .args(["enroll", "-n", &ns])
-            .args(args)
-            .env("KUBECONFIG", &c.kubeconfig)
-            .output()
-            .expect("automend enroll");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let snippet = enroll(&[
+    let rings = env.ring_selecting("pilot", "ring", "pilot").await;
+    let snippet = env.enroll(&[
         "create",
         "fleet",
         "--profile",
@@ -902,7 +876,7 @@ async fn booted_guests_enroll_with_the_snippet_and_the_limit_holds() {
     }
 
     // Fifty simulated machines with the same token: 48 fit, 2 are refused.
-    let token = enroll(&["token", "fleet", "--format", "token"]);
+    let token = env.enroll(&["token", "fleet", "--format", "token"]);
     let dir = tempfile::tempdir().expect("dir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token.trim()).expect("token");

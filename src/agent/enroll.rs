@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use base64::Engine as _;
 use kube::api::Api;
-use kube::config::{
-    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
-};
+use kube::config::{AuthInfo, Cluster, Kubeconfig};
 use tracing::{info, warn};
 
 use super::credential::{Token, token_path};
@@ -137,38 +135,12 @@ fn facts(
 
 /// A kubeconfig for the API server with a token (inline) or a token file.
 pub fn kubeconfig(server: &str, ca_pem: &[u8], namespace: &str, auth: AuthInfo) -> Kubeconfig {
-    let name = "automend".to_string();
-    Kubeconfig {
-        clusters: vec![NamedCluster {
-            name: name.clone(),
-            cluster: Some(Cluster {
-                server: Some(server.to_string()),
-                certificate_authority_data: Some(
-                    base64::engine::general_purpose::STANDARD.encode(ca_pem),
-                ),
-                ..Default::default()
-            }),
-            other: Default::default(),
-        }],
-        auth_infos: vec![NamedAuthInfo {
-            name: name.clone(),
-            auth_info: Some(auth),
-            other: Default::default(),
-        }],
-        contexts: vec![NamedContext {
-            name: name.clone(),
-            context: Some(Context {
-                cluster: name.clone(),
-                user: Some(name.clone()),
-                namespace: Some(namespace.to_string()),
-                extensions: None,
-                other: Default::default(),
-            }),
-            other: Default::default(),
-        }],
-        current_context: Some(name),
+    let cluster = Cluster {
+        server: Some(server.to_string()),
+        certificate_authority_data: Some(base64::engine::general_purpose::STANDARD.encode(ca_pem)),
         ..Default::default()
-    }
+    };
+    crate::kubeconfig::single("automend", cluster, namespace, auth)
 }
 
 /// Why an enrollment failed: refused by the controller (do not retry with the same token), or
@@ -298,8 +270,8 @@ pub fn remember_refusal(state: &Path, token_file: &Path, reason: &str) {
     }
 }
 
-pub fn bail_no_identity() -> anyhow::Result<()> {
-    bail!(
+pub fn no_identity() -> anyhow::Error {
+    anyhow::anyhow!(
         "this machine has no identity: enroll it (--enroll-token-file, --server, --ca-file; see `automend enroll create`) or give --vm with --kubeconfig from `automend guest-kubeconfig`"
     )
 }

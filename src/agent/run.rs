@@ -149,8 +149,7 @@ async fn identify(args: &AgentArgs) -> anyhow::Result<(PathBuf, String, Option<S
             return Ok((args.kubeconfig.clone(), vm.clone(), args.namespace.clone()));
         }
         let Some(file) = token_file else {
-            enroll::bail_no_identity()?;
-            continue;
+            return Err(enroll::no_identity());
         };
         if let Some(reason) = enroll::refused_before(state, &file) {
             wait(format!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use automend::api::{ConfigurationProfile, VirtualMachine, VmPhase};
+use automend::api::{ConfigurationProfile, UpdateRing, VirtualMachine, VmPhase};
 use automend::guest::sim::{self, SimSettings, Stats};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
@@ -121,6 +121,38 @@ impl Env {
                 let _ = rx.await;
             },
         ));
+    }
+
+    /// `automend enroll …` in this namespace, as the admin; its stdout.
+    pub fn enroll(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_automend"))
+            .args(["enroll", "-n", &self.ns.name])
+            .args(args)
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .output()
+            .expect("running automend enroll");
+        assert!(
+            out.status.success(),
+            "automend enroll {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An UpdateRing (order 0) of the VMs labelled `key=value`.
+    pub async fn ring_selecting(&self, name: &str, key: &str, value: &str) -> Api<UpdateRing> {
+        let rings: Api<UpdateRing> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let ring: UpdateRing = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+            "metadata": { "name": name },
+            "spec": { "order": 0, "selector": { "matchLabels": { key: value } } },
+        }))
+        .expect("ring");
+        rings
+            .create(&PostParams::default(), &ring)
+            .await
+            .expect("creating the ring");
+        rings
     }
 
     /// Simulate `count` machines that enroll with the Enrollment token in `token_file`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -95,16 +95,12 @@ async fn reconcile(e: Arc<Enrollment>, ctx: &Context, shared: &Shared) -> Result
                 && was.map(|w| &w.reason) != Some(&c.reason)
                 && status_of(&status.conditions, "Ready") == Some(false)
             {
-                let ev = EventSpec {
-                    warning: false,
-                    reason: if c.reason == "Expired" {
-                        "EnrollmentExpired"
-                    } else {
-                        "EnrollmentExhausted"
-                    },
-                    action: "Enroll",
-                    note: c.message.clone(),
+                let reason = if c.reason == "Expired" {
+                    "EnrollmentExpired"
+                } else {
+                    "EnrollmentExhausted"
                 };
+                let ev = EventSpec::normal(reason, "Enroll", c.message.clone());
                 if c.reason != "Deleting" {
                     super::publish_events(ctx, &e.object_ref(&()), &[ev]).await;
                 }
@@ -160,20 +156,7 @@ async fn ensure_credential(e: &Enrollment, ctx: &Context, ns: &str) -> Result<()
             ..Default::default()
         }]),
     };
-    let binding = RoleBinding {
-        metadata: meta.clone(),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(ns.to_string()),
-            api_group: None,
-        }]),
-    };
+    let binding = crate::identity::binding(meta.clone());
     let sa = ServiceAccount {
         metadata: meta,
         automount_service_account_token: Some(false),

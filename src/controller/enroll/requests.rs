@@ -231,12 +231,7 @@ async fn decide(
             };
             crate::status::apply(&requests, &r.name_any(), CONTROLLER_MANAGER, &answer).await?;
             info!(request = %r.name_any(), reason = why.reason(), %message, "enrollment refused");
-            let ev = EventSpec {
-                warning: true,
-                reason: "EnrollmentRefused",
-                action: "Enroll",
-                note: format!("{who}: {message}"),
-            };
+            let ev = EventSpec::warning("EnrollmentRefused", "Enroll", format!("{who}: {message}"));
             let regarding = match &enrollment {
                 Some(e) => e.object_ref(&()),
                 None => r.object_ref(&()),
@@ -274,7 +269,7 @@ async fn decide(
                 phase: RequestPhase::Approved,
                 virtual_machine: Some(vm.clone()),
                 reenrolled,
-                message: Some(format!("{message}; issuing its credential")),
+                message: Some(message.clone()),
                 decided_at: Some(Time(now)),
                 ..Default::default()
             };
@@ -332,9 +327,6 @@ async fn deliver(
     let mut answer = r.status.clone().unwrap_or_default();
     answer.sealed_token = Some(sealed);
     answer.token_expires_at = Some(Time(expires));
-    answer.message = answer
-        .message
-        .map(|m| m.replace("; issuing its credential", "; credential issued"));
     let requests: Api<EnrollmentRequest> = Api::namespaced(ctx.client.clone(), &ns);
     crate::status::apply(&requests, &r.name_any(), CONTROLLER_MANAGER, &answer).await?;
     Ok(Action::requeue(enroll::DECIDED_RETENTION))
