@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane on loopback, for machines without a container engine.
 #
-#   hack/cluster.sh build   build (once) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
-#   hack/cluster.sh up      start etcd + kube-apiserver + kube-controller-manager; write a kubeconfig
-#   hack/cluster.sh down    stop what `up` started (and nothing else)
-#   hack/cluster.sh status  say what is running
-#   hack/cluster.sh env     print `export` lines for PATH and KUBECONFIG (eval "$(hack/cluster.sh env)")
+#   hack/cluster.sh build [--node]  build (once) etcd, kube-apiserver, kube-controller-manager, kubectl,
+#                                   helm; with --node also kube-scheduler, kubelet, kube-proxy, containerd
+#   hack/cluster.sh up [--node]     start etcd + kube-apiserver + kube-controller-manager; write a
+#                                   kubeconfig. With --node (root only) also kube-scheduler and one node
+#                                   (containerd, kubelet, kube-proxy; see hack/node.sh) that runs Pods
+#   hack/cluster.sh down [--purge]  stop what `up` started (and nothing else)
+#   hack/cluster.sh status          say what is running
+#   hack/cluster.sh env             print `export` lines for PATH and KUBECONFIG (eval "$(hack/cluster.sh env)")
+#   hack/cluster.sh import ARCHIVE  load an OCI image archive into the node's containerd
 #
 # Binaries are built from the published Go modules of the pinned releases below into
 # $AUTOMEND_CACHE_DIR (default ~/.cache/automend), keyed by version, and reused.
 # State (certificates, etcd data, logs, pids, kubeconfig) lives in $AUTOMEND_CLUSTER_DIR
 # (default <repo>/.local/cluster). Several control planes may run at once in different state folders:
-# ports are picked free at the first `up` and kept in the state folder.
+# ports are picked free at the first `up` and kept in the state folder. Only one of them may have
+# a node.
 set -euo pipefail
 
 K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
+CONTAINERD_VERSION=v2.2.9
+RUNC_VERSION=v1.3.6
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-cache="${AUTOMEND_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/automend}"
-bindir="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 state="${AUTOMEND_CLUSTER_DIR:-$repo/.local/cluster}"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+# shellcheck source=hack/lib.sh
+. "$here/lib.sh"
+bindir="$cache/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+nodebin="$cache/bin/node-k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
 
 # ---------------------------------------------------------------------------------------------
 # build
@@ -38,8 +48,8 @@ go_build() { # <module dir> <output dir> <ldflags> <packages...>
     go build -trimpath -ldflags "$ldflags" -o "$out/" "$@")
 }
 
-build_kubernetes() {
-  local dir="$here/tools/kubernetes" out="$1"
+build_kubernetes() { # <output dir> <packages...>
+  local dir="$here/tools/kubernetes" out="$1"; shift
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local pkg
   local ldflags="-s -w"
@@ -47,11 +57,27 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  log "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first time only; ~10-20 min on 2 cores)"
-  go_build "$dir" "$out" "$ldflags" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl
+  log "building ${*##*/} $K8S_VERSION (first time only)"
+  go_build "$dir" "$out" "$ldflags" "$@"
+}
+
+build_containerd() {
+  log "building containerd $CONTAINERD_VERSION"
+  # No btrfs, devmapper or zfs snapshotters: they need cgo, and the node uses overlayfs.
+  (cd "$here/tools/containerd" && CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local \
+    go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" -o "$1/" \
+    github.com/containerd/containerd/v2/cmd/containerd \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    github.com/containerd/containerd/v2/cmd/ctr)
+}
+
+build_runc() {
+  log "building runc $RUNC_VERSION"
+  # runc needs cgo (its nsenter is C) and libseccomp for seccomp profiles (RuntimeDefault).
+  (cd "$here/tools/runc" && CGO_ENABLED=1 GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local \
+    go build -trimpath -tags seccomp -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" -o "$1/" \
+    github.com/opencontainers/runc)
 }
 
 build_etcd() {
@@ -89,7 +115,8 @@ cmd_build() {
     [ -x "$bindir/etcd" ] || timed etcd build_etcd "$tmp"
     [ -x "$bindir/helm" ] || timed helm build_helm "$tmp"
     if [ ! -x "$bindir/kube-apiserver" ] || [ ! -x "$bindir/kube-controller-manager" ] || [ ! -x "$bindir/kubectl" ]; then
-      timed "kube-apiserver, kube-controller-manager, kubectl" build_kubernetes "$tmp"
+      timed "kube-apiserver, kube-controller-manager, kubectl" build_kubernetes "$tmp" \
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
     fi
     mkdir -p "$bindir"
     for b in "$tmp"/*; do mv -f "$b" "$bindir/"; done
@@ -97,40 +124,73 @@ cmd_build() {
   log "binaries ready in $bindir ($((SECONDS - start))s)"
 }
 
+cmd_build_node() {
+  local want=(kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc) missing=0 b
+  for b in "${want[@]}"; do [ -x "$nodebin/$b" ] || missing=1; done
+  if [ "$missing" = 0 ]; then return 0; fi
+  local tmp="$nodebin.tmp.$$"
+  (
+    trap 'rm -rf "$tmp"' EXIT
+    mkdir -p "$tmp"
+    timed "kube-scheduler, kubelet, kube-proxy" build_kubernetes "$tmp" \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+    timed containerd build_containerd "$tmp"
+    timed runc build_runc "$tmp"
+    mkdir -p "$nodebin"
+    for b in "$tmp"/*; do mv -f "$b" "$nodebin/"; done
+  )
+  log "node binaries ready in $nodebin"
+}
+
 # ---------------------------------------------------------------------------------------------
 # certificates and credentials
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+NODE_IP=10.244.0.1 # the node's bridge gateway (hack/node.sh); the API server's address for pods
+CLIENT='basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth'
+
+issue() { # <name> <subject> <extensions>: a key and a certificate signed by the local CA, in $state/pki
+  local pki="$state/pki"
+  openssl req -new -nodes -newkey rsa:2048 -keyout "$pki/$1.key" -out "$pki/$1.csr" -subj "$2" 2>/dev/null
+  printf '%s\n' "$3" >"$pki/$1.ext"
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -out "$pki/$1.crt" -days 3650 -extfile "$pki/$1.ext" 2>/dev/null
+  rm -f "$pki/$1.csr" "$pki/$1.ext"
+  chmod 600 "$pki/$1.key"
 }
 
 gen_certs() {
   local pki="$state/pki"
   [ -f "$pki/ca.crt" ] && return 0
   mkdir -p "$pki"
-  (
-    cd "$pki"
-    openssl req -x509 -new -nodes -newkey rsa:2048 -keyout ca.key -out ca.crt -days 3650 \
-      -subj "/CN=automend-local-ca" 2>/dev/null
-    issue() { # <name> <subject> <extensions>
-      openssl req -new -nodes -newkey rsa:2048 -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%s\n' "$3" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" \
-        -days 3650 -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
+  openssl req -x509 -new -nodes -newkey rsa:2048 -keyout "$pki/ca.key" -out "$pki/ca.crt" -days 3650 \
+    -subj "/CN=automend-local-ca" 2>/dev/null
+  issue apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
+    'basicConstraints=CA:FALSE' 'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+    "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
+  issue admin "/O=system:masters/CN=automend-admin" "$CLIENT"
+  issue controller-manager "/CN=system:kube-controller-manager" "$CLIENT"
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki"/*.key
+}
+
+gen_node_certs() { # the node's and the scheduler's identities
+  local pki="$state/pki"
+  if ! openssl x509 -in "$pki/apiserver.crt" -noout -ext subjectAltName | grep -qF "IP Address:$NODE_IP"; then
+    # State from before nodes existed: pods reach the API server at the node's address.
     issue apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
       'basicConstraints=CA:FALSE' 'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
-      'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local')"
-    local client='basicConstraints=CA:FALSE
-keyUsage=digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth'
-    issue admin "/O=system:masters/CN=automend-admin" "$client"
-    issue controller-manager "/CN=system:kube-controller-manager" "$client"
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-    chmod 600 ./*.key
-  )
+      "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
+  fi
+  [ -f "$pki/kubelet.crt" ] && return 0
+  issue kube-scheduler "/CN=system:kube-scheduler" "$CLIENT"
+  issue kube-proxy "/CN=system:kube-proxy" "$CLIENT"
+  issue kubelet-client "/O=system:nodes/CN=system:node:automend-node" "$CLIENT"
+  issue kubelet "/CN=automend-node" "$(printf '%s\n' \
+    'basicConstraints=CA:FALSE' 'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+    "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,DNS:automend-node")"
 }
 
 write_kubeconfig() { # <file> <user> <cert> <key>
@@ -162,47 +222,26 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # processes
 
-pid_alive() { # <name>: true when the recorded process is alive and is ours (its command line names our state)
-  local f="$state/pids/$1" pid
-  [ -f "$f" ] || return 1
-  pid="$(cat "$f")"
-  [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$state/" || return 1
-}
-
-start() { # <name> <command...>
-  local name="$1"; shift
-  if pid_alive "$name"; then return 0; fi
-  mkdir -p "$state/logs" "$state/pids"
-  setsid "$@" >>"$state/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$state/pids/$name"
-}
-
-port() { # <name>: the port kept for <name>, picked free the first time
-  local f="$state/ports/$1"
-  mkdir -p "$state/ports"
-  [ -s "$f" ] || free_port >"$f"
-  cat "$f"
-}
-
-wait_ready() { # <what> <seconds> <command...>
-  local what="$1" secs="$2"; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      die "$what did not become ready within ${secs}s; see $state/logs/"
-    fi
-    sleep 0.5
-  done
-}
-
 kubectl_admin() { "$bindir/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
 
 cmd_up() {
+  local node=0
+  [ "${1:-}" = "--node" ] && node=1
   cmd_build
   mkdir -p "$state"
   state="$(cd "$state" && pwd)"
   gen_certs
+  if [ "$node" = 1 ]; then
+    [ "$(id -u)" = 0 ] || die "--node needs root (containerd, cgroups, the pods' network)"
+    if pid_alive kube-apiserver && [ ! -f "$state/node-mode" ]; then
+      die "this control plane was started without --node; stop it first (hack/cluster.sh down)"
+    fi
+    cmd_build_node
+    gen_node_certs
+    touch "$state/node-mode"
+  elif [ -f "$state/node-mode" ] && ! pid_alive kube-apiserver; then
+    rm -f "$state/node-mode"
+  fi
   local etcd_port etcd_peer api_port kcm_port
   etcd_port="$(port etcd)"; etcd_peer="$(port etcd-peer)"; api_port="$(port apiserver)"; kcm_port="$(port controller-manager)"
   write_kubeconfig "$state/kubeconfig" automend-admin "$state/pki/admin.crt" "$state/pki/admin.key"
@@ -216,19 +255,30 @@ cmd_up() {
     --log-level warn
   wait_ready etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
 
+  # With a node, pods reach the API server through the `kubernetes` Service, whose endpoint is
+  # the advertised address: the node's bridge gateway. Without one, loopback only.
+  local listen=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1)
+  if [ -f "$state/node-mode" ]; then
+    listen=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --kubelet-preferred-address-types InternalIP
+      --kubelet-client-certificate "$state/pki/admin.crt" --kubelet-client-key "$state/pki/admin.key"
+      --kubelet-certificate-authority "$state/pki/ca.crt")
+  fi
   start kube-apiserver "$bindir/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    "${listen[@]}" --secure-port "$api_port" \
     --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
     --client-ca-file "$state/pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --authorization-mode RBAC --allow-privileged=true \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
     --cert-dir "$state/pki/generated"
   wait_ready kube-apiserver 120 curl -sf --cacert "$state/pki/ca.crt" \
     --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" "https://127.0.0.1:$api_port/readyz"
 
+  # Node lifecycle (it lifts the not-ready taint from a node that became Ready) only with a node.
+  local controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route'
+  [ -f "$state/node-mode" ] && controllers='*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route'
   start kube-controller-manager "$bindir/kube-controller-manager" \
     --kubeconfig "$state/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$state/controller-manager.kubeconfig" \
@@ -236,34 +286,48 @@ cmd_up() {
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$state/pki/generated-kcm" \
     --leader-elect=false --use-service-account-credentials=true \
     --service-account-private-key-file "$state/pki/sa.key" --root-ca-file "$state/pki/ca.crt" \
-    --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route'
+    --controllers "$controllers"
   wait_ready kube-controller-manager 60 curl -sfk "https://127.0.0.1:$kcm_port/healthz"
 
   # The default ServiceAccount appears once the controller manager runs; wait so that
   # anything applied next (Pods in dry runs, Helm hooks) finds it.
   wait_ready "default ServiceAccount" 60 kubectl_admin get serviceaccount default -n default
+
+  if [ -f "$state/node-mode" ]; then
+    local sched_port; sched_port="$(port kube-scheduler)"
+    write_kubeconfig "$state/kube-scheduler.kubeconfig" system:kube-scheduler \
+      "$state/pki/kube-scheduler.crt" "$state/pki/kube-scheduler.key"
+    write_kubeconfig "$state/kubelet.kubeconfig" system:node:automend-node \
+      "$state/pki/kubelet-client.crt" "$state/pki/kubelet-client.key"
+    write_kubeconfig "$state/kube-proxy.kubeconfig" system:kube-proxy \
+      "$state/pki/kube-proxy.crt" "$state/pki/kube-proxy.key"
+    start kube-scheduler "$nodebin/kube-scheduler" --kubeconfig "$state/kube-scheduler.kubeconfig" \
+      --authentication-kubeconfig "$state/kube-scheduler.kubeconfig" \
+      --authorization-kubeconfig "$state/kube-scheduler.kubeconfig" \
+      --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false
+    wait_ready kube-scheduler 60 curl -sfk "https://127.0.0.1:$sched_port/healthz"
+    bash "$here/node.sh" up "$state" "$bindir" "$nodebin"
+  fi
   log "control plane ready: KUBECONFIG=$state/kubeconfig (logs in $state/logs)"
 }
 
 cmd_down() {
-  local name pid stopped=0
-  for name in kube-controller-manager kube-apiserver etcd; do
-    if pid_alive "$name"; then
-      pid="$(cat "$state/pids/$name")"
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -9 "$pid" 2>/dev/null || true
-      stopped=1
-    fi
-    rm -f "$state/pids/$name"
+  local name stopped=0
+  if [ -d "$state" ] && [ -f "$state/node-mode" ]; then
+    bash "$here/node.sh" down "$state"
+  fi
+  for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    pid_alive "$name" && stopped=1
+    stop_process "$name"
   done
   if [ "$stopped" = 1 ]; then log "stopped the control plane in $state"; else log "nothing running in $state"; fi
   if [ "${1:-}" = "--purge" ]; then rm -rf "$state"; log "removed $state"; fi
 }
 
 cmd_status() {
-  local name rc=0
-  for name in etcd kube-apiserver kube-controller-manager; do
+  local name rc=0 names=(etcd kube-apiserver kube-controller-manager)
+  [ -f "$state/node-mode" ] && names+=(kube-scheduler containerd kubelet kube-proxy)
+  for name in "${names[@]}"; do
     if pid_alive "$name"; then echo "$name: running (pid $(cat "$state/pids/$name"))"; else echo "$name: stopped"; rc=1; fi
   done
   return "$rc"
@@ -276,11 +340,14 @@ cmd_env() {
 }
 
 case "${1:-}" in
-  build) cmd_build ;;
-  up) cmd_up ;;
+  build) cmd_build; if [ "${2:-}" = "--node" ]; then cmd_build_node; fi ;;
+  up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) cmd_status ;;
   env) cmd_env ;;
   bindir) echo "$bindir" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  nodebin) echo "$nodebin" ;;
+  import) [ -f "$state/node-mode" ] || die "no node in $state (hack/cluster.sh up --node)"
+    bash "$here/node.sh" import "$state" "$nodebin" "${2:?an OCI archive}" ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -54,20 +54,39 @@ fi
 # --real-guests N: after the simulated fleet, an act with N booted Linux guests (systemd as PID 1
 # under systemd-nspawn, as root) patched with real reboots. Off by default: it needs root,
 # systemd-container and mmdebstrap, and builds a guest image the first time (about a minute).
+# --in-cluster: the controller runs as the chart's Pods on a node of this machine (containerd,
+# kubelet, kube-proxy; root), installed with helm from an image built offline, instead of as a
+# process with the admin's credentials.
+usage() { echo "usage: hack/demo.sh [--in-cluster] [--real-guests N (1 to 20)] | down" >&2; exit 2; }
 real_guests=0
-if [[ "${1:-}" == "--real-guests" ]]; then
-  real_guests="${2:-}"
-  if ! [[ "$real_guests" =~ ^[0-9]+$ ]] || (( real_guests < 1 || real_guests > 20 )); then
-    echo "usage: hack/demo.sh [--real-guests N (1 to 20)] | down" >&2
-    exit 2
-  fi
-fi
+in_cluster=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --real-guests)
+      real_guests="${2:-}"
+      if ! [[ "$real_guests" =~ ^[0-9]+$ ]] || (( real_guests < 1 || real_guests > 20 )); then usage; fi
+      shift ;;
+    --in-cluster) in_cluster=1 ;;
+    *) usage ;;
+  esac
+  shift
+done
 
 step "checking what the demo needs (openssl, curl, python3, jq, setsid; Go and Rust)"
-bash hack/deps.sh install demo
+if [[ "$in_cluster" == 1 ]]; then
+  [[ "$(id -u)" == 0 ]] || { echo "--in-cluster runs a node (containerd, kubelet): run it as root" >&2; exit 1; }
+  bash hack/deps.sh install node
+else
+  bash hack/deps.sh install demo
+fi
 
-step "starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (builds them the first time)"
-bash hack/cluster.sh up
+if [[ "$in_cluster" == 1 ]]; then
+  step "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a node (containerd, kubelet, kube-proxy); builds them the first time"
+  bash hack/cluster.sh up --node
+else
+  step "starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (builds them the first time)"
+  bash hack/cluster.sh up
+fi
 eval "$(bash hack/cluster.sh env)"
 kubectl version
 
@@ -82,12 +101,23 @@ kubectl wait --for=condition=Established --timeout=60s \
 helm template automend charts/automend --kube-version "$(kubectl version -o json | jq -r .serverVersion.gitVersion)" \
   -s templates/guest-admission.yaml | kubectl apply --server-side -f -
 
-step "starting the controller (logs: $DEMO_DIR/controller.log)"
 stop_processes
-RUST_LOG=info,kube=warn "$bin/automend" controller --leader-elect=false \
-  --heartbeat-grace 20s --http-addr 127.0.0.1:0 --region-pairs northeurope=westeurope \
-  --release-cadence off >"$DEMO_DIR/controller.log" 2>&1 &
-echo $! >"$DEMO_DIR/controller.pid"
+if [[ "$in_cluster" == 1 ]]; then
+  step "building the controller's image offline (hack/image.sh) and installing the chart onto the node"
+  bash hack/image.sh build --binary "$bin/automend" --tag demo --import
+  helm upgrade --install automend charts/automend -n automend-system --create-namespace --take-ownership \
+    --set image.tag=demo --set image.pullPolicy=Never --set controller.heartbeatGrace=20s \
+    --set patching.releaseCadence=off --set-json 'patching.regionPairs=["northeurope=westeurope"]' \
+    --set-json "controller.extraArgs=[\"--clock-start=$AUTOMEND_CLOCK_START\",\"--clock-speed=$AUTOMEND_CLOCK_SPEED\"]" \
+    --wait --timeout 180s
+  kubectl get pods -n automend-system -o wide
+else
+  step "starting the controller (logs: $DEMO_DIR/controller.log)"
+  RUST_LOG=info,kube=warn "$bin/automend" controller --leader-elect=false \
+    --heartbeat-grace 20s --http-addr 127.0.0.1:0 --region-pairs northeurope=westeurope \
+    --release-cadence off >"$DEMO_DIR/controller.log" 2>&1 &
+  echo $! >"$DEMO_DIR/controller.pid"
+fi
 
 step "a fresh namespace demo with the example fleet (25 VMs) and 30 more generated VMs"
 kubectl delete namespace demo --ignore-not-found --wait --timeout=120s

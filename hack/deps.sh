@@ -2,15 +2,18 @@
 # What the demo and the tests need on the machine, in one list shared by hack/demo.sh, hack/test.sh
 # and .ci/run.
 #
-#   hack/deps.sh check   demo|test   list what is missing (exit 1 if anything is)
-#   hack/deps.sh install demo|test   install what is missing with apt-get when running as root;
+#   hack/deps.sh check   demo|node|test   list what is missing (exit 1 if anything is)
+#   hack/deps.sh install demo|node|test   install what is missing with apt-get when running as root;
 #                                    otherwise print the exact command to run and exit 1
 #
-# `demo` is what the control plane and the demo use; `test` adds the package managers and systemd
-# that the guest agent's tests drive on sandboxed roots, shellcheck, and what the booted-guest
-# suite needs (systemd-nspawn, mmdebstrap to build the guest image from Debian's packages,
-# iproute2 for the guests' network namespace). Go and Rust are toolchains,
-# not Debian packages: they are checked, never installed.
+# `demo` is what the control plane and the demo use; `node` what a node of ours (hack/cluster.sh
+# up --node) and the offline image (hack/image.sh) need: iptables and conntrack for kube-proxy, the
+# CNI plugins, gcc, pkg-config and libseccomp's headers to build runc and the pause image, buildah
+# and mmdebstrap for images; `test` is all of that plus the package managers and systemd that the
+# guest agent's tests drive on sandboxed roots, shellcheck, and what the booted-guest suite needs
+# (systemd-nspawn, iproute2 for the guests' network namespace). An entry starting with / is a
+# file rather than a command. Go and Rust are toolchains, not Debian packages: they are checked,
+# never installed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,11 +25,16 @@ declare -A PACKAGE=(
   [dnf]=dnf [rpm]=rpm [rpmbuild]=rpm [createrepo_c]=createrepo-c [modifyrepo_c]=createrepo-c
   [shellcheck]=shellcheck [systemd-nspawn]=systemd-container [mmdebstrap]=mmdebstrap
   [nsenter]=util-linux [flock]=util-linux [ip]=iproute2 [pgrep]=procps
+  [iptables]=iptables [conntrack]=conntrack [buildah]=buildah [gcc]=gcc [pkg-config]=pkg-config
+  [/usr/lib/cni/bridge]=containernetworking-plugins [/usr/include/seccomp.h]=libseccomp-dev
 )
 DEMO=(openssl curl python3 jq setsid)
 # shellcheck disable=SC2034 # read through a nameref in missing()
-TEST=("${DEMO[@]}" dpkg-deb dpkg-scanpackages apt-get systemctl dnf rpm rpmbuild createrepo_c
-  modifyrepo_c shellcheck systemd-nspawn mmdebstrap nsenter flock ip pgrep)
+NODE=("${DEMO[@]}" ip iptables conntrack buildah mmdebstrap gcc pkg-config /usr/lib/cni/bridge
+  /usr/include/seccomp.h)
+# shellcheck disable=SC2034 # read through a nameref in missing()
+TEST=("${NODE[@]}" dpkg-deb dpkg-scanpackages apt-get systemctl dnf rpm rpmbuild createrepo_c
+  modifyrepo_c shellcheck systemd-nspawn nsenter flock pgrep)
 
 say() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -56,7 +64,12 @@ toolchains() { # prints problems, one per line
 missing() { # <set>: the missing commands of a set, one per line
   local set="$1" t
   local -n list="$set"
-  for t in "${list[@]}"; do command -v "$t" >/dev/null || echo "$t"; done
+  for t in "${list[@]}"; do
+    case "$t" in
+      /*) [ -e "$t" ] || echo "$t" ;;
+      *) command -v "$t" >/dev/null || echo "$t" ;;
+    esac
+  done
 }
 
 packages_for() { # <commands...>: their Debian packages, once each
@@ -68,8 +81,9 @@ main() {
   local verb="${1:-}" set
   case "${2:-}" in
     demo) set=DEMO ;;
+    node) set=NODE ;;
     test) set=TEST ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
   local problems; problems="$(toolchains)"
   if [ -n "$problems" ]; then
@@ -101,7 +115,7 @@ main() {
         exit 1
       fi
       ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 }
 

@@ -20,8 +20,8 @@ bash hack/deps.sh install test
 # it (a developer's loop) sets CARGO_INCREMENTAL=1.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-echo "==> building the control plane binaries (first run only)"
-bash hack/cluster.sh build
+echo "==> building the control plane and node binaries (first run only)"
+bash hack/cluster.sh build --node
 
 echo "==> shellcheck hack/ .ci/"
 shellcheck -x hack/*.sh hack/tools/*.sh .ci/run

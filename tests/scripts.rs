@@ -230,6 +230,18 @@ fn deps_names_what_is_missing_and_the_exact_command_to_install_it() {
     assert!(err.contains("missing: jq setsid"), "{err}");
     assert!(err.contains("Debian packages: jq util-linux"), "{err}");
 
+    // A node's needs include files (the CNI plugins, libseccomp's headers), named by package.
+    let node = deps(&["check", "node"], bin);
+    let err = text(&node.stderr);
+    assert_eq!(node.status.code(), Some(1), "{err}");
+    for (what, package) in [
+        ("iptables", "iptables"),
+        ("conntrack", "conntrack"),
+        ("buildah", "buildah"),
+    ] {
+        assert!(err.contains(what) && err.contains(package), "{err}");
+    }
+
     // Not root: the exact command, and nothing installed.
     std::fs::remove_file(bin.join("id")).expect("rm id");
     write_exec(&bin.join("id"), "#!/bin/sh\necho 1000\n");
@@ -251,5 +263,47 @@ fn deps_names_what_is_missing_and_the_exact_command_to_install_it() {
     // Usage names the verbs.
     let usage = deps(&["frobnicate"], bin);
     assert_eq!(usage.status.code(), Some(2));
-    assert!(text(&usage.stdout).contains("hack/deps.sh install demo|test"));
+    assert!(text(&usage.stdout).contains("hack/deps.sh install demo|node|test"));
+}
+
+/// `hack/image.sh` (what the tests and the in-cluster demo run) and the Dockerfile (for users
+/// with Docker) make the same image: the same user, entrypoint, command, binary path and base.
+#[test]
+fn the_offline_image_and_the_dockerfile_agree() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let script = std::fs::read_to_string(repo().join("hack/image.sh")).expect("hack/image.sh");
+    let final_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, s)| s)
+        .expect("a final stage");
+    let directive = |name: &str| -> String {
+        final_stage
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in the Dockerfile's final stage"))
+            .trim()
+            .to_string()
+    };
+    let assigned = |name: &str| -> String {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in hack/image.sh"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    let uid = assigned("USER_ID");
+    assert_eq!(directive("USER"), format!("{uid}:{uid}"));
+    assert_eq!(directive("ENTRYPOINT"), assigned("ENTRYPOINT"));
+    assert_eq!(directive("CMD"), assigned("CMD"));
+    assert!(
+        final_stage.starts_with("gcr.io/distroless/cc-debian12:nonroot"),
+        "the base the script imitates: {final_stage}"
+    );
+    assert!(directive("COPY").ends_with(" /usr/local/bin/automend"));
+    assert!(script.contains("/usr/local/bin/automend"));
+    assert!(
+        assigned("SUITE") == "bookworm",
+        "distroless cc-debian12 is Debian 12"
+    );
 }

@@ -23,6 +23,10 @@ use kube::{Client, Config};
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub bindir: PathBuf,
+    /// Whether the cluster runs Pods (a node of ours, or the caller's cluster).
+    pub has_node: bool,
+    /// The state folder of a local control plane (None with the caller's KUBECONFIG).
+    pub state: Option<PathBuf>,
 }
 
 pub fn repo() -> &'static Path {
@@ -47,6 +51,21 @@ pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
+static WITH_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The shared control plane of this test binary with a node that runs Pods (`hack/cluster.sh up
+/// --node`: containerd, kubelet, kube-proxy on this machine; needs root). Call it before anything
+/// else of this module in a test binary. With `KUBECONFIG` set, that cluster is used as it is.
+pub fn node_cluster() -> &'static Cluster {
+    WITH_NODE.store(true, Ordering::SeqCst);
+    let c = cluster();
+    assert!(
+        c.has_node,
+        "this test binary's control plane was started without a node"
+    );
+    c
+}
+
 /// The shared control plane of this test binary, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -60,11 +79,24 @@ pub fn cluster() -> &'static Cluster {
             Command::new("bash").arg(script()).arg("build"),
             "hack/cluster.sh build",
         );
-        let kubeconfig = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-            Some(kc) => PathBuf::from(kc),
-            None => start_local(),
+        let node = WITH_NODE.load(Ordering::SeqCst);
+        let cluster = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            Some(kc) => Cluster {
+                kubeconfig: PathBuf::from(kc),
+                bindir,
+                has_node: true,
+                state: None,
+            },
+            None => {
+                let state = start_local(node);
+                Cluster {
+                    kubeconfig: state.join("kubeconfig"),
+                    bindir,
+                    has_node: node,
+                    state: Some(state),
+                }
+            }
         };
-        let cluster = Cluster { kubeconfig, bindir };
         // Every suite works against the CRDs of this tree.
         cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
         cluster.kubectl_ok(&[
@@ -80,7 +112,7 @@ pub fn cluster() -> &'static Cluster {
     })
 }
 
-fn start_local() -> PathBuf {
+fn start_local(node: bool) -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     let name = exe
         .file_stem()
@@ -106,14 +138,29 @@ fn start_local() -> PathBuf {
         .stderr(Stdio::null())
         .status()
         .expect("starting the cluster reaper");
+    if node {
+        assert!(
+            nix_is_root(),
+            "this suite runs Pods on a node of its own (hack/cluster.sh up --node), which needs root"
+        );
+    }
     run_checked(
         Command::new("bash")
             .arg(script())
             .arg("up")
+            .args(node.then_some("--node"))
             .env("AUTOMEND_CLUSTER_DIR", &dir),
         "hack/cluster.sh up",
     );
-    dir.join("kubeconfig")
+    dir
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 impl Cluster {

@@ -1,0 +1,59 @@
+# Shared by hack/cluster.sh and hack/node.sh (sourced): processes started in the background and
+# recorded under $state, and the cache folder the built binaries and images live in.
+# shellcheck shell=bash
+# The sourcing script sets $state (its state folder) before calling these.
+# shellcheck disable=SC2154
+
+# shellcheck disable=SC2034 # used by the scripts that source this
+cache="${AUTOMEND_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/automend}"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pid_alive_in() { # <state> <name>: true when the process recorded there is alive and is that state's
+  local f="$1/pids/$2" pid
+  [ -f "$f" ] || return 1
+  pid="$(cat "$f")"
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$1/" || return 1
+}
+
+pid_alive() { pid_alive_in "$state" "$1"; } # <name>: the same, for this state
+
+start() { # <name> <command...>
+  local name="$1"; shift
+  if pid_alive "$name"; then return 0; fi
+  mkdir -p "$state/logs" "$state/pids"
+  setsid "$@" >>"$state/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$state/pids/$name"
+}
+
+stop_process() { # <name>: TERM, then KILL after 10 s
+  local name="$1" pid
+  if pid_alive "$name"; then
+    pid="$(cat "$state/pids/$name")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$state/pids/$name"
+}
+
+port() { # <name>: the port kept for <name>, picked free the first time
+  local f="$state/ports/$1"
+  mkdir -p "$state/ports"
+  [ -s "$f" ] || free_port >"$f"
+  cat "$f"
+}
+
+wait_ready() { # <what> <seconds> <command...>
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      die "$what did not become ready within ${secs}s; see $state/logs/"
+    fi
+    sleep 0.5
+  done
+}

@@ -1,0 +1,284 @@
+//! The chart's controller as Pods on a node: `helm install` onto a control plane with a real node
+//! (containerd, kubelet, kube-proxy; `hack/cluster.sh up --node`) and the image built offline by
+//! `hack/image.sh`. Everything the controller does here it does under the chart's own
+//! ServiceAccount, RBAC and restricted Pod Security; the simulator plays the guests from outside.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use automend::api::VmPhase;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use support::env::Env;
+use support::{node_cluster, run_checked, wait_for};
+
+const CHART: &str = "charts/automend";
+const RELEASE: &str = "automend";
+const TAG: &str = "e2e";
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The image of this build (the test binary's own automend), imported into the node.
+fn build_and_import_image(c: &support::Cluster) {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(support::repo().join("hack/image.sh")).args([
+        "build",
+        "--binary",
+        env!("CARGO_BIN_EXE_automend"),
+        "--tag",
+        TAG,
+        "--out",
+    ]);
+    cmd.arg(support::repo().join("target/image/automend-e2e.tar"));
+    if let Some(state) = &c.state {
+        cmd.arg("--import").env("AUTOMEND_CLUSTER_DIR", state);
+    }
+    run_checked(&mut cmd, "hack/image.sh build --import");
+}
+
+/// The series' value on one Pod's /metrics, read through the API server's Pod proxy.
+async fn pod_metric(client: &kube::Client, ns: &str, pod: &str, series: &str) -> Option<f64> {
+    let req = http::Request::get(format!(
+        "/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/metrics"
+    ))
+    .body(Vec::new())
+    .ok()?;
+    let body = client.request_text(req).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// The Pods behind the metrics Service (its EndpointSlices), ready ones only.
+async fn metrics_endpoints(client: &kube::Client, ns: &str) -> Vec<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={RELEASE}-metrics"));
+    let mut pods = Vec::new();
+    for s in slices.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+        for e in s.endpoints {
+            let ready = e.conditions.and_then(|c| c.ready).unwrap_or(false);
+            if let (true, Some(t)) = (ready, e.target_ref.and_then(|t| t.name)) {
+                pods.push(t);
+            }
+        }
+    }
+    pods.sort();
+    pods
+}
+
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(&format!("{RELEASE}-controller"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+async fn ready_replicas(deploys: &Api<Deployment>) -> (i32, i32, i64) {
+    let d = deploys
+        .get_opt(&format!("{RELEASE}-controller"))
+        .await
+        .ok()
+        .flatten();
+    let status = d
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    (
+        status.ready_replicas.unwrap_or(0),
+        status.updated_replicas.unwrap_or(0),
+        status.observed_generation.unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
+    let c = node_cluster();
+    build_and_import_image(c);
+    let client = c.client().await;
+
+    // The release's namespace enforces restricted Pod Security.
+    let system = format!("automend-system-{}", std::process::id());
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": system, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}}))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating the release namespace");
+
+    let started = Instant::now();
+    let out = c.helm(&[
+        "install",
+        RELEASE,
+        CHART,
+        "-n",
+        &system,
+        "--take-ownership",
+        "--set",
+        &format!("image.tag={TAG}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(out.status.success(), "helm install failed:\n{}", text(&out));
+    eprintln!(
+        "helm install --wait: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Both replicas Ready: their probes are served.
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), &system);
+    let (ready, _, _) = ready_replicas(&deploys).await;
+    assert_eq!(ready, 2, "both controller replicas Ready after helm --wait");
+
+    // One leader: the Lease names one Pod, and only that Pod says automend_leader 1 on /metrics,
+    // reached through the metrics Service's endpoints.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &system);
+    let holder = wait_for("a leader", Duration::from_secs(60), || async {
+        lease_holder(&leases).await
+    })
+    .await;
+    let (endpoints, leaders) = wait_for(
+        "automend_leader 1 on exactly the Lease holder",
+        Duration::from_secs(60),
+        || async {
+            let pods = metrics_endpoints(&client, &system).await;
+            if pods.len() != 2 {
+                return None;
+            }
+            let mut leaders = Vec::new();
+            for p in &pods {
+                match pod_metric(&client, &system, p, "automend_leader ").await {
+                    Some(v) if v == 1.0 => leaders.push(p.clone()),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+            (leaders == [holder.clone()]).then_some((pods, leaders))
+        },
+    )
+    .await;
+    eprintln!("metrics Service endpoints {endpoints:?}; leader {leaders:?}");
+
+    // VMs in a test namespace onboard to Configured: the chart's controller (all namespaces,
+    // the chart's default profiles) with the simulator outside the cluster as their guests.
+    let mut env = Env::new("node").await;
+    for i in 0..5 {
+        env.vm(
+            &format!("vm-{i}"),
+            Some("dev-test"),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .await;
+    }
+    env.start_sim(c.config().await);
+    for i in 0..5 {
+        env.wait_phase(&format!("vm-{i}"), VmPhase::Configured)
+            .await;
+    }
+
+    // Deleting the leader Pod hands over within the lease duration (15 s).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &system);
+    let deleted = Instant::now();
+    pods.delete(&holder, &DeleteParams::default())
+        .await
+        .expect("deleting the leader Pod");
+    let next = wait_for("a new leader", Duration::from_secs(60), || async {
+        lease_holder(&leases).await.filter(|h| h != &holder)
+    })
+    .await;
+    let handover = deleted.elapsed();
+    eprintln!("leader {holder} deleted; {next} leads after {handover:?}");
+    assert!(
+        handover <= Duration::from_secs(15),
+        "handover took {handover:?}, longer than the 15 s lease"
+    );
+
+    // helm upgrade with a changed value rolls the Deployment.
+    let (_, _, generation) = ready_replicas(&deploys).await;
+    let out = c.helm(&[
+        "upgrade",
+        RELEASE,
+        CHART,
+        "-n",
+        &system,
+        "--set",
+        &format!("image.tag={TAG}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "controller.logLevel=debug",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(out.status.success(), "helm upgrade failed:\n{}", text(&out));
+    wait_for(
+        "the upgraded Deployment rolled out",
+        Duration::from_secs(120),
+        || async {
+            let (ready, updated, observed) = ready_replicas(&deploys).await;
+            (observed > generation && ready == 2 && updated == 2).then_some(())
+        },
+    )
+    .await;
+    let running = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=automend"))
+        .await
+        .expect("listing the controller Pods");
+    for p in &running.items {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let env_vars = p.spec.as_ref().map(|s| s.containers[0].env.clone());
+        let log_level = env_vars
+            .flatten()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "RUST_LOG")
+            .and_then(|e| e.value);
+        assert_eq!(log_level.as_deref(), Some("debug"), "Pod after the upgrade");
+    }
+
+    // helm uninstall keeps the CRDs, the VMs and the default profiles.
+    let out = c.helm(&["uninstall", RELEASE, "-n", &system, "--wait"]);
+    assert!(
+        out.status.success(),
+        "helm uninstall failed:\n{}",
+        text(&out)
+    );
+    c.kubectl_ok(&["get", "crd", "virtualmachines.automend.io"]);
+    c.kubectl_ok(&["get", "configurationprofile", "production", "dev-test"]);
+    let left = env.vms.list(&ListParams::default()).await.expect("VMs");
+    assert_eq!(left.items.len(), 5, "VMs survive helm uninstall");
+
+    let _ = c.kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        &format!("app.kubernetes.io/instance={RELEASE}"),
+    ]);
+    env.ns.delete().await;
+    let _ = Api::<Namespace>::all(client)
+        .delete(&system, &DeleteParams::background())
+        .await;
+}
