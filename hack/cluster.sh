@@ -314,7 +314,7 @@ cmd_up() {
 cmd_down() {
   local name stopped=0
   if [ -d "$state" ] && [ -f "$state/node-mode" ]; then
-    bash "$here/node.sh" down "$state"
+    bash "$here/node.sh" down "$state" "$nodebin" || log "the node did not stop cleanly; stopping the control plane anyway"
   fi
   for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
     pid_alive "$name" && stopped=1

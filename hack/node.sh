@@ -4,7 +4,7 @@
 # `hack/cluster.sh up --node` and `hack/cluster.sh down`; not meant to be run by hand.
 #
 #   hack/node.sh up <state> <bindir> <nodebin>   start containerd, the kubelet and kube-proxy
-#   hack/node.sh down <state>                    stop them and remove the pods' network
+#   hack/node.sh down <state> <nodebin>          stop them and remove the pods' network
 #   hack/node.sh import <state> <nodebin> <oci-archive>   load an image into the node's containerd
 #
 # The pods' network is a bridge of its own (automend0, 10.244.0.0/24, gateway 10.244.0.1) with the
@@ -207,18 +207,27 @@ node_ready() {
 }
 
 cmd_down() {
-  local name pid
+  local nodebin="$1" name pid
   # Pods first (their shims and network), then the node's daemons.
   for name in kube-proxy kubelet; do stop_process "$name"; done
   if pid_alive containerd; then
-    local ctr; ctr="$(dirname "$(tr '\0' '\n' <"/proc/$(cat "$state/pids/containerd")/cmdline" | head -n 1)")/ctr"
-    if [ -x "$ctr" ]; then
-      for c in $("$ctr" --address "$RUN/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
-        "$ctr" --address "$RUN/containerd.sock" -n k8s.io tasks kill -s KILL "$c" >/dev/null 2>&1 || true
-      done
-    fi
+    local c
+    for c in $("$nodebin/ctr" --address "$RUN/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      "$nodebin/ctr" --address "$RUN/containerd.sock" -n k8s.io tasks kill -s KILL "$c" >/dev/null 2>&1 || true
+    done
   fi
   stop_process containerd
+  awk -v p="$state/node/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+  # What follows is machine-wide: leave it to the node that still runs, if it is another's.
+  local owner=""
+  [ -s "$RUN/owner" ] && owner="$(cat "$RUN/owner")"
+  if [ -n "$owner" ] && [ "$owner" != "$state" ] && pid_alive_in "$owner" kubelet; then
+    return 0
+  fi
+  # kube-proxy's Service rules (the KUBE-SERVICES chains and the rest).
+  "$nodebin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # Shims outlive containerd by design; ours are the ones whose socket lives under $RUN.
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $RUN/containerd.sock" || true); do
     kill -9 "$pid" 2>/dev/null || true
@@ -228,8 +237,23 @@ cmd_down() {
   for sub in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     if [ -d "$sub" ]; then find "$sub" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
-  awk -v p="$state/node/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
-    umount -l "$m" 2>/dev/null || true
+  # The bridge plugin's masquerade rules for pods that were killed rather than torn down.
+  local rule chain
+  iptables -t nat -S POSTROUTING 2>/dev/null | grep -F 'name: \"automend\"' | while read -r rule; do
+    chain="${rule##* -j }"
+    eval "iptables -t nat ${rule/-A /-D }" 2>/dev/null || true
+    iptables -t nat -F "$chain" 2>/dev/null || true
+    iptables -t nat -X "$chain" 2>/dev/null || true
+  done || true
+  # The kubelet's own chains: canaries (it watches them to notice a firewall reload), the hint
+  # for kube-proxy, and KUBE-FIREWALL (drops outside traffic to 127.0.0.0/8) with its jumps.
+  local table
+  for table in mangle nat filter; do
+    for chain in INPUT OUTPUT; do iptables -t "$table" -D "$chain" -j KUBE-FIREWALL 2>/dev/null || true; done
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
   done
   ip link del "$BRIDGE" 2>/dev/null || true
   if [ -s "$RUN/owner" ] && [ "$(cat "$RUN/owner")" = "$state" ]; then rm -f "$RUN/owner"; fi
@@ -237,7 +261,7 @@ cmd_down() {
 
 case "${1:-}" in
   up) state="$2"; cmd_up "$3" "$4" ;;
-  down) state="$2"; cmd_down ;;
+  down) state="$2"; cmd_down "$3" ;;
   import) state="$2"; import_image "$3" "$4" ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

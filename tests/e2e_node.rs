@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use support::env::Env;
@@ -149,6 +150,23 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
     let (ready, _, _) = ready_replicas(&deploys).await;
     assert_eq!(ready, 2, "both controller replicas Ready after helm --wait");
 
+    // The PodDisruptionBudget sees both and allows one voluntary disruption.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &system);
+    wait_for(
+        "the PDB to count 2 healthy replicas",
+        Duration::from_secs(60),
+        || async {
+            let status = pdbs
+                .get_opt(&format!("{RELEASE}-controller"))
+                .await
+                .ok()
+                .flatten()?
+                .status?;
+            (status.current_healthy == 2 && status.disruptions_allowed == 1).then_some(())
+        },
+    )
+    .await;
+
     // One leader: the Lease names one Pod, and only that Pod says automend_leader 1 on /metrics,
     // reached through the metrics Service's endpoints.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &system);
@@ -196,8 +214,20 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
             .await;
     }
 
-    // Deleting the leader Pod hands over within the lease duration (15 s).
+    // The liveness probe never failed: no container restarted while all this happened.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &system);
+    for p in pods.list(&ListParams::default()).await.expect("Pods").items {
+        let restarts: i32 = p
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.restart_count)
+            .sum();
+        assert_eq!(restarts, 0, "restarts of {:?}", p.metadata.name);
+    }
+
+    // Deleting the leader Pod hands over within the lease duration (15 s).
     let deleted = Instant::now();
     pods.delete(&holder, &DeleteParams::default())
         .await

@@ -307,3 +307,24 @@ fn the_offline_image_and_the_dockerfile_agree() {
         "distroless cc-debian12 is Debian 12"
     );
 }
+
+/// Stopping a node that is not running (the test reaper's `down` after a failed start, or twice)
+/// succeeds, so that the control plane behind it is stopped too. It once stopped at the first
+/// `grep` that found no rule to remove, leaving kube-apiserver and etcd running.
+#[test]
+fn stopping_a_node_that_is_not_running_succeeds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("bash")
+        .arg(repo().join("hack/node.sh"))
+        .arg("down")
+        .arg(tmp.path())
+        .arg(tmp.path().join("no-binaries"))
+        .output()
+        .expect("run hack/node.sh down");
+    assert!(
+        out.status.success(),
+        "hack/node.sh down: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
