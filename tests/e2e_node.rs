@@ -185,7 +185,7 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
             let mut leaders = Vec::new();
             for p in &pods {
                 match pod_metric(&client, &system, p, "automend_leader ").await {
-                    Some(v) if v == 1.0 => leaders.push(p.clone()),
+                    Some(1.0) => leaders.push(p.clone()),
                     Some(_) => {}
                     None => return None,
                 }
