@@ -139,10 +139,20 @@ ensure_bridge() {
   fi
   ip addr show dev "$BRIDGE" | grep -qF " $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  # Forwarding for the pods; what the machine had is put back by `down`.
+  [ -s "$RUN/sysctl-saved" ] || sysctl net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables \
+    2>/dev/null | tr -d ' ' >"$RUN/sysctl-saved" || true
   sysctl -qw net.ipv4.ip_forward=1
   if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
     sysctl -qw net.bridge.bridge-nf-call-iptables=1
   fi
+}
+
+restore_sysctls() {
+  [ -s "$RUN/sysctl-saved" ] || return 0
+  local kv
+  while read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done <"$RUN/sysctl-saved"
+  rm -f "$RUN/sysctl-saved"
 }
 
 pause_image() { # <nodebin>: build the pause image once, import it
@@ -256,6 +266,7 @@ cmd_down() {
     done
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  restore_sysctls
   if [ -s "$RUN/owner" ] && [ "$(cat "$RUN/owner")" = "$state" ]; then rm -f "$RUN/owner"; fi
 }
 

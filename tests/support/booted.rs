@@ -164,6 +164,21 @@ impl Fleet {
             Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]),
             "bringing up the guests' loopback",
         );
+        // A new network namespace inherits the host's IPv4 settings, and a host that forwards
+        // (a node, Docker) would hand every guest `ip_forward=1`, a drift from the security
+        // baseline that a guest under systemd-nspawn (read-only /proc/sys) can never remediate.
+        // A fresh VM does not forward.
+        sh(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=0",
+            ]),
+            "turning forwarding off in the guests' network namespace",
+        );
         // The reaper: if this process dies, stop the guests and remove what the fleet made.
         let reaper = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
