@@ -349,5 +349,5 @@ case "${1:-}" in
   nodebin) echo "$nodebin" ;;
   import) [ -f "$state/node-mode" ] || die "no node in $state (hack/cluster.sh up --node)"
     bash "$here/node.sh" import "$state" "$nodebin" "${2:?an OCI archive}" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
