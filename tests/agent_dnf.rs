@@ -144,7 +144,7 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
     );
     assert!(b.problems().is_empty(), "{:?}", b.problems());
     assert_eq!(b.os().id, "rocky");
-    let found = b.assess().await.expect("assessment");
+    let found = b.assess(None).await.expect("assessment");
     let seen = guestroot::assessment_lines(&found);
     assert_eq!(
         seen,
@@ -164,7 +164,7 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
         .await
         .expect("versions");
     assert_eq!(before, [pin("libfoo", "1.0-1")]);
-    let out = b.install(&[pin("libfoo", "1.2-1")], &[]).await;
+    let out = b.install(&[pin("libfoo", "1.2-1")], &[], None).await;
     assert_eq!(out.installed, [pin("libfoo", "1.2-1")], "{:?}", out.error);
     let now = b
         .installed_versions(&["libfoo".into(), "tool".into()])
@@ -177,12 +177,12 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
     );
 
     // Rollback: back to the recorded version (a downgrade).
-    let out = b.install(&before, &[]).await;
+    let out = b.install(&before, &[], None).await;
     assert_eq!(out.installed, [pin("libfoo", "1.0-1")], "{:?}", out.error);
 
     // A version that does not exist fails alone, named.
     let out = b
-        .install(&[pin("libfoo", "9.9-1"), pin("tool", "2.1-1")], &[])
+        .install(&[pin("libfoo", "9.9-1"), pin("tool", "2.1-1")], &[], None)
         .await;
     assert_eq!(out.installed, [pin("tool", "2.1-1")]);
     assert_eq!(out.failed, [pin("libfoo", "9.9-1")]);
@@ -191,6 +191,6 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
 
     // A broken repository: the assessment fails with dnf's words.
     std::fs::remove_dir_all(r.repo.join("repodata")).expect("rm");
-    let e = b.assess().await.expect_err("broken repository");
+    let e = b.assess(None).await.expect_err("broken repository");
     assert!(e.contains("dnf"), "{e}");
 }

@@ -52,7 +52,7 @@ async fn apt_assessment_counts_by_pocket_and_installs_exactly_the_pinned_version
     let mut b = backend(&g);
     assert!(b.problems().is_empty(), "{:?}", b.problems());
     assert_eq!(b.os().id, "debian");
-    let found = b.assess().await.expect("assessment");
+    let found = b.assess(None).await.expect("assessment");
     let seen = guestroot::assessment_lines(&found);
     assert_eq!(seen, ["libfoo 1.0->1.2 Security", "tool 2.0->2.1 Other"]);
     let security = found
@@ -76,7 +76,7 @@ async fn apt_assessment_counts_by_pocket_and_installs_exactly_the_pinned_version
         .await
         .expect("versions");
     assert_eq!(before, [pin("libfoo", "1.0")]);
-    let out = b.install(&[pin("libfoo", "1.1")], &[]).await;
+    let out = b.install(&[pin("libfoo", "1.1")], &[], None).await;
     assert_eq!(out.installed, [pin("libfoo", "1.1")], "{:?}", out.error);
     assert!(out.failed.is_empty() && out.error.is_none());
     assert_eq!(g.versions(), ["libfoo 1.1", "tool 2.0"]);
@@ -84,11 +84,11 @@ async fn apt_assessment_counts_by_pocket_and_installs_exactly_the_pinned_version
     // Upgrading adds a package that was absent; the rollback returns to the recorded versions and
     // removes what was not there.
     let out = b
-        .install(&[pin("libfoo", "1.2"), pin("newdep", "0.1")], &[])
+        .install(&[pin("libfoo", "1.2"), pin("newdep", "0.1")], &[], None)
         .await;
     assert_eq!(out.installed.len(), 2, "{:?}", out.error);
     assert_eq!(g.versions(), ["libfoo 1.2", "newdep 0.1", "tool 2.0"]);
-    let out = b.install(&before, &["newdep".into()]).await;
+    let out = b.install(&before, &["newdep".into()], None).await;
     assert_eq!(out.installed, [pin("libfoo", "1.0")], "{:?}", out.error);
     assert_eq!(g.versions(), ["libfoo 1.0", "tool 2.0"]);
 
@@ -99,17 +99,17 @@ async fn apt_assessment_counts_by_pocket_and_installs_exactly_the_pinned_version
         "*** System restart required ***\n",
         0o644,
     );
-    assert!(b.assess().await.expect("assessment").reboot_pending);
+    assert!(b.assess(None).await.expect("assessment").reboot_pending);
 }
 
 #[tokio::test]
 async fn apt_failures_are_reported_per_package_and_never_fatal() {
     let g = patched_root();
     let mut b = backend(&g);
-    b.assess().await.expect("assessment");
+    b.assess(None).await.expect("assessment");
     // One version that does not exist does not hold back the other package.
     let out = b
-        .install(&[pin("libfoo", "9.9"), pin("tool", "2.1")], &[])
+        .install(&[pin("libfoo", "9.9"), pin("tool", "2.1")], &[], None)
         .await;
     assert_eq!(out.installed, [pin("tool", "2.1")]);
     assert_eq!(out.failed, [pin("libfoo", "9.9")]);
@@ -122,7 +122,7 @@ async fn apt_failures_are_reported_per_package_and_never_fatal() {
 
     // A repository that went away: the assessment fails naming the step and apt's words.
     std::fs::remove_dir_all(g.repo.join("dists/stable-security")).expect("rm");
-    let e = b.assess().await.expect_err("assessment must fail");
+    let e = b.assess(None).await.expect_err("assessment must fail");
     assert!(
         e.contains("refreshing the package lists") && e.contains("stable-security"),
         "{e}"
@@ -136,9 +136,9 @@ async fn apt_failures_are_reported_per_package_and_never_fatal() {
         "{:?}",
         b.problems()
     );
-    let e = b.assess().await.expect_err("no package manager");
+    let e = b.assess(None).await.expect_err("no package manager");
     assert!(e.contains("--package-manager"), "{e}");
-    let out = b.install(&[pin("tool", "2.0")], &[]).await;
+    let out = b.install(&[pin("tool", "2.0")], &[], None).await;
     assert_eq!(out.failed.len(), 1);
 }
 

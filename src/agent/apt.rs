@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::exec;
-use crate::api::{AvailablePackage, Classification, PinnedPackage};
+use super::{exec, sources};
+use crate::api::{
+    AvailablePackage, Classification, PinnedPackage, ReleaseSnapshot, UnavailablePackage,
+};
 
 const UPDATE_LIMIT: Duration = Duration::from_secs(600);
 const INSTALL_LIMIT: Duration = Duration::from_secs(3600);
@@ -17,14 +19,116 @@ pub struct Apt {
     root: PathBuf,
     /// APT_CONFIG for a sandbox: sets `Dir` so apt reads the root's own apt.conf.d.
     config: Option<PathBuf>,
+    /// The agent's own directory for a snapshot's sources and package lists.
+    work: PathBuf,
 }
 
+/// What an installation did: installed, failed, the error, and the pinned versions the
+/// repositories do not offer.
+pub type Outcome = (
+    Vec<PinnedPackage>,
+    Vec<PinnedPackage>,
+    Option<String>,
+    Vec<UnavailablePackage>,
+);
+
 impl Apt {
-    pub fn new(root: &Path, config: Option<PathBuf>) -> Apt {
+    pub fn new(root: &Path, config: Option<PathBuf>, work: &Path) -> Apt {
         Apt {
             root: root.to_path_buf(),
             config,
+            work: work.join("apt-snapshot"),
         }
+    }
+
+    /// The machine's sources files: `sources.list` and `sources.list.d/*.list|*.sources`, with
+    /// whether each is deb822.
+    fn source_files(&self) -> Vec<(PathBuf, bool)> {
+        let mut files = vec![(exec::under(&self.root, "/etc/apt/sources.list"), false)];
+        if let Ok(dir) = std::fs::read_dir(exec::under(&self.root, "/etc/apt/sources.list.d")) {
+            let mut parts: Vec<(PathBuf, bool)> = dir
+                .flatten()
+                .map(|e| e.path())
+                .filter_map(|p| match p.extension().and_then(|e| e.to_str()) {
+                    Some("list") => Some((p, false)),
+                    Some("sources") => Some((p, true)),
+                    _ => None,
+                })
+                .collect();
+            parts.sort();
+            files.extend(parts);
+        }
+        files.retain(|(p, _)| p.is_file());
+        files
+    }
+
+    /// apt options that read the snapshot instead of the machine's repositories (its sources
+    /// rewritten into the agent's own directory, with package lists and no caches of their own:
+    /// the machine's configuration, lists and caches stay as they are), and the URIs apt reads.
+    fn snapshot_options(
+        &self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let empty = ReleaseSnapshot::default();
+        let mut uris = Vec::new();
+        let mut rewritten = Vec::new();
+        for (path, deb822) in self.source_files() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let (out, used) = sources::rewrite_apt(&text, deb822, snapshot.unwrap_or(&empty));
+            uris.extend(
+                used.into_iter()
+                    .filter(|u| !uris.contains(u))
+                    .collect::<Vec<_>>(),
+            );
+            rewritten.push((path, out));
+        }
+        let Some(snapshot) = snapshot else {
+            return Ok((Vec::new(), uris));
+        };
+        let dir = &self.work;
+        let parts = dir.join("sources.list.d");
+        let lists = dir.join("lists");
+        let prepare = || -> std::io::Result<()> {
+            if parts.exists() {
+                std::fs::remove_dir_all(&parts)?;
+            }
+            std::fs::create_dir_all(&parts)?;
+            std::fs::create_dir_all(lists.join("partial"))?;
+            std::fs::write(dir.join("sources.list"), "")?;
+            for (i, (path, text)) in rewritten.iter().enumerate() {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                std::fs::write(parts.join(format!("{i:02}-{name}")), text)?;
+            }
+            Ok(())
+        };
+        prepare().map_err(|e| {
+            format!(
+                "preparing the sources of snapshot {} in {}: {e}",
+                snapshot.timestamp,
+                dir.display()
+            )
+        })?;
+        let mut o = Vec::new();
+        for opt in [
+            format!(
+                "Dir::Etc::SourceList={}",
+                dir.join("sources.list").display()
+            ),
+            format!("Dir::Etc::SourceParts={}", parts.display()),
+            format!("Dir::State::Lists={}", lists.display()),
+            "Dir::Cache::pkgcache=".to_string(),
+            "Dir::Cache::srcpkgcache=".to_string(),
+            // A snapshot's Release files are past their Valid-Until by design.
+            "Acquire::Check-Valid-Until=false".to_string(),
+        ] {
+            o.push("-o".into());
+            o.push(opt);
+        }
+        Ok((o, uris))
     }
 
     fn sandboxed(&self) -> bool {
@@ -57,27 +161,68 @@ impl Apt {
             .to_string()
     }
 
-    async fn apt_get(&self, args: &[&str], limit: Duration) -> Result<exec::Output, String> {
+    async fn apt(
+        &self,
+        tool: &str,
+        extra: &[String],
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<exec::Output, String> {
         let mut a = self.apt_options();
+        a.extend(extra.iter().cloned());
         a.extend(args.iter().map(|s| s.to_string()));
         let config = self.config.as_ref().map(|c| c.display().to_string());
         let mut env = vec![("DEBIAN_FRONTEND", "noninteractive")];
         if let Some(c) = &config {
             env.push(("APT_CONFIG", c.as_str()));
         }
-        exec::check("apt-get", &a, &env, limit).await
+        exec::check(tool, &a, &env, limit).await
     }
 
-    /// Refresh the package lists and list the upgrades `apt-get dist-upgrade` would make.
-    pub async fn assess(&self) -> Result<Vec<AvailablePackage>, String> {
-        self.apt_get(&["update"], UPDATE_LIMIT)
-            .await
-            .map_err(|e| format!("refreshing the package lists: {e}"))?;
+    /// Refresh the package lists (the machine's, or the snapshot's own) and list the upgrades
+    /// `apt-get dist-upgrade` would make.
+    pub async fn assess(
+        &self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<Vec<AvailablePackage>, String> {
+        let (extra, _) = self.snapshot_options(snapshot)?;
+        self.refresh(&extra, snapshot).await?;
         let out = self
-            .apt_get(&["-s", "dist-upgrade"], QUERY_LIMIT)
+            .apt("apt-get", &extra, &["-s", "dist-upgrade"], QUERY_LIMIT)
             .await
             .map_err(|e| format!("listing the upgrades: {e}"))?;
         Ok(parse_simulation(&out.stdout))
+    }
+
+    async fn refresh(
+        &self,
+        extra: &[String],
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<(), String> {
+        self.apt("apt-get", extra, &["update"], UPDATE_LIMIT)
+            .await
+            .map(|_| ())
+            .map_err(|e| match snapshot {
+                Some(s) => format!(
+                    "refreshing the package lists of snapshot {}: {e}",
+                    s.timestamp
+                ),
+                None => format!("refreshing the package lists: {e}"),
+            })
+    }
+
+    /// The versions the repositories offer of each named package, with the URI offering each
+    /// (`apt-cache madison`).
+    async fn offered(
+        &self,
+        extra: &[String],
+        names: &[String],
+    ) -> Result<Vec<(String, String, String)>, String> {
+        let args: Vec<&str> = std::iter::once("madison")
+            .chain(names.iter().map(String::as_str))
+            .collect();
+        let out = self.apt("apt-cache", extra, &args, QUERY_LIMIT).await?;
+        Ok(parse_madison(&out.stdout))
     }
 
     /// Installed versions of the named packages (absent ones are left out); every package when
@@ -101,28 +246,71 @@ impl Apt {
         Ok(parse_dpkg_query(&out.stdout))
     }
 
-    /// Put each package at exactly its version and remove the named ones. Tries everything in one
-    /// transaction first; when apt refuses it, each package on its own, so one unavailable version
-    /// does not hold back the others. What ends up installed is read back from dpkg.
+    /// Put each package at exactly its version (from the snapshot when one is given) and remove
+    /// the named ones. A pinned version the repositories do not offer is left out and reported
+    /// (PinnedVersionUnavailable, with the repositories searched and what they offer). Tries the
+    /// rest in one transaction first; when apt refuses it, each package on its own, so one
+    /// failing package does not hold back the others. What ends up installed is read back from
+    /// dpkg.
     pub async fn install(
         &self,
         packages: &[PinnedPackage],
         remove: &[String],
-    ) -> (Vec<PinnedPackage>, Vec<PinnedPackage>, Option<String>) {
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Outcome {
+        let mut errors = Vec::new();
+        let prepared = match self.snapshot_options(snapshot) {
+            Ok((extra, uris)) => match self.refresh_for(&extra, snapshot).await {
+                Ok(()) => Ok((extra, uris)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (extra, uris) = match prepared {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), packages.to_vec(), Some(e), Vec::new()),
+        };
+        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+        let unavailable = if names.is_empty() {
+            Vec::new()
+        } else {
+            match self.offered(&extra, &names).await {
+                Ok(offered) => unavailable(packages, &offered, &uris),
+                // Not knowing is no reason to hold the install back: apt says why if it fails.
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing the versions the repositories offer");
+                    Vec::new()
+                }
+            }
+        };
+        for u in &unavailable {
+            errors.push(format!(
+                "{}={}: PinnedVersionUnavailable: not offered by {}{}",
+                u.name,
+                u.version,
+                u.repositories,
+                if u.offered.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (offered: {})", u.offered.join(", "))
+                }
+            ));
+        }
         let mut items: Vec<String> = packages
             .iter()
+            .filter(|p| !unavailable.iter().any(|u| u.name == p.name))
             .map(|p| format!("{}={}", p.name, p.version))
             .collect();
         items.extend(remove.iter().map(|n| format!("{n}-")));
-        let mut errors = Vec::new();
         if !items.is_empty()
-            && let Err(e) = self.install_items(&items).await
+            && let Err(e) = self.install_items(&extra, &items).await
         {
+            let known = errors.len();
             errors.push(e);
             if items.len() > 1 {
-                errors.clear();
+                errors.truncate(known);
                 for item in &items {
-                    if let Err(e) = self.install_items(std::slice::from_ref(item)).await {
+                    if let Err(e) = self.install_items(&extra, std::slice::from_ref(item)).await {
                         errors.push(e);
                     }
                 }
@@ -146,10 +334,23 @@ impl Apt {
                 .any(|n| n.name == p.name && n.version == p.version)
         });
         let error = (!errors.is_empty()).then(|| errors.join("; "));
-        (installed, failed, error)
+        (installed, failed, error, unavailable)
     }
 
-    async fn install_items(&self, items: &[String]) -> Result<(), String> {
+    /// A snapshot's lists are the agent's own: refreshed before installing from it. Without a
+    /// snapshot the machine's lists (as the last assessment refreshed them) are used.
+    async fn refresh_for(
+        &self,
+        extra: &[String],
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<(), String> {
+        match snapshot {
+            Some(_) => self.refresh(extra, snapshot).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn install_items(&self, extra: &[String], items: &[String]) -> Result<(), String> {
         let mut args = vec![
             "install",
             "-y",
@@ -161,7 +362,9 @@ impl Apt {
             "DPkg::Options::=--force-confold",
         ];
         args.extend(items.iter().map(String::as_str));
-        self.apt_get(&args, INSTALL_LIMIT).await.map(|_| ())
+        self.apt("apt-get", extra, &args, INSTALL_LIMIT)
+            .await
+            .map(|_| ())
     }
 
     /// Whether a package asked for a reboot (`/run/reboot-required`).
@@ -214,9 +417,64 @@ pub fn parse_simulation(text: &str) -> Vec<AvailablePackage> {
             } else {
                 Classification::Other
             },
+            published: None,
+            advisories: Vec::new(),
+            cves: Vec::new(),
         });
     }
     out
+}
+
+/// The pinned packages the repositories offer (`name`, `version`, `uri` from madison) at other
+/// versions only, or not at all.
+pub fn unavailable(
+    packages: &[PinnedPackage],
+    offered: &[(String, String, String)],
+    uris: &[String],
+) -> Vec<UnavailablePackage> {
+    packages
+        .iter()
+        .filter(|p| {
+            !offered
+                .iter()
+                .any(|(n, v, _)| *n == p.name && *v == p.version)
+        })
+        .map(|p| {
+            let mine: Vec<&(String, String, String)> =
+                offered.iter().filter(|(n, _, _)| *n == p.name).collect();
+            let mut searched: Vec<String> = mine.iter().map(|(_, _, u)| u.clone()).collect();
+            searched.dedup();
+            if searched.is_empty() {
+                searched = uris.to_vec();
+            }
+            UnavailablePackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                repositories: if searched.is_empty() {
+                    "no repository".into()
+                } else {
+                    searched.join(" ")
+                },
+                offered: mine.iter().map(|(_, v, _)| v.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// `apt-cache madison` lines: ` name | version | uri suite/component arch Packages` (source
+/// lines left out).
+pub fn parse_madison(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('|').map(str::trim);
+            let (name, version, from) = (f.next()?, f.next()?, f.next()?);
+            if from.ends_with("Sources") || name.is_empty() || version.is_empty() {
+                return None;
+            }
+            let uri = from.split_whitespace().next()?;
+            Some((name.to_string(), version.to_string(), uri.to_string()))
+        })
+        .collect()
 }
 
 /// `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`: installed packages only.
@@ -281,6 +539,45 @@ Conf tzdata (2024a-0+deb12u1 Debian:12.5/stable-updates [all])
             ]
         );
         assert!(parse_simulation("Inst broken\nInst x [1\nnothing").is_empty());
+    }
+
+    #[test]
+    fn madison_lists_versions_with_their_repository_and_unavailable_pins_name_them() {
+        let text = "    libfoo |      1.2 | http://deb.example/debian stable-security/main amd64 Packages\n    libfoo |      1.1 | http://deb.example/debian stable/main amd64 Packages\n    libfoo |      1.1 | http://deb.example/debian stable/main Sources\n";
+        let offered = parse_madison(text);
+        assert_eq!(offered.len(), 2);
+        let pins = [
+            PinnedPackage {
+                name: "libfoo".into(),
+                version: "1.0".into(),
+                classification: None,
+            },
+            PinnedPackage {
+                name: "libfoo".into(),
+                version: "1.1".into(),
+                classification: None,
+            },
+            PinnedPackage {
+                name: "gone".into(),
+                version: "3".into(),
+                classification: None,
+            },
+        ];
+        let u = unavailable(&pins, &offered, &["http://deb.example/debian".into()]);
+        assert_eq!(u.len(), 2);
+        assert_eq!(
+            (
+                u[0].name.as_str(),
+                u[0].repositories.as_str(),
+                u[0].offered.clone()
+            ),
+            (
+                "libfoo",
+                "http://deb.example/debian",
+                vec!["1.2".to_string(), "1.1".into()]
+            )
+        );
+        assert_eq!((u[1].name.as_str(), u[1].offered.len()), ("gone", 0));
     }
 
     #[test]

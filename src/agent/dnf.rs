@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::exec;
-use crate::api::{AvailablePackage, Classification, PinnedPackage};
+use super::{exec, sources, updateinfo};
+use crate::api::{
+    AvailablePackage, Classification, PinnedPackage, ReleaseSnapshot, UnavailablePackage,
+};
 
 const QUERY_LIMIT: Duration = Duration::from_secs(600);
 const INSTALL_LIMIT: Duration = Duration::from_secs(3600);
@@ -31,13 +33,49 @@ const REBOOT_PACKAGES: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct Dnf {
     root: PathBuf,
+    /// The agent's own metadata cache for a snapshot's repositories.
+    work: PathBuf,
 }
 
 impl Dnf {
-    pub fn new(root: &Path) -> Dnf {
+    pub fn new(root: &Path, work: &Path) -> Dnf {
         Dnf {
             root: root.to_path_buf(),
+            work: work.join("dnf-snapshot"),
         }
+    }
+
+    /// Options that read every repository under a snapshot repository from the snapshot
+    /// (`--setopt` of its baseurl, with a metadata cache of the agent's own: the machine's
+    /// repository files and cache stay as they are), and the URLs of the repositories read.
+    fn snapshot_options(
+        &self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let dir = exec::under(&self.root, "/etc/yum.repos.d");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "repo"));
+        files.sort();
+        let empty = ReleaseSnapshot::default();
+        let (mut opts, mut urls) = (Vec::new(), Vec::new());
+        for f in files {
+            let text =
+                std::fs::read_to_string(&f).map_err(|e| format!("reading {}: {e}", f.display()))?;
+            let (o, u) = sources::dnf_setopts(&text, snapshot.unwrap_or(&empty));
+            opts.extend(o);
+            urls.extend(u);
+            if snapshot.is_none() {
+                urls.extend(sources::dnf_baseurls(&text));
+            }
+        }
+        if snapshot.is_some() {
+            std::fs::create_dir_all(&self.work)
+                .map_err(|e| format!("creating {}: {e}", self.work.display()))?;
+            opts.push(format!("--setopt=cachedir={}", self.work.display()));
+        }
+        Ok((opts, urls))
     }
 
     fn sandboxed(&self) -> bool {
@@ -62,15 +100,30 @@ impl Dnf {
     }
 
     async fn dnf(&self, args: &[&str], limit: Duration) -> Result<exec::Output, String> {
+        self.dnf_with(&[], args, limit).await
+    }
+
+    async fn dnf_with(
+        &self,
+        extra: &[String],
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<exec::Output, String> {
         let mut a = self.options();
+        a.extend(extra.iter().cloned());
         a.extend(args.iter().map(|s| s.to_string()));
         exec::run("dnf", &a, &[], limit).await
     }
 
-    /// List the updates (`check-update`) and classify them by their advisories (`updateinfo`).
-    pub async fn assess(&self) -> Result<Vec<AvailablePackage>, String> {
+    /// List the updates (`check-update`; from the snapshot when one is given) and classify them
+    /// by their advisories (`updateinfo`), with each advisory's date, id and CVEs.
+    pub async fn assess(
+        &self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<Vec<AvailablePackage>, String> {
+        let (extra, _) = self.snapshot_options(snapshot)?;
         let out = self
-            .dnf(&["check-update", "--refresh"], QUERY_LIMIT)
+            .dnf_with(&extra, &["check-update", "--refresh"], QUERY_LIMIT)
             .await?;
         // check-update: 100 = updates available, 0 = none, anything else failed.
         if !matches!(out.code, Some(0) | Some(100)) {
@@ -78,24 +131,47 @@ impl Dnf {
         }
         let updates = parse_check_update(&out.stdout);
         let info = self
-            .dnf(&["-q", "updateinfo", "list", "--updates"], QUERY_LIMIT)
+            .dnf_with(
+                &extra,
+                &["-q", "updateinfo", "list", "--updates"],
+                QUERY_LIMIT,
+            )
             .await?;
         if !info.success() {
             return Err(format!("dnf updateinfo list failed: {}", info.tail()));
         }
         let classes = parse_updateinfo(&info.stdout);
+        let details = self
+            .dnf_with(
+                &extra,
+                &["-q", "-v", "updateinfo", "info", "--updates"],
+                QUERY_LIMIT,
+            )
+            .await?;
+        if !details.success() {
+            return Err(format!("dnf updateinfo info failed: {}", details.tail()));
+        }
+        let advisories = updateinfo::by_package(&updateinfo::parse(&details.stdout));
         let names: Vec<String> = updates.iter().map(|(n, _)| n.clone()).collect();
         let installed = self.installed(&names).await?;
         Ok(updates
             .into_iter()
-            .map(|(name, version)| AvailablePackage {
-                classification: classes.get(&name).copied().unwrap_or(Classification::Other),
-                installed_version: installed
-                    .iter()
-                    .find(|p| p.name == name)
-                    .map(|p| p.version.clone()),
-                name,
-                version,
+            .map(|(name, version)| {
+                let about = advisories.get(&name).cloned().unwrap_or_default();
+                AvailablePackage {
+                    classification: classes.get(&name).copied().unwrap_or(Classification::Other),
+                    installed_version: installed
+                        .iter()
+                        .find(|p| p.name == name)
+                        .map(|p| p.version.clone()),
+                    name,
+                    version,
+                    published: about
+                        .published
+                        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+                    advisories: about.ids,
+                    cves: about.cves,
+                }
             })
             .collect())
     }
@@ -125,27 +201,94 @@ impl Dnf {
         Ok(parse_rpm_query(&out.stdout))
     }
 
+    /// The versions the repositories offer of each named package, with the repository offering
+    /// each (`dnf repoquery`).
+    async fn offered(
+        &self,
+        extra: &[String],
+        names: &[String],
+    ) -> Result<Vec<(String, String, String)>, String> {
+        let mut args = vec![
+            "-q",
+            "repoquery",
+            "--qf",
+            "%{name}\t%{epoch}:%{version}-%{release}\t%{repoid}",
+        ];
+        args.extend(names.iter().map(String::as_str));
+        let out = self.dnf_with(extra, &args, QUERY_LIMIT).await?;
+        if !out.success() {
+            return Err(format!("dnf repoquery failed: {}", out.tail()));
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (n, v, r) = (f.next()?, f.next()?, f.next()?);
+                Some((
+                    n.to_string(),
+                    v.trim_start_matches("0:").to_string(),
+                    r.to_string(),
+                ))
+            })
+            .collect())
+    }
+
     /// Put each package at exactly its version (`install` upgrades and downgrades to a named
-    /// version), remove the named ones, and read back what is installed.
+    /// version; from the snapshot when one is given), remove the named ones, and read back what
+    /// is installed. A pinned version no repository offers is left out and reported
+    /// (PinnedVersionUnavailable).
     pub async fn install(
         &self,
         packages: &[PinnedPackage],
         remove: &[String],
-    ) -> (Vec<PinnedPackage>, Vec<PinnedPackage>, Option<String>) {
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> super::apt::Outcome {
         let mut errors = Vec::new();
+        let (extra, urls) = match self.snapshot_options(snapshot) {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), packages.to_vec(), Some(e), Vec::new()),
+        };
+        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+        let unavailable: Vec<UnavailablePackage> = if names.is_empty() {
+            Vec::new()
+        } else {
+            match self.offered(&extra, &names).await {
+                Ok(offered) => super::apt::unavailable(packages, &offered, &urls)
+                    .into_iter()
+                    .filter(|u| {
+                        !offered
+                            .iter()
+                            .any(|(n, v, _)| *n == u.name && same_version(v, &u.version))
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing the versions the repositories offer");
+                    Vec::new()
+                }
+            }
+        };
+        for u in &unavailable {
+            errors.push(format!(
+                "{}-{}: PinnedVersionUnavailable: not offered by {}",
+                u.name, u.version, u.repositories
+            ));
+        }
         let specs: Vec<String> = packages
             .iter()
+            .filter(|p| !unavailable.iter().any(|u| u.name == p.name))
             .map(|p| format!("{}-{}", p.name, p.version.trim_start_matches("0:")))
             .collect();
         if !specs.is_empty() {
             let mut args = vec!["install"];
             args.extend(specs.iter().map(String::as_str));
-            if let Err(e) = self.dnf_checked(&args).await {
+            if let Err(e) = self.dnf_checked(&extra, &args).await {
+                let known = errors.len();
                 errors.push(e);
                 if specs.len() > 1 {
-                    errors.clear();
+                    errors.truncate(known);
                     for s in &specs {
-                        if let Err(e) = self.dnf_checked(&["install", s]).await {
+                        if let Err(e) = self.dnf_checked(&extra, &["install", s]).await {
                             errors.push(e);
                         }
                     }
@@ -155,7 +298,7 @@ impl Dnf {
         if !remove.is_empty() {
             let mut args = vec!["remove"];
             args.extend(remove.iter().map(String::as_str));
-            if let Err(e) = self.dnf_checked(&args).await {
+            if let Err(e) = self.dnf_checked(&extra, &args).await {
                 errors.push(e);
             }
         }
@@ -176,11 +319,12 @@ impl Dnf {
             installed,
             failed,
             (!errors.is_empty()).then(|| errors.join("; ")),
+            unavailable,
         )
     }
 
-    async fn dnf_checked(&self, args: &[&str]) -> Result<(), String> {
-        let out = self.dnf(args, INSTALL_LIMIT).await?;
+    async fn dnf_checked(&self, extra: &[String], args: &[&str]) -> Result<(), String> {
+        let out = self.dnf_with(extra, args, INSTALL_LIMIT).await?;
         if out.success() {
             Ok(())
         } else {

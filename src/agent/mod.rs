@@ -17,6 +17,8 @@ pub mod os;
 pub mod patching;
 mod run;
 pub mod services;
+pub mod sources;
+pub mod updateinfo;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::api::{
     AvailablePackage, EffectiveConfiguration, GuestOs, HealthCheck, HttpScheme, PatchMode,
-    PinnedPackage, ServiceObservation, VirtualMachine,
+    PinnedPackage, ReleaseSnapshot, ServiceObservation, VirtualMachine,
 };
 use crate::guest::{Assessed, Backend, Installed};
 use os::{Family, OsRelease};
@@ -90,14 +92,14 @@ pub enum Packages {
 }
 
 impl Packages {
-    pub async fn assess(&self) -> Result<Assessed, String> {
+    pub async fn assess(&self, snapshot: Option<&ReleaseSnapshot>) -> Result<Assessed, String> {
         match self {
             Packages::Apt(a) => Ok(Assessed {
-                packages: a.assess().await?,
+                packages: a.assess(snapshot).await?,
                 reboot_pending: a.reboot_required(),
             }),
             Packages::Dnf(d) => Ok(Assessed {
-                packages: d.assess().await?,
+                packages: d.assess(snapshot).await?,
                 reboot_pending: d.reboot_required().await,
             }),
             Packages::Unavailable(why) => Err(why.clone()),
@@ -112,18 +114,26 @@ impl Packages {
         }
     }
 
-    pub async fn install(&self, packages: &[PinnedPackage], remove: &[String]) -> Installed {
-        let (installed, failed, error, reboot) = match self {
+    pub async fn install(
+        &self,
+        packages: &[PinnedPackage],
+        remove: &[String],
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Installed {
+        let ((installed, failed, error, unavailable), reboot) = match self {
             Packages::Apt(a) => {
-                let (i, f, e) = a.install(packages, remove).await;
-                (i, f, e, a.reboot_required())
+                let out = a.install(packages, remove, snapshot).await;
+                (out, a.reboot_required())
             }
             Packages::Dnf(d) => {
-                let (i, f, e) = d.install(packages, remove).await;
-                let reboot = dnf::Dnf::needs_reboot(&i) || d.reboot_required().await;
-                (i, f, e, reboot)
+                let out = d.install(packages, remove, snapshot).await;
+                let reboot = dnf::Dnf::needs_reboot(&out.0) || d.reboot_required().await;
+                (out, reboot)
             }
-            Packages::Unavailable(why) => (vec![], packages.to_vec(), Some(why.clone()), false),
+            Packages::Unavailable(why) => (
+                (vec![], packages.to_vec(), Some(why.clone()), Vec::new()),
+                false,
+            ),
         };
         Installed {
             installed,
@@ -131,6 +141,7 @@ impl Packages {
             previous_versions: Vec::new(),
             reboot_required: reboot,
             error,
+            unavailable,
         }
     }
 
@@ -196,8 +207,8 @@ impl Linux {
             path
         });
         let packages = match &family {
-            Ok(Family::Apt) => Packages::Apt(apt::Apt::new(root, apt_config.clone())),
-            Ok(Family::Dnf) => Packages::Dnf(dnf::Dnf::new(root)),
+            Ok(Family::Apt) => Packages::Apt(apt::Apt::new(root, apt_config.clone(), state_dir)),
+            Ok(Family::Dnf) => Packages::Dnf(dnf::Dnf::new(root, state_dir)),
             Err(e) => {
                 problems.push(e.clone());
                 Packages::Unavailable(e.clone())
@@ -428,8 +439,11 @@ impl Backend for Linux {
         self.host.observe(config, self.patch_mode, tracking).await
     }
 
-    async fn assess(&mut self) -> Result<Assessed, String> {
-        let out = self.packages.assess().await;
+    async fn assess(&mut self, snapshot: Option<&ReleaseSnapshot>) -> Result<Assessed, String> {
+        if let Some(s) = snapshot {
+            info!(snapshot = %s.timestamp, "assessing against a release's snapshot");
+        }
+        let out = self.packages.assess(snapshot).await;
         if let Ok(a) = &out {
             let count =
                 |f: fn(&AvailablePackage) -> bool| a.packages.iter().filter(|p| f(p)).count();
@@ -442,13 +456,19 @@ impl Backend for Linux {
         out
     }
 
-    async fn install(&mut self, packages: &[PinnedPackage], remove: &[String]) -> Installed {
+    async fn install(
+        &mut self,
+        packages: &[PinnedPackage],
+        remove: &[String],
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Installed {
         info!(
             packages = %packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect::<Vec<_>>().join(" "),
             remove = %remove.join(" "),
+            snapshot = %snapshot.map(|s| s.timestamp.as_str()).unwrap_or("none"),
             "installing"
         );
-        let out = self.packages.install(packages, remove).await;
+        let out = self.packages.install(packages, remove, snapshot).await;
         if let Some(e) = &out.error {
             warn!(error = %e, "installing");
         }

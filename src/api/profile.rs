@@ -145,6 +145,21 @@ pub struct UpdateManagementPreferences {
     /// (PostInstallHookFailed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
+    /// Repositories whose dated snapshots releases install from (an UpdateRing may replace the
+    /// list): the manifest freezes the snapshot at the release time, and every ring assesses and
+    /// installs from that snapshot, so versions a repository later replaces stay installable and
+    /// nothing published after the release gets in. The agent reads the snapshot through a
+    /// sources list of its own for that operation, never editing the machine's repository
+    /// configuration. Without snapshots, a pinned version a repository no longer offers is
+    /// reported as PinnedVersionUnavailable. At most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub snapshots: Option<Vec<super::release::SnapshotRepository>>,
+    /// Which updates releases approve beyond their classifications (an UpdateRing may override
+    /// each field): approveAfter, include and exclude patterns. What it leaves out is listed in
+    /// the PatchRollout's `status.manifest.leftOut` with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::release::ApprovalPolicy>,
 }
 
 // When a guest reboots after installing patches.
@@ -443,6 +458,12 @@ pub struct EffectiveUpdateManagement {
     /// Commands the guest runs before and after installing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
+    /// Repositories read from their dated snapshots during a release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<super::release::SnapshotRepository>,
+    /// The approval policy of releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::release::ApprovalPolicy>,
 }
 
 /// Resolved backup.

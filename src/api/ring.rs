@@ -94,6 +94,17 @@ pub struct UpdateRingSpec {
     /// environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
+
+    /// Replaces the profile's snapshot repositories for the ring's VMs (`kubectl explain
+    /// configurationprofile.spec.preferences.updateManagement.snapshots`). At most 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub snapshots: Option<Vec<super::release::SnapshotRepository>>,
+
+    /// The ring's approval policy: each field set here (approveAfter, include, exclude) replaces
+    /// the profile's for the ring's VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::release::ApprovalPolicy>,
 }
 
 fn zero_duration() -> String {

@@ -211,6 +211,14 @@ pub struct ReleaseManifest {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["imageFamily"]))]
     pub families: Vec<ManifestFamily>,
+    /// Updates the assessments offered that the release leaves out, and why: published after the
+    /// release time, not yet approved, excluded, not included, outside the classifications (at
+    /// most 500; `leftOutTruncated` counts the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<super::release::LeftOutPackage>,
+    /// Left-out updates not listed in `leftOut` (it keeps 500).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left_out_truncated: i32,
 }
 
 /// The packages of one image family (e.g. "Canonical/UbuntuServer/22.04-LTS").
@@ -219,9 +227,46 @@ pub struct ReleaseManifest {
 pub struct ManifestFamily {
     /// Publisher/offer/SKU of the image, e.g. "Canonical/0001-com-ubuntu-server-jammy/22_04-lts-gen2".
     pub image_family: String,
+    /// The repository snapshot every ring installs from (UTC, `YYYYMMDDTHHMMSSZ`: the release
+    /// time), when the family's VMs name snapshot templates (`updateManagement.snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Packages with the exact versions every ring installs.
     #[serde(default)]
-    pub packages: Vec<PinnedPackage>,
+    pub packages: Vec<ManifestPackage>,
+}
+
+/// A package of the release at its exact version, with what the repository said of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestPackage {
+    /// Package name (Linux) or KB id (Windows).
+    pub name: String,
+    /// The exact version.
+    pub version: String,
+    /// Critical, Security or Other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<super::common::Classification>,
+    /// When the update was published, where the repository says (dnf's advisory issue date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Time>,
+    /// The advisories that ship it (dnf updateinfo ids such as "RLSA-2026:1234").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<String>,
+    /// The CVE ids it fixes, where the advisories name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
+}
+
+impl ManifestPackage {
+    /// The package at its version, as a directive carries it.
+    pub fn pinned(&self) -> PinnedPackage {
+        PinnedPackage {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            classification: self.classification,
+        }
+    }
 }
 
 /// One ring's progress.

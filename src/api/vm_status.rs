@@ -11,12 +11,12 @@ use super::profile::EffectiveConfiguration;
 use super::vm::PatchMode;
 
 /// Bounds on what a guest may report (the schema enforces them at admission; the guest clips its
-/// report to them before writing). Together they keep `status.guest` under about 700 KB, well
-/// below the API server's object size limit.
+/// report to them before writing). Together they keep `status.guest` (two assessments of 500
+/// updates each included) under about 1.1 MB, below etcd's 1.5 MiB request limit.
 pub mod bounds {
     pub const PACKAGE_NAME: usize = 100;
     pub const VERSION: usize = 64;
-    pub const ASSESSED_PACKAGES: usize = 1000;
+    pub const ASSESSED_PACKAGES: usize = 500;
     pub const INSTALLED_PACKAGES: usize = 300;
     pub const SERVICES: usize = 16;
     pub const SERVICE_NAME: usize = 64;
@@ -31,6 +31,11 @@ pub mod bounds {
     pub const KERNEL: usize = 128;
     pub const HASH: usize = 128;
     pub const HOOK_OUTPUT: usize = 2048;
+    pub const ADVISORIES: usize = 2;
+    pub const CVES: usize = 8;
+    pub const CVE: usize = 20;
+    pub const UNAVAILABLE: usize = 100;
+    pub const REPOSITORY: usize = 512;
 }
 
 // The lifecycle phase of a managed VM.
@@ -128,6 +133,10 @@ pub struct DesiredState {
     /// An installation the guest should run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation: Option<InstallationDirective>,
+    /// An assessment against a release's repository snapshot, asked by the PatchRollout before it
+    /// freezes its manifest; answered in `status.guest.releaseAssessment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_assessment: Option<AssessmentDirective>,
 }
 
 /// Ask the guest to assess available patches.
@@ -139,6 +148,10 @@ pub struct AssessmentDirective {
     /// The last on-demand request (annotation `automend.io/assess`) the controller took up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<String>,
+    /// Assess against these repository snapshots instead of the machine's repositories as they
+    /// are now (a release assessment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<super::release::ReleaseSnapshot>,
 }
 
 /// Ask the guest to install a pinned set of packages.
@@ -172,6 +185,10 @@ pub struct InstallationDirective {
     /// The hooks to run around this installation (the ring's over the profile's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<super::hooks::PatchHooks>,
+    /// Install from these repository snapshots (the manifest's), never editing the machine's
+    /// repository configuration; unset: from the machine's repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<super::release::ReleaseSnapshot>,
 }
 
 /// A package at an exact version.
@@ -229,6 +246,9 @@ pub struct GuestState {
     /// The latest installation (or rollback) the guest ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installation: Option<GuestInstallation>,
+    /// The latest release assessment (against a release's repository snapshot) the guest ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_assessment: Option<GuestAssessment>,
     /// Problems the agent met on the machine that are not a service's drift (an unreadable
     /// os-release, a damaged state file, a failing health check command), each naming its cause.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -277,6 +297,12 @@ pub struct GuestInstallation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::INSTALLED_PACKAGES))]
     pub failed: Vec<PinnedPackage>,
+    /// Pinned versions the repositories no longer offer (reason PinnedVersionUnavailable), each
+    /// with the repositories searched and the versions they offer instead (at most 100; these are
+    /// in `failed` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::UNAVAILABLE))]
+    pub unavailable: Vec<UnavailablePackage>,
     /// The versions in place before the install, for a rollback (absent: the package was not
     /// installed; at most 300).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -293,7 +319,8 @@ pub struct GuestInstallation {
     #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
     /// Why it failed, in one word: PreInstallHookFailed, PreRebootHookFailed,
-    /// PostInstallHookFailed or RebootFailed (absent for package failures).
+    /// PostInstallHookFailed, RebootFailed or PinnedVersionUnavailable (absent for other package
+    /// failures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::SHORT))]
     pub reason: Option<String>,
@@ -329,7 +356,7 @@ pub struct GuestAssessment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::guest_time")]
     pub finish_time: Option<Time>,
-    /// Updates available, with their classification (at most 1000).
+    /// Updates available, with their classification (at most 500).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::ASSESSED_PACKAGES))]
     pub packages: Vec<AvailablePackage>,
@@ -340,6 +367,29 @@ pub struct GuestAssessment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::ERROR))]
     pub error: Option<String>,
+    /// The repository snapshot assessed (a release assessment), as `YYYYMMDDTHHMMSSZ`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::SHORT))]
+    pub snapshot: Option<String>,
+}
+
+/// A pinned version the repositories do not offer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnavailablePackage {
+    /// The package.
+    #[schemars(length(min = 1, max = bounds::PACKAGE_NAME))]
+    pub name: String,
+    /// The pinned version asked for.
+    #[schemars(length(max = bounds::VERSION))]
+    pub version: String,
+    /// The repositories searched (their URLs, or the snapshot's).
+    #[schemars(length(max = bounds::REPOSITORY))]
+    pub repositories: String,
+    /// The versions they offer instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(max = bounds::VERSION)))]
+    pub offered: Vec<String>,
 }
 
 /// An available update.
@@ -358,6 +408,18 @@ pub struct AvailablePackage {
     pub installed_version: Option<String>,
     /// The update's classification.
     pub classification: super::common::Classification,
+    /// When it was published, where the repository says (dnf: the advisory's issue date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::guest_time")]
+    pub published: Option<Time>,
+    /// The advisories that ship it (dnf updateinfo ids; at most 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::ADVISORIES), inner(length(max = bounds::SHORT)))]
+    pub advisories: Vec<String>,
+    /// The CVE ids its advisories fix (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::CVES), inner(length(max = bounds::CVE)))]
+    pub cves: Vec<String>,
 }
 
 /// Guest OS facts.
@@ -466,6 +528,10 @@ pub struct LastPatchInstallationSummary {
     /// Patches of classifications the rollout does not install.
     #[serde(default)]
     pub not_selected_patch_count: i32,
+    /// Pinned versions the VM's repositories no longer offer (PinnedVersionUnavailable; counted
+    /// in failedPatchCount too).
+    #[serde(default)]
+    pub unavailable_patch_count: i32,
     /// The maintenance window ended before the installation could finish or start.
     #[serde(default)]
     pub maintenance_window_exceeded: bool,

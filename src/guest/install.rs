@@ -12,6 +12,9 @@ use crate::api::{
 
 use super::Installed;
 
+/// The reason of an installation some of whose pinned versions the repositories do not offer.
+pub const UNAVAILABLE: &str = "PinnedVersionUnavailable";
+
 /// The record an installation of `d` starts with (Failed until it finishes).
 pub fn started(d: &InstallationDirective, start: Timestamp) -> GuestInstallation {
     GuestInstallation {
@@ -23,6 +26,7 @@ pub fn started(d: &InstallationDirective, start: Timestamp) -> GuestInstallation
         finish_time: None,
         installed: Vec::new(),
         failed: Vec::new(),
+        unavailable: Vec::new(),
         previous_versions: Vec::new(),
         reboot_pending: false,
         maintenance_window_exceeded: false,
@@ -274,6 +278,10 @@ pub fn finished(
     record.reboot_pending = matches!(after, AfterInstall::Pending { .. } | AfterInstall::Reboot);
     record.installed = out.installed;
     record.failed = out.failed;
+    if !out.unavailable.is_empty() {
+        record.reason.get_or_insert_with(|| UNAVAILABLE.to_string());
+    }
+    record.unavailable = out.unavailable;
     record.previous_versions = if previous.is_empty() {
         out.previous_versions
     } else {
@@ -311,6 +319,7 @@ mod tests {
             hotpatch_only: false,
             rollback,
             hooks: None,
+            snapshot: None,
         }
     }
 

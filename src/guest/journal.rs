@@ -31,6 +31,9 @@ pub struct Record {
     pub assessment: Option<GuestAssessment>,
     #[serde(default)]
     pub installation: Option<GuestInstallation>,
+    /// The latest release assessment (against a release's snapshot).
+    #[serde(default)]
+    pub release_assessment: Option<GuestAssessment>,
     /// An installation started and not finished (the agent stopped during it); its
     /// `previousVersions` were read before anything changed.
     #[serde(default)]

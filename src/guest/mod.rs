@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::api::{
     AssessmentDirective, AvailablePackage, DesiredState, EffectiveConfiguration, GuestAssessment,
     GuestInstallation, GuestOs, GuestState, InstallationDirective, OperationStatus, PinnedPackage,
-    ServiceObservation, VirtualMachine,
+    ReleaseSnapshot, ServiceObservation, UnavailablePackage, VirtualMachine,
 };
 use crate::api::{Hook, HookName, HookRun};
 use crate::identity::{self, GUEST_MANAGER};
@@ -47,14 +47,20 @@ pub trait Backend: Send {
         &mut self,
         config: &EffectiveConfiguration,
     ) -> impl Future<Output = Vec<ServiceObservation>> + Send;
-    /// List the updates available (never installs anything).
-    fn assess(&mut self) -> impl Future<Output = Result<Assessed, String>> + Send;
-    /// Put each package at exactly the given version and remove the named packages; report what
-    /// was in place before, so that a rollback can return to it.
+    /// List the updates available (never installs anything): from the machine's repositories,
+    /// or from a release's repository snapshot.
+    fn assess(
+        &mut self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> impl Future<Output = Result<Assessed, String>> + Send;
+    /// Put each package at exactly the given version and remove the named packages (from the
+    /// snapshot when one is given); report what was in place before, so that a rollback can
+    /// return to it, and each pinned version the repositories do not offer.
     fn install(
         &mut self,
         packages: &[PinnedPackage],
         remove: &[String],
+        snapshot: Option<&ReleaseSnapshot>,
     ) -> impl Future<Output = Installed> + Send;
     /// The VM's annotations changed (the simulator reads its controls from them).
     fn annotations(&mut self, _annotations: &std::collections::BTreeMap<String, String>) {}
@@ -140,6 +146,8 @@ pub struct Installed {
     pub previous_versions: Vec<PinnedPackage>,
     pub reboot_required: bool,
     pub error: Option<String>,
+    /// Pinned versions the repositories do not offer (also in `failed`).
+    pub unavailable: Vec<UnavailablePackage>,
 }
 
 /// Timing of a guest.
@@ -303,6 +311,7 @@ impl<B: Backend> Guest<B> {
                 self.results.applied_hash = r.applied_hash.clone();
                 self.results.applied_attempt = r.applied_attempt;
                 self.results.assessment = r.assessment.clone();
+                self.results.release_assessment = r.release_assessment.clone();
                 self.results.installation = r.installation.clone();
             }
         }
@@ -400,7 +409,10 @@ impl<B: Backend> Guest<B> {
         in_progress.previous_versions = previous.clone();
         self.results.in_progress = Some(in_progress);
         self.persist(false);
-        let out = self.backend.install(&packages, &remove).await;
+        let out = self
+            .backend
+            .install(&packages, &remove, d.snapshot.as_ref())
+            .await;
         let after = install::after_install(d, &out, clock.now());
         let record = install::finished(record, d, packages.len(), previous, out, clock.now());
         self.after_install(d, record, &packages, after).await
@@ -440,7 +452,10 @@ impl<B: Backend> Guest<B> {
             return;
         };
         if let Some(request) = &desired.assessment {
-            self.assess_if_new(request).await;
+            self.assess_if_new(request, false).await;
+        }
+        if let Some(request) = &desired.release_assessment {
+            self.assess_if_new(request, true).await;
         }
         if let Some(d) = &desired.installation {
             self.install_if_new(d).await;
@@ -457,12 +472,19 @@ impl<B: Backend> Guest<B> {
         self.reboot_if_announced().await;
     }
 
-    async fn assess_if_new(&mut self, request: &AssessmentDirective) {
-        if self.results.assessment.as_ref().map(|a| &a.request_id) == Some(&request.request_id) {
+    /// Answer an assessment request once: the periodic/on-demand one, or a release's (against
+    /// its snapshot, answered in `releaseAssessment`).
+    async fn assess_if_new(&mut self, request: &AssessmentDirective, release: bool) {
+        let slot = if release {
+            &self.results.release_assessment
+        } else {
+            &self.results.assessment
+        };
+        if slot.as_ref().map(|a| &a.request_id) == Some(&request.request_id) {
             return;
         }
         let start = Some(Time(self.timing.clock.now()));
-        let result = self.backend.assess().await;
+        let result = self.backend.assess(request.snapshot.as_ref()).await;
         let finish_time = Some(Time(self.timing.clock.now()));
         let (status, packages, reboot_pending, error) = match result {
             Ok(found) => (
@@ -476,7 +498,7 @@ impl<B: Backend> Guest<B> {
                 (OperationStatus::Failed, Vec::new(), false, Some(e))
             }
         };
-        self.results.assessment = Some(GuestAssessment {
+        let answer = Some(GuestAssessment {
             request_id: request.request_id.clone(),
             status,
             start_time: start,
@@ -484,7 +506,13 @@ impl<B: Backend> Guest<B> {
             packages,
             reboot_pending,
             error,
+            snapshot: request.snapshot.as_ref().map(|s| s.timestamp.clone()),
         });
+        if release {
+            self.results.release_assessment = answer;
+        } else {
+            self.results.assessment = answer;
+        }
         self.persist(false);
     }
 
@@ -546,6 +574,7 @@ impl<B: Backend> Guest<B> {
             last_observed_time: None,
             assessment: self.results.assessment.clone(),
             installation: self.results.installation.clone(),
+            release_assessment: self.results.release_assessment.clone(),
             problems: self
                 .problems
                 .iter()

@@ -5,7 +5,7 @@
 use crate::api::bounds as b;
 use crate::api::{
     AvailablePackage, GuestAssessment, GuestInstallation, GuestOs, GuestState, PinnedPackage,
-    ServiceObservation,
+    ServiceObservation, UnavailablePackage,
 };
 use crate::logic::text::{clip_list, safe};
 
@@ -25,6 +25,19 @@ fn pinned_list(list: Vec<PinnedPackage>) -> Vec<PinnedPackage> {
     let mut list: Vec<PinnedPackage> = list.into_iter().map(pinned).collect();
     list.truncate(b::INSTALLED_PACKAGES);
     list
+}
+
+fn clipped(list: Vec<String>, items: usize, len: usize) -> Vec<String> {
+    list.iter().take(items).map(|s| safe(s, len)).collect()
+}
+
+fn unavailable(u: UnavailablePackage) -> UnavailablePackage {
+    UnavailablePackage {
+        name: safe(&u.name, b::PACKAGE_NAME),
+        version: safe(&u.version, b::VERSION),
+        repositories: safe(&u.repositories, b::REPOSITORY),
+        offered: clipped(u.offered, 8, b::VERSION),
+    }
 }
 
 fn service(s: ServiceObservation) -> ServiceObservation {
@@ -52,6 +65,9 @@ fn assessment(a: GuestAssessment) -> GuestAssessment {
             version: safe(&p.version, b::VERSION),
             installed_version: opt(p.installed_version, b::VERSION),
             classification: p.classification,
+            published: p.published,
+            advisories: clipped(p.advisories, b::ADVISORIES, b::SHORT),
+            cves: clipped(p.cves, b::CVES, b::CVE),
         })
         .collect();
     let left_out = packages.len().saturating_sub(b::ASSESSED_PACKAGES);
@@ -65,6 +81,7 @@ fn assessment(a: GuestAssessment) -> GuestAssessment {
         request_id: safe(&a.request_id, b::ID),
         packages,
         error: opt(error, b::ERROR),
+        snapshot: opt(a.snapshot, b::SHORT),
         ..a
     }
 }
@@ -75,6 +92,12 @@ fn installation(i: GuestInstallation) -> GuestInstallation {
         wave: i.wave.max(0),
         installed: pinned_list(i.installed),
         failed: pinned_list(i.failed),
+        unavailable: i
+            .unavailable
+            .into_iter()
+            .take(b::UNAVAILABLE)
+            .map(unavailable)
+            .collect(),
         previous_versions: pinned_list(i.previous_versions),
         error: opt(i.error, b::ERROR),
         ..i
@@ -104,6 +127,7 @@ pub fn fit(state: GuestState) -> GuestState {
         applied_attempt: state.applied_attempt.max(0),
         services,
         assessment: state.assessment.map(assessment),
+        release_assessment: state.release_assessment.map(assessment),
         installation: state.installation.map(installation),
         problems: line(state.problems, b::PROBLEMS),
         changes: line(state.changes, b::CHANGES),
@@ -159,10 +183,14 @@ mod tests {
                         version: huge.clone(),
                         installed_version: None,
                         classification: Classification::Other,
+                        published: None,
+                        advisories: Vec::new(),
+                        cves: Vec::new(),
                     })
                     .collect(),
                 reboot_pending: false,
                 error: None,
+                snapshot: None,
             }),
             problems: (0..40).map(|i| format!("problem {i}")).collect(),
             ..Default::default()
@@ -187,7 +215,7 @@ mod tests {
         let a = f.assessment.expect("assessment");
         assert_eq!(a.packages.len(), b::ASSESSED_PACKAGES);
         assert!(a.packages.iter().all(|p| p.version.len() <= b::VERSION));
-        assert_eq!(a.error.as_deref(), Some("500 more updates not listed"));
+        assert_eq!(a.error.as_deref(), Some("1000 more updates not listed"));
         assert_eq!(f.problems.len(), b::PROBLEMS);
         assert_eq!(f.problems.last().map(String::as_str), Some("problem 39"));
         let json = serde_json::to_string(&GuestState {
@@ -212,6 +240,7 @@ mod tests {
                 packages: vec![],
                 reboot_pending: false,
                 error: None,
+                snapshot: None,
             }),
             ..Default::default()
         };

@@ -40,6 +40,13 @@ pub fn resolve(spec: &ConfigurationProfileSpec) -> EffectiveConfiguration {
         }),
         hotpatch: um.hotpatch.unwrap_or(true),
         hooks: um.hooks.filter(|h| !h.is_empty()),
+        snapshots: {
+            let mut s = um.snapshots.unwrap_or_default();
+            s.sort();
+            s.dedup();
+            s
+        },
+        approval: um.approval.filter(|a| !a.is_empty()),
     };
 
     let bp = prefs.backup.clone().unwrap_or_default();

@@ -300,6 +300,14 @@ async fn apply(
         }
     }
 
+    // Release assessments asked before the freeze (against the release's snapshot).
+    for (i, d) in &out.release_assessments {
+        let vm_name = g.views[*i].vm.name_any();
+        let status = serde_json::json!({ "desired": { "releaseAssessment": d } });
+        crate::status::apply(&vms, &vm_name, ROLLOUT_MANAGER, &status).await?;
+        info!(vm = %vm_name, snapshot = ?d.snapshot.as_ref().map(|s| &s.timestamp), "release assessment asked");
+    }
+
     // 2. The rollout's status, when it changed.
     if expected.status.as_ref().or(r.status.as_ref()) != Some(&out.status) {
         let api: Api<PatchRollout> = Api::namespaced(ctx.client.clone(), &ns);

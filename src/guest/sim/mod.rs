@@ -29,14 +29,14 @@ use super::Backend;
 mod enrolled;
 mod fleet;
 mod lifecycle;
-use crate::api::{
-    AvailablePackage, Classification, EffectiveConfiguration, GuestOs, PinnedPackage,
-    ServiceObservation,
-};
+mod packages;
+use crate::api::{EffectiveConfiguration, GuestOs, PinnedPackage, ServiceObservation};
 use crate::logic::resolve::SERVICE_NAMES;
 pub use enrolled::run as run_enrolled;
 pub use fleet::{SimSettings, guest_client, request_token, run};
 pub use lifecycle::{HOOK_FAIL, REBOOT_HANG};
+pub use packages::parse_patches;
+use packages::{Repo, default_patches};
 
 /// The simulator's fleet watch is re-established after this much silence.
 const GUEST_WATCH_IDLE: Duration = super::WATCH_IDLE;
@@ -47,66 +47,6 @@ pub const POWER: &str = "sim.automend.io/power";
 pub const PATCHES: &str = "sim.automend.io/patches";
 pub const INSTALL_FAIL: &str = "sim.automend.io/install-fail";
 pub const UNHEALTHY: &str = "sim.automend.io/unhealthy";
-
-/// Parse `name=version:Classification,...` (the simulated updates available).
-pub fn parse_patches(spec: &str) -> Result<Vec<AvailablePackage>, String> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-        .map(|item| {
-            let (name, rest) = item
-                .split_once('=')
-                .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
-            // The classification follows the last ':' (a Debian version may carry an epoch,
-            // "2:9.1.0016-1").
-            let (version, class) = rest
-                .rsplit_once(':')
-                .filter(|(v, _)| !v.is_empty())
-                .ok_or_else(|| format!("{item:?}: use name=version:Classification"))?;
-            let classification = match class {
-                "Critical" => Classification::Critical,
-                "Security" => Classification::Security,
-                "Other" => Classification::Other,
-                other => {
-                    return Err(format!(
-                        "{item:?}: classification {other:?} is not Critical, Security or Other"
-                    ));
-                }
-            };
-            Ok(AvailablePackage {
-                name: name.into(),
-                version: version.into(),
-                installed_version: None,
-                classification,
-            })
-        })
-        .collect()
-}
-
-/// The updates a simulated machine has available by default: a few of each classification,
-/// varying by VM.
-fn default_patches(name: &str) -> Vec<AvailablePackage> {
-    let h = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-        name.as_bytes(),
-    ));
-    let (sec, crit, other) = (1 + h[0] % 3, h[1] % 2, h[2] % 4);
-    let mut out = Vec::new();
-    for (count, class, prefix) in [
-        (sec, Classification::Security, "libssl"),
-        (crit, Classification::Critical, "kernel-fix"),
-        (other, Classification::Other, "tool"),
-    ] {
-        for i in 0..count {
-            out.push(AvailablePackage {
-                name: format!("{prefix}{i}"),
-                version: "2.0.0".into(),
-                installed_version: Some("1.0.0".into()),
-                classification: class,
-            });
-        }
-    }
-    out
-}
 
 /// Counters per simulated VM, for tests and the demo.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -140,7 +80,8 @@ pub struct SimBackend {
     patches_problem: Option<String>,
     fail_remediation: bool,
     powered_on: bool,
-    available: Vec<AvailablePackage>,
+    /// The machine's repository: every version offered, with when it was published.
+    repo: Repo,
     /// Package versions in place.
     installed: BTreeMap<String, String>,
     fail_install: bool,
@@ -177,7 +118,7 @@ impl SimBackend {
                 .into_iter()
                 .filter_map(|p| p.installed_version.map(|v| (p.name, v)))
                 .collect(),
-            available: default_patches(name),
+            repo: Repo(default_patches(name)),
             fail_install: false,
             unhealthy: false,
             stats,
@@ -316,22 +257,16 @@ impl Backend for SimBackend {
             .collect()
     }
 
-    async fn assess(&mut self) -> Result<super::Assessed, String> {
+    async fn assess(
+        &mut self,
+        snapshot: Option<&crate::api::ReleaseSnapshot>,
+    ) -> Result<super::Assessed, String> {
         self.bump(|s| s.assessments += 1);
-        // Each update with the version installed now (an install or rollback since it was
-        // offered changed it).
-        let installed = &self.installed;
-        let packages = self
-            .available
-            .iter()
-            .filter(|p| installed.get(&p.name) != Some(&p.version))
-            .map(|p| AvailablePackage {
-                installed_version: installed.get(&p.name).cloned(),
-                ..p.clone()
-            })
-            .collect();
+        let at = snapshot
+            .map(|s| packages::snapshot_time(&s.timestamp))
+            .transpose()?;
         Ok(super::Assessed {
-            packages,
+            packages: self.repo.offered(&self.installed, at),
             reboot_pending: false,
         })
     }
@@ -349,12 +284,38 @@ impl Backend for SimBackend {
             .collect())
     }
 
-    async fn install(&mut self, packages: &[PinnedPackage], remove: &[String]) -> super::Installed {
+    async fn install(
+        &mut self,
+        packages: &[PinnedPackage],
+        remove: &[String],
+        snapshot: Option<&crate::api::ReleaseSnapshot>,
+    ) -> super::Installed {
         self.bump(|s| s.installs += 1);
         let mut out = super::Installed::default();
+        let at = match snapshot
+            .map(|s| packages::snapshot_time(&s.timestamp))
+            .transpose()
+        {
+            Ok(at) => at,
+            Err(e) => {
+                out.failed = packages.to_vec();
+                out.error = Some(e);
+                return out;
+            }
+        };
+        let mut errors = Vec::new();
         for p in packages {
             if self.fail_install {
                 out.failed.push(p.clone());
+                continue;
+            }
+            if let Err(u) = self.repo.installable(p, at, snapshot) {
+                errors.push(format!(
+                    "{}={}: PinnedVersionUnavailable: not offered by {}",
+                    p.name, p.version, u.repositories
+                ));
+                out.failed.push(p.clone());
+                out.unavailable.push(u);
                 continue;
             }
             if let Some(v) = self.installed.insert(p.name.clone(), p.version.clone()) {
@@ -371,16 +332,13 @@ impl Backend for SimBackend {
         for name in remove {
             self.installed.remove(name);
         }
-        if !out.failed.is_empty() {
-            out.error = Some(
+        if self.fail_install && !packages.is_empty() {
+            errors.push(
                 "simulated failure: the package manager failed (sim.automend.io/install-fail)"
                     .into(),
             );
         }
-        // What is now installed is no longer available.
-        let installed = &self.installed;
-        self.available
-            .retain(|a| installed.get(&a.name) != Some(&a.version));
+        out.error = (!errors.is_empty()).then(|| errors.join("; "));
         out
     }
 
@@ -395,21 +353,13 @@ impl Backend for SimBackend {
                 Ok(offered) => {
                     self.patches_problem = None;
                     // Updates are offered for installed packages: a package the machine lacks is
-                    // taken to be installed at the baseline 1.0.0; one already at the offered
-                    // version is not offered.
-                    self.available = offered
-                        .into_iter()
-                        .filter_map(|mut p| {
-                            let have = self
-                                .installed
-                                .entry(p.name.clone())
-                                .or_insert_with(|| "1.0.0".into());
-                            (*have != p.version).then(|| {
-                                p.installed_version = Some(have.clone());
-                                p
-                            })
-                        })
-                        .collect();
+                    // taken to be installed at the baseline 1.0.0.
+                    for p in &offered {
+                        self.installed
+                            .entry(p.name.clone())
+                            .or_insert_with(|| "1.0.0".into());
+                    }
+                    self.repo = Repo(offered);
                 }
                 Err(e) => {
                     warn!(vm = %self.name, error = %e, "ignoring {PATCHES}");
@@ -608,6 +558,7 @@ mod tests {
 #[cfg(test)]
 mod patch_tests {
     use super::*;
+    use crate::api::Classification;
 
     #[test]
     fn patches_annotation_parses_and_errors_name_the_item() {
@@ -651,17 +602,21 @@ mod install_tests {
             classification: None,
         };
         let out = b
-            .install(&[pin("openssl", "3.0.2-2"), pin("newpkg", "1.0")], &[])
+            .install(
+                &[pin("openssl", "3.0.2-2"), pin("newpkg", "1.0")],
+                &[],
+                None,
+            )
             .await;
         assert_eq!(out.installed.len(), 2);
         assert_eq!(out.previous_versions, vec![pin("openssl", "3.0.2-1")]);
         assert!(
-            b.assess().await.expect("assess").packages.is_empty(),
+            b.assess(None).await.expect("assess").packages.is_empty(),
             "installed updates are no longer available"
         );
         // Rollback: previous versions back, packages that were absent removed.
         let back = b
-            .install(&out.previous_versions, &["newpkg".to_string()])
+            .install(&out.previous_versions, &["newpkg".to_string()], None)
             .await;
         assert!(back.failed.is_empty());
         assert_eq!(
@@ -673,7 +628,7 @@ mod install_tests {
             INSTALL_FAIL.to_string(),
             "true".to_string(),
         )]));
-        let failed = b.install(&[pin("openssl", "3.0.2-2")], &[]).await;
+        let failed = b.install(&[pin("openssl", "3.0.2-2")], &[], None).await;
         assert_eq!(failed.failed.len(), 1);
         // A newer update offered, an intermediate version installed: the next assessment reports
         // the version installed now, not the one from before the install.
@@ -682,8 +637,8 @@ mod install_tests {
             "openssl=3.0.2-4:Security".to_string(),
         )]));
         b.fail_install = false;
-        b.install(&[pin("openssl", "3.0.2-3")], &[]).await;
-        let seen = b.assess().await.expect("assess").packages;
+        b.install(&[pin("openssl", "3.0.2-3")], &[], None).await;
+        let seen = b.assess(None).await.expect("assess").packages;
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].installed_version.as_deref(), Some("3.0.2-3"));
         // A refused annotation is a guest problem, not a silent fallback.

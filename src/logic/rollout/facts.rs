@@ -169,6 +169,18 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
             .and_then(|p| p.last_patch_installation_summary.as_ref()),
         healthy: guest.and_then(|g| g.healthy) != Some(false),
         hooks: config.and_then(|c| c.services.update_management.hooks.as_ref()),
+        profile: status
+            .and_then(|s| s.desired.as_ref())
+            .map(|d| d.profile.as_str())
+            .unwrap_or_default(),
+        snapshots: config
+            .map(|c| c.services.update_management.snapshots.as_slice())
+            .unwrap_or_default(),
+        approval: config.and_then(|c| c.services.update_management.approval.as_ref()),
+        release_assessment: guest.and_then(|g| g.release_assessment.as_ref()),
+        release_directive: status
+            .and_then(|s| s.desired.as_ref())
+            .and_then(|d| d.release_assessment.as_ref()),
     }
 }
 

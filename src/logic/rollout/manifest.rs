@@ -1,76 +1,256 @@
 //! The pinned release manifest: frozen once, when the first ring starts, and installed exactly
-//! by every ring.
+//! by every ring. What the release leaves out is recorded with the reason: the rollout's own
+//! filters (classifications, its exclude list, the release-time cut-off) for every VM, and each
+//! approval policy in use (approveAfter, include, exclude) for the VMs under it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{
-    Classification, ManifestFamily, OperationStatus, PatchRolloutSpec, PinnedPackage,
-    ReleaseManifest,
+    ApprovalPolicy, AvailablePackage, GuestAssessment, LeftOutPackage, LeftOutReason,
+    ManifestFamily, ManifestPackage, OperationStatus, PinnedPackage, ReleaseManifest,
+    ReleaseSnapshot, SnapshotUrl, snapshot_timestamp,
 };
 
-use super::VmFacts;
 use super::versions::{compare_versions, excluded};
+use super::{Input, RingFacts, VmFacts};
 
-/// Freeze the manifest: per image family, the newest version of every package in the rollout's
-/// classifications that an eligible VM's assessment offers, minus the exclusions.
-pub fn freeze_manifest(
-    spec: &PatchRolloutSpec,
-    vms: &[VmFacts<'_>],
-    now: Timestamp,
-) -> ReleaseManifest {
-    let mut families: BTreeMap<&str, BTreeMap<&str, (&str, Classification)>> = BTreeMap::new();
-    for vm in vms
+/// `leftOut` keeps this many entries; the rest are counted.
+pub const LEFT_OUT_LIMIT: usize = 500;
+
+/// The id of a rollout's release assessment (against its snapshot).
+pub fn release_request(rollout: &str) -> String {
+    format!("release-{rollout}")
+}
+
+/// The assessment a VM's share of the manifest is frozen from: its answer to the rollout's
+/// release assessment when it reads snapshots, else its latest assessment; only a successful one.
+pub fn freeze_assessment<'a>(input: &Input<'a>, vm: &VmFacts<'a>) -> Option<&'a GuestAssessment> {
+    let a = if vm.snapshots_in(input.rings).is_empty() {
+        vm.assessment
+    } else {
+        vm.release_assessment
+            .filter(|a| a.request_id == release_request(input.name))
+    };
+    a.filter(|a| a.status == OperationStatus::Succeeded)
+}
+
+/// The release assessment a VM that reads snapshots is asked for before the freeze.
+pub fn release_assessment(
+    input: &Input<'_>,
+    vm: &VmFacts<'_>,
+) -> Option<crate::api::AssessmentDirective> {
+    let repos = vm.snapshots_in(input.rings);
+    if repos.is_empty() {
+        return None;
+    }
+    Some(crate::api::AssessmentDirective {
+        request_id: release_request(input.name),
+        on_demand: None,
+        snapshot: Some(snapshot_of(
+            repos,
+            &snapshot_timestamp(input.spec.release_time.0),
+        )),
+    })
+}
+
+/// The snapshot of these repositories at a timestamp.
+pub fn snapshot_of(repos: &[crate::api::SnapshotRepository], timestamp: &str) -> ReleaseSnapshot {
+    ReleaseSnapshot {
+        timestamp: timestamp.to_string(),
+        repositories: repos
+            .iter()
+            .map(|r| SnapshotUrl {
+                repository: r.repository.clone(),
+                url: r.at(timestamp),
+            })
+            .collect(),
+    }
+}
+
+/// Ask every eligible, running VM in a ring that reads snapshots and has not been asked yet for
+/// the release assessment.
+pub(super) fn ask_release_assessments(run: &super::Run<'_>, acc: &mut super::Acc) {
+    let input = run.input;
+    for (i, vm) in input.vms.iter().enumerate() {
+        if vm.ineligible.is_some() || vm.ring.is_none() || !vm.running {
+            continue;
+        }
+        if let Some(d) = release_assessment(input, vm)
+            && vm.release_directive != Some(&d)
+            && !acc.release_assessments.iter().any(|(j, _)| *j == i)
+        {
+            acc.release_assessments.push((i, d));
+        }
+    }
+}
+
+/// Why the rollout itself leaves an update out (for every VM), if it does.
+fn rollout_reason(input: &Input<'_>, p: &AvailablePackage) -> Option<LeftOutReason> {
+    let spec = input.spec;
+    if !spec.classifications.contains(&p.classification) {
+        Some(LeftOutReason::OutsideClassifications)
+    } else if excluded(&spec.exclude, &p.name) {
+        Some(LeftOutReason::Excluded)
+    } else if p
+        .published
+        .as_ref()
+        .is_some_and(|t| t.0 > spec.release_time.0)
+    {
+        Some(LeftOutReason::PublishedAfterRelease)
+    } else {
+        None
+    }
+}
+
+/// Why an approval policy leaves a package out of a release published at `release`.
+pub fn policy_reason(
+    policy: &ApprovalPolicy,
+    name: &str,
+    published: Option<Timestamp>,
+    release: Timestamp,
+) -> Option<LeftOutReason> {
+    if policy.exclude.as_ref().is_some_and(|e| excluded(e, name)) {
+        return Some(LeftOutReason::Excluded);
+    }
+    if policy.include.as_ref().is_some_and(|i| !excluded(i, name)) {
+        return Some(LeftOutReason::NotIncluded);
+    }
+    let after = policy
+        .approve_after
+        .as_deref()
+        .and_then(|a| crate::logic::duration::parse(a).ok())
+        .unwrap_or(Duration::ZERO);
+    if after.is_zero() {
+        return None;
+    }
+    match published {
+        Some(p) if crate::logic::duration::add(p, after) <= release => None,
+        _ => Some(LeftOutReason::NotYetApproved),
+    }
+}
+
+/// Freeze the manifest: per image family, the newest version of every package an eligible VM's
+/// assessment offers that the rollout does not leave out, the family's snapshot when its VMs
+/// read snapshots, and what each approval policy in use leaves out.
+pub fn freeze_manifest(input: &Input<'_>, now: Timestamp) -> ReleaseManifest {
+    let release = input.spec.release_time.0;
+    let mut families: BTreeMap<&str, BTreeMap<&str, &AvailablePackage>> = BTreeMap::new();
+    let mut snapshots: BTreeSet<&str> = BTreeSet::new();
+    let mut left: BTreeSet<(String, String, String, LeftOutReason, Option<String>)> =
+        BTreeSet::new();
+    let mut published: BTreeMap<(String, String), Time> = BTreeMap::new();
+    let eligible: Vec<&VmFacts<'_>> = input
+        .vms
         .iter()
         .filter(|v| v.ineligible.is_none() && v.ring.is_some())
-    {
-        let Some(a) = vm
-            .assessment
-            .filter(|a| a.status == OperationStatus::Succeeded)
-        else {
+        .collect();
+    for vm in &eligible {
+        if !vm.snapshots_in(input.rings).is_empty() {
+            snapshots.insert(vm.family.as_str());
+        }
+        let Some(a) = freeze_assessment(input, vm) else {
             continue;
         };
         let fam = families.entry(vm.family.as_str()).or_default();
         for p in &a.packages {
-            if !spec.classifications.contains(&p.classification) || excluded(&spec.exclude, &p.name)
-            {
+            if let Some(t) = &p.published {
+                published.insert((p.name.clone(), p.version.clone()), t.clone());
+            }
+            if let Some(why) = rollout_reason(input, p) {
+                left.insert((
+                    vm.family.clone(),
+                    p.name.clone(),
+                    p.version.clone(),
+                    why,
+                    None,
+                ));
                 continue;
             }
-            let e = fam
-                .entry(p.name.as_str())
-                .or_insert((p.version.as_str(), p.classification));
-            if compare_versions(&p.version, e.0).is_gt() {
-                *e = (p.version.as_str(), p.classification);
+            let e = fam.entry(p.name.as_str()).or_insert(p);
+            if compare_versions(&p.version, &e.version).is_gt() {
+                *e = p;
             }
         }
     }
+    // Each approval policy in use, over the candidates of its VMs' family.
+    let mut policies: BTreeSet<(&str, String, ApprovalPolicy)> = BTreeSet::new();
+    for vm in &eligible {
+        let (key, policy) = vm.approval_in(input.rings);
+        if !policy.is_empty() {
+            policies.insert((vm.family.as_str(), key, policy));
+        }
+    }
+    for (family, key, policy) in &policies {
+        for p in families.get(family).into_iter().flat_map(|f| f.values()) {
+            if let Some(why) =
+                policy_reason(policy, &p.name, p.published.as_ref().map(|t| t.0), release)
+            {
+                left.insert((
+                    family.to_string(),
+                    p.name.clone(),
+                    p.version.clone(),
+                    why,
+                    Some(key.clone()),
+                ));
+            }
+        }
+    }
+    let timestamp = snapshot_timestamp(release);
+    let total = left.len();
     ReleaseManifest {
         frozen_time: Some(Time(now)),
         families: families
             .into_iter()
             .map(|(f, pkgs)| ManifestFamily {
                 image_family: f.to_string(),
+                snapshot: snapshots.contains(f).then(|| timestamp.clone()),
                 packages: pkgs
-                    .into_iter()
-                    .map(|(n, (v, c))| PinnedPackage {
-                        name: n.to_string(),
-                        version: v.to_string(),
-                        classification: Some(c),
+                    .into_values()
+                    .map(|p| ManifestPackage {
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        classification: Some(p.classification),
+                        published: p.published.clone(),
+                        advisories: p.advisories.clone(),
+                        cves: p.cves.clone(),
                     })
                     .collect(),
             })
             .collect(),
+        left_out: left
+            .into_iter()
+            .take(LEFT_OUT_LIMIT)
+            .map(|(family, name, version, reason, policy)| LeftOutPackage {
+                published: published.get(&(name.clone(), version.clone())).cloned(),
+                image_family: family,
+                name,
+                version,
+                reason,
+                policy,
+            })
+            .collect(),
+        left_out_truncated: total.saturating_sub(LEFT_OUT_LIMIT) as i32,
     }
 }
 
 /// The manifest's packages this VM needs: those its assessment reports installed at another
-/// version (a package the VM does not have is never added). None: no assessment yet.
-pub fn packages_for(manifest: &ReleaseManifest, vm: &VmFacts<'_>) -> Option<Vec<PinnedPackage>> {
+/// version (a package the VM does not have is never added), less what its approval policy leaves
+/// out (as frozen, and as it reads now: an edit after the freeze can only narrow). None: no
+/// assessment yet.
+pub fn packages_for(
+    manifest: &ReleaseManifest,
+    vm: &VmFacts<'_>,
+    rings: &[RingFacts<'_>],
+    release: Timestamp,
+) -> Option<Vec<PinnedPackage>> {
     let a = vm
         .assessment
         .filter(|a| a.status == OperationStatus::Succeeded)?;
+    let (key, policy) = vm.approval_in(rings);
     let fam = manifest
         .families
         .iter()
@@ -85,22 +265,63 @@ pub fn packages_for(manifest: &ReleaseManifest, vm: &VmFacts<'_>) -> Option<Vec<
                             && q.installed_version.as_deref() != Some(p.version.as_str())
                     })
                 })
-                .cloned()
+                .filter(|p| {
+                    !manifest.left_out.iter().any(|l| {
+                        l.policy.as_deref() == Some(key.as_str())
+                            && l.image_family == f.image_family
+                            && l.name == p.name
+                            && l.version == p.version
+                    })
+                })
+                .filter(|p| {
+                    policy_reason(&policy, &p.name, p.published.as_ref().map(|t| t.0), release)
+                        .is_none()
+                })
+                .map(ManifestPackage::pinned)
                 .collect()
         })
         .unwrap_or_default(),
     )
 }
 
+/// The snapshot a VM installs the manifest from: its repositories at the family's frozen time.
+pub fn install_snapshot(
+    manifest: &ReleaseManifest,
+    vm: &VmFacts<'_>,
+    rings: &[RingFacts<'_>],
+) -> Option<ReleaseSnapshot> {
+    let ts = manifest
+        .families
+        .iter()
+        .find(|f| f.image_family == vm.family)
+        .and_then(|f| f.snapshot.as_deref())?;
+    let repos = vm.snapshots_in(rings);
+    (!repos.is_empty()).then(|| snapshot_of(repos, ts))
+}
+
 /// The Event of a freeze.
 pub(super) fn frozen_event(m: &ReleaseManifest) -> crate::logic::events::EventSpec {
     let count: usize = m.families.iter().map(|f| f.packages.len()).sum();
+    let left = m.left_out.len() + m.left_out_truncated.max(0) as usize;
+    let snapshots: BTreeSet<&str> = m
+        .families
+        .iter()
+        .filter_map(|f| f.snapshot.as_deref())
+        .collect();
     crate::logic::events::EventSpec::normal(
         "ManifestFrozen",
         "Freeze",
         format!(
-            "release manifest frozen: {count} package version(s) over {} image famil(ies); every ring installs exactly these",
-            m.families.len()
+            "release manifest frozen: {count} package version(s) over {} image famil(ies){}; {left} update(s) left out (status.manifest.leftOut); every ring installs exactly these",
+            m.families.len(),
+            if snapshots.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " from repository snapshot {}",
+                    snapshots.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            }
         ),
     )
 }

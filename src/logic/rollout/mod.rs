@@ -47,7 +47,9 @@ pub use facts::{
     Gathered, VmView, Written, blocked_by, decide_gathered, facts, finished, gather, sorted_rings,
     views,
 };
-pub use manifest::{freeze_manifest, packages_for};
+pub use manifest::{
+    LEFT_OUT_LIMIT, freeze_manifest, install_snapshot, packages_for, policy_reason, release_request,
+};
 pub use ring::{max_failed, max_unavailable};
 pub use ring_status::{current_rollout, membership_moved, ring_status, rings_fingerprint};
 pub use state::VmState;
@@ -92,6 +94,16 @@ pub struct VmFacts<'a> {
     pub healthy: bool,
     /// The profile's patch hooks.
     pub hooks: Option<&'a crate::api::PatchHooks>,
+    /// The VM's profile (names its approval policy).
+    pub profile: &'a str,
+    /// The profile's snapshot repositories.
+    pub snapshots: &'a [crate::api::SnapshotRepository],
+    /// The profile's approval policy.
+    pub approval: Option<&'a crate::api::ApprovalPolicy>,
+    /// The guest's answer to the latest release assessment.
+    pub release_assessment: Option<&'a GuestAssessment>,
+    /// The release assessment the VM was last asked for.
+    pub release_directive: Option<&'a crate::api::AssessmentDirective>,
 }
 
 impl VmFacts<'_> {
@@ -103,6 +115,37 @@ impl VmFacts<'_> {
             .and_then(|r| r.spec.hooks.as_ref());
         let hooks = self.hooks.cloned().unwrap_or_default().overridden_by(ring);
         (!hooks.is_empty()).then_some(hooks)
+    }
+
+    fn ring_spec<'r>(&self, rings: &'r [RingFacts<'r>]) -> Option<&'r RingFacts<'r>> {
+        self.ring.and_then(|r| rings.get(r))
+    }
+
+    /// The repositories this VM reads from snapshots: its ring's list, else its profile's.
+    pub fn snapshots_in<'s>(
+        &'s self,
+        rings: &'s [RingFacts<'s>],
+    ) -> &'s [crate::api::SnapshotRepository] {
+        self.ring_spec(rings)
+            .and_then(|r| r.spec.snapshots.as_deref())
+            .unwrap_or(self.snapshots)
+    }
+
+    /// The approval policy of this VM's installations (its ring's fields over its profile's),
+    /// named by where it comes from ("profile P", "profile P, ring R").
+    pub fn approval_in(&self, rings: &[RingFacts<'_>]) -> (String, crate::api::ApprovalPolicy) {
+        let ring = self.ring_spec(rings);
+        let over = ring.and_then(|r| r.spec.approval.as_ref());
+        let policy = self
+            .approval
+            .cloned()
+            .unwrap_or_default()
+            .overridden_by(over);
+        let key = match (over, ring) {
+            (Some(_), Some(r)) => format!("profile {}, ring {}", self.profile, r.name),
+            _ => format!("profile {}", self.profile),
+        };
+        (key, policy)
     }
 }
 
@@ -149,6 +192,8 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
     /// Every VM's state, by index (for `why` and tests).
     pub states: Vec<VmState>,
+    /// Release assessments to ask of VMs (by index) before the manifest is frozen.
+    pub release_assessments: Vec<(usize, crate::api::AssessmentDirective)>,
 }
 
 /// What every part of one decision reads.
@@ -270,6 +315,7 @@ struct Acc {
     /// Events about one VM (by index): its patch story in `kubectl describe virtualmachine`.
     vm_events: Vec<(usize, EventSpec)>,
     writes: Vec<VmWrite>,
+    release_assessments: Vec<(usize, crate::api::AssessmentDirective)>,
 }
 
 /// Decide the rollout: ring by ring (start, waves, health gate), then rollback, summaries, the
@@ -288,6 +334,7 @@ pub fn decide(input: &Input<'_>) -> Outcome {
         events: Vec::new(),
         vm_events: Vec::new(),
         writes: Vec::new(),
+        release_assessments: Vec::new(),
     };
     acc.states = state::initial(&run, acc.manifest.as_ref(), &mut acc.wake);
 
@@ -366,5 +413,6 @@ pub fn decide(input: &Input<'_>) -> Outcome {
             .get()
             .map(|w| crate::logic::duration::until(input.now, w).max(Duration::from_millis(1))),
         states: acc.states,
+        release_assessments: acc.release_assessments,
     }
 }

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{OperationStatus, RingPhase, RingProgress};
+use crate::api::{RingPhase, RingProgress};
 use crate::logic::duration::add;
 use crate::logic::events::EventSpec;
 use crate::logic::planner::{self, Limits, Plan, Topology};
@@ -150,18 +150,20 @@ pub(super) fn decide(
     let unassessed = acc.manifest.is_none()
         && members.eligible.iter().any(|i| {
             let vm = &input.vms[*i];
-            vm.running
-                && !vm
-                    .assessment
-                    .is_some_and(|a| a.status == OperationStatus::Succeeded)
+            vm.running && manifest::freeze_assessment(input, vm).is_none()
         });
+    // VMs that read snapshots are asked for an assessment against the release's snapshot once
+    // the first ring is due.
+    if acc.manifest.is_none() && run.active && !skip && not_before.is_some_and(|n| now >= n) {
+        manifest::ask_release_assessments(run, acc);
+    }
     let may_start = run.active && !skip && !unassessed && not_before.is_some_and(|n| now >= n);
     if let Some(n) = not_before.filter(|n| now < *n) {
         acc.wake.at(n);
     }
     // The first ring starting freezes the manifest.
     if may_start && acc.manifest.is_none() {
-        let m = manifest::freeze_manifest(input.spec, input.vms, now);
+        let m = manifest::freeze_manifest(input, now);
         acc.events.push(manifest::frozen_event(&m));
         acc.manifest = Some(m);
         state::refresh_waiting(run, acc.manifest.as_ref(), &mut acc.states, &mut acc.wake);

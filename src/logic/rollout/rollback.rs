@@ -103,6 +103,9 @@ pub(super) fn start(
                 hotpatch_only: vm.hotpatch,
                 rollback: true,
                 hooks: vm.hooks_in(run.input.rings),
+                // The versions recorded before the install come from the machine's own
+                // repositories (a release's snapshot holds the versions it replaced them with).
+                snapshot: None,
             },
             summary: None,
         });

@@ -136,7 +136,7 @@ fn of(
         // Before the first ring starts; the ring explains the wait.
         return VmState::Waiting(None);
     };
-    match packages_for(manifest, vm) {
+    match packages_for(manifest, vm, run.input.rings, run.release) {
         None => VmState::Waiting(Some("waiting for a successful patch assessment".into())),
         Some(p) if p.is_empty() && mine.is_none() => VmState::UpToDate,
         Some(_) => VmState::Waiting(None),

@@ -46,6 +46,7 @@ pub fn installation_summary(
             failed_patch_count: 0,
             excluded_patch_count: excluded_count,
             not_selected_patch_count: not_selected,
+            unavailable_patch_count: 0,
             maintenance_window_exceeded: false,
             start_time: None,
             last_modified_time: None,
@@ -60,6 +61,7 @@ pub fn installation_summary(
                 failed_patch_count: r.failed.len() as i32,
                 excluded_patch_count: excluded_count,
                 not_selected_patch_count: not_selected,
+                unavailable_patch_count: r.unavailable.len() as i32,
                 maintenance_window_exceeded: r.maintenance_window_exceeded,
                 start_time: r.start_time.clone(),
                 last_modified_time: r.finish_time.clone(),
@@ -114,6 +116,9 @@ mod tests {
             version: "2".into(),
             installed_version: Some("1".into()),
             classification: c,
+            published: None,
+            advisories: Vec::new(),
+            cves: Vec::new(),
         };
         let assessment = GuestAssessment {
             packages: vec![

@@ -9,7 +9,7 @@ use crate::api::{InstallationDirective, PatchRolloutStatus, RingProgress, Wave};
 
 use crate::logic::events::EventSpec;
 
-use super::manifest::packages_for;
+use super::manifest::{install_snapshot, packages_for};
 use super::state::VmState;
 use super::summary::installation_summary;
 use super::{Acc, Input, Run, VmWrite};
@@ -39,7 +39,8 @@ pub(super) fn next_index(input: &Input<'_>, old: &PatchRolloutStatus) -> i32 {
 pub(super) fn directive(run: &Run<'_>, i: usize, acc: &Acc) -> Option<VmWrite> {
     let input = run.input;
     let vm = &input.vms[i];
-    let packages = acc.manifest.as_ref().and_then(|m| packages_for(m, vm))?;
+    let manifest = acc.manifest.as_ref()?;
+    let packages = packages_for(manifest, vm, input.rings, run.release)?;
     let window_end = vm
         .window
         .as_ref()
@@ -65,6 +66,7 @@ pub(super) fn directive(run: &Run<'_>, i: usize, acc: &Acc) -> Option<VmWrite> {
         hotpatch_only: vm.hotpatch,
         rollback: false,
         hooks: vm.hooks_in(input.rings),
+        snapshot: install_snapshot(manifest, vm, input.rings),
     };
     let summary = installation_summary(input.spec, &directive, vm.assessment, None);
     Some(VmWrite {

@@ -48,6 +48,7 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
         desired.assessment = Some(AssessmentDirective {
             request_id: format!("ondemand-{req}"),
             on_demand: Some(req.clone()),
+            snapshot: None,
         });
         out.events.push(EventSpec::normal(
             "AssessmentRequested",
@@ -86,6 +87,7 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
         desired.assessment = Some(AssessmentDirective {
             request_id: format!("periodic-{}", patch_now.as_second()),
             on_demand: on_demand_taken,
+            snapshot: None,
         });
     } else {
         let mut requeue = Earliest::default();

@@ -359,6 +359,7 @@ impl Decision<'_> {
             assessment: prev.assessment.clone(),
             // Written by the rollout controller (its own field manager), never here.
             installation: None,
+            release_assessment: None,
         });
         if profile_changed {
             self.conditions.set(

@@ -345,10 +345,14 @@ fn assessed(status: &mut VirtualMachineStatus, at: i64, packages: Vec<(Classific
                 version: "2".into(),
                 installed_version: None,
                 classification: c,
+                published: None,
+                advisories: Vec::new(),
+                cves: Vec::new(),
             })
             .collect(),
         reboot_pending: false,
         error: None,
+        snapshot: None,
     });
 }
 
@@ -644,6 +648,7 @@ fn a_vm_rebooting_for_an_install_says_so_while_its_heartbeat_is_gone() {
         reboot_started_at: Some(Time(t(1))),
         rebooted_at: None,
         hooks: vec![],
+        unavailable: Vec::new(),
     });
     let o = run(&s, Some(&st), 400, false, RemediationMode::Auto);
     assert_eq!(o.status.phase, Some(VmPhase::Pending));

@@ -53,6 +53,8 @@ fn ring(order: i32, deferral: &str, bake: &str, max_failed: i32) -> UpdateRingSp
         },
         maintenance_window: None,
         hooks: None,
+        snapshots: None,
+        approval: None,
     }
 }
 
@@ -62,6 +64,9 @@ fn pkg(name: &str, version: &str, installed: &str, c: Classification) -> Availab
         version: version.into(),
         installed_version: Some(installed.into()),
         classification: c,
+        published: None,
+        advisories: Vec::new(),
+        cves: Vec::new(),
     }
 }
 
@@ -124,6 +129,7 @@ impl World {
                         ],
                         reboot_pending: false,
                         error: None,
+                        snapshot: None,
                     },
                     directive: None,
                     result: None,
@@ -191,6 +197,11 @@ impl World {
                 summary: v.summary.as_ref(),
                 healthy: v.healthy,
                 hooks: None,
+                profile: "production",
+                snapshots: &[],
+                approval: None,
+                release_assessment: None,
+                release_directive: None,
             })
             .collect();
         decide(&Input {
@@ -256,6 +267,7 @@ impl World {
                 reboot_started_at: None,
                 rebooted_at: None,
                 hooks: Vec::new(),
+                unavailable: Vec::new(),
             });
             if vm.reboots && !vm.fail && !d.rollback {
                 let r = vm.result.as_mut().expect("just set");

@@ -384,6 +384,11 @@ fn directives_carry_window_end_reboot_setting_and_hotpatch() {
             summary: None,
             healthy: true,
             hooks: None,
+            profile: "production",
+            snapshots: &[],
+            approval: None,
+            release_assessment: None,
+            release_directive: None,
         }];
         decide(&Input {
             now: w.now,
@@ -473,6 +478,7 @@ fn a_halted_rollout_starts_nothing_when_a_newer_one_takes_its_vms() {
             reboot_started_at: None,
             rebooted_at: None,
             hooks: Vec::new(),
+            unavailable: Vec::new(),
         });
         vm.directive = Some(d);
     }
