@@ -194,3 +194,181 @@ async fn dnf_assessment_by_advisory_exact_install_rollback_and_failures() {
     let e = b.assess(None).await.expect_err("broken repository");
     assert!(e.contains("dnf"), "{e}");
 }
+
+/// An advisory of libfoo's update at `version` issued on `date`, fixing `cve`.
+fn advisory(id: &str, version: &str, date: &str, cve: &str) -> String {
+    format!(
+        r#"  <update from="tests@automend.invalid" status="stable" type="security" version="1">
+    <id>{id}</id><title>libfoo security update</title><severity>Important</severity>
+    <issued date="{date} 00:00:00"/><description>fix</description>
+    <references><reference href="https://cve.example/{cve}" id="{cve}" type="cve" title="{cve}"/></references>
+    <pkglist><collection short="t"><name>t</name>
+      <package name="libfoo" version="{version}" release="1" epoch="0" arch="noarch"><filename>libfoo-{version}-1.noarch.rpm</filename></package>
+    </collection></pkglist>
+  </update>
+"#
+    )
+}
+
+/// Publish the repository's metadata with these advisories.
+fn publish(top: &Path, repo: &Path, advisories: &[String]) {
+    run(Command::new("createrepo_c").arg("-q").arg(repo));
+    let info = top.join("updateinfo.xml");
+    std::fs::write(
+        &info,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<updates>\n{}</updates>\n",
+            advisories.concat()
+        ),
+    )
+    .expect("updateinfo");
+    run(Command::new("modifyrepo_c")
+        .arg("--mdtype=updateinfo")
+        .arg(&info)
+        .arg(repo.join("repodata")));
+}
+
+/// Two repository states, served over HTTP on loopback with a dated snapshot of each: libfoo 1.2
+/// (issued 2026-11-01, CVE-2026-1111), then 1.3 (issued 2026-11-20, CVE-2026-3333) replacing it.
+/// Assessments carry each update's advisory, date and CVEs; a pinned 1.2 is unavailable from
+/// the repository as it is now and installs from the release's snapshot.
+#[tokio::test]
+async fn dnf_release_snapshot_dates_cves_and_unavailable_pins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path();
+    let (root, repo, state) = (top.join("root"), top.join("repo"), top.join("state"));
+    for d in [&root, &repo, &state] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    for v in ["1.0", "1.2", "1.3"] {
+        rpm(top, &top.join("rpms"), "libfoo", v);
+    }
+    let noarch = |v: &str| format!("noarch/libfoo-{v}-1.noarch.rpm");
+    std::fs::create_dir_all(repo.join("noarch")).expect("mkdir");
+    for v in ["1.0", "1.2"] {
+        std::fs::copy(top.join("rpms").join(noarch(v)), repo.join(noarch(v))).expect("cp");
+    }
+    let a1 = advisory("AUTOMEND-2026:0101", "1.2", "2026-11-01", "CVE-2026-1111");
+    publish(top, &repo, std::slice::from_ref(&a1));
+    let snapshots = top.join("repo-snapshots");
+    std::fs::create_dir_all(&snapshots).expect("mkdir");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&repo)
+        .arg(snapshots.join("20261110T000000Z")));
+    std::fs::remove_file(repo.join(noarch("1.2"))).expect("rm");
+    std::fs::copy(
+        top.join("rpms").join(noarch("1.3")),
+        repo.join(noarch("1.3")),
+    )
+    .expect("cp");
+    let a3 = advisory("AUTOMEND-2026:0103", "1.3", "2026-11-20", "CVE-2026-3333");
+    publish(top, &repo, &[a1, a3]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(top)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("http.server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    std::fs::create_dir_all(root.join("etc/yum.repos.d")).expect("mkdir");
+    std::fs::write(
+        root.join("etc/os-release"),
+        "NAME=\"Rocky Linux\"\nVERSION_ID=\"9.3\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n",
+    )
+    .expect("os-release");
+    let repo_file = format!("[tests]\nname=tests\nbaseurl={base}/repo/\ngpgcheck=0\n");
+    std::fs::write(root.join("etc/yum.repos.d/tests.repo"), &repo_file).expect("repo");
+    run(Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .arg("--initdb"));
+    run(Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .args(["-i", "--nodeps"])
+        .arg(top.join("rpms").join(noarch("1.0"))));
+
+    let mut b = Linux::new(
+        &root,
+        &state,
+        None,
+        HostSettings::default(),
+        automend::clock::Clock::real(),
+    );
+    let now = b.assess(None).await.expect("assessment");
+    assert_eq!(
+        guestroot::assessment_lines(&now),
+        ["libfoo 1.0-1->1.3-1 Security"]
+    );
+    let p = &now.packages[0];
+    assert_eq!(p.advisories, ["AUTOMEND-2026:0103"]);
+    assert_eq!(p.cves, ["CVE-2026-3333"]);
+    assert_eq!(
+        p.published.as_ref().map(|t| t.0.to_string()).as_deref(),
+        Some("2026-11-20T00:00:00Z")
+    );
+
+    // Without the snapshot, the release's pin is gone: reported per package.
+    let out = b.install(&[pin("libfoo", "1.2-1")], &[], None).await;
+    assert_eq!(out.failed, [pin("libfoo", "1.2-1")]);
+    assert_eq!(out.unavailable.len(), 1, "{:?}", out.error);
+    assert_eq!(out.unavailable[0].offered, ["1.0-1", "1.3-1"]);
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("PinnedVersionUnavailable"),
+        "{:?}",
+        out.error
+    );
+
+    let snap = automend::api::ReleaseSnapshot {
+        timestamp: "20261110T000000Z".into(),
+        repositories: vec![automend::api::SnapshotUrl {
+            repository: format!("{base}/repo"),
+            url: format!("{base}/repo-snapshots/20261110T000000Z/"),
+        }],
+    };
+    let then = b.assess(Some(&snap)).await.expect("snapshot assessment");
+    assert_eq!(
+        guestroot::assessment_lines(&then),
+        ["libfoo 1.0-1->1.2-1 Security"]
+    );
+    assert_eq!(then.packages[0].cves, ["CVE-2026-1111"]);
+    assert_eq!(
+        then.packages[0]
+            .published
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .as_deref(),
+        Some("2026-11-01T00:00:00Z")
+    );
+    let out = b.install(&[pin("libfoo", "1.2-1")], &[], Some(&snap)).await;
+    assert_eq!(out.installed, [pin("libfoo", "1.2-1")], "{:?}", out.error);
+    assert!(out.unavailable.is_empty());
+    // The machine's repository file is as it was.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/yum.repos.d/tests.repo")).expect("read"),
+        repo_file
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

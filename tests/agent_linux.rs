@@ -142,6 +142,102 @@ async fn apt_failures_are_reported_per_package_and_never_fatal() {
     assert_eq!(out.failed.len(), 1);
 }
 
+fn snapshot_at(served: &guestroot::Served, ts: &str) -> automend::api::ReleaseSnapshot {
+    let repo = automend::api::SnapshotRepository {
+        repository: format!("{}/repo", served.base),
+        template: format!("{}/repo-snapshots/{{timestamp}}/", served.base),
+    };
+    automend::api::ReleaseSnapshot {
+        timestamp: ts.into(),
+        repositories: vec![automend::api::SnapshotUrl {
+            url: repo.at(ts),
+            repository: repo.repository,
+        }],
+    }
+}
+
+/// A real suite keeps one version of each package: when a newer security update is published,
+/// the one a release pinned leaves the index. The release's snapshot still has it.
+#[tokio::test]
+async fn a_pinned_version_the_suite_replaced_installs_from_the_release_snapshot() {
+    let g = GuestRoot::debian();
+    g.build("libfoo", "1.0", "stable");
+    g.build("libfoo", "1.1", "stable-security");
+    g.build("tool", "2.0", "stable");
+    g.index();
+    g.dpkg_install(&[("libfoo", "1.0", "stable"), ("tool", "2.0", "stable")]);
+    let served = g.serve();
+    // The release froze at T1 with libfoo 1.1; then 1.2 replaced it in the security suite.
+    g.freeze_snapshot("20261110T000000Z");
+    g.build("libfoo", "1.2", "stable-security");
+    g.drop_from_pool("libfoo", "1.1", "stable-security");
+    g.index();
+    g.freeze_snapshot("20261120T000000Z");
+    let sources = g.read("/etc/apt/sources.list");
+    let mut b = backend(&g);
+    let now = b.assess(None).await.expect("assessment");
+    assert_eq!(
+        guestroot::assessment_lines(&now),
+        ["libfoo 1.0->1.2 Security"]
+    );
+    let lists_before = g.snapshot();
+
+    // Without a snapshot the pinned version is gone: reported per package, naming the repository.
+    let out = b.install(&[pin("libfoo", "1.1")], &[], None).await;
+    assert!(out.installed.is_empty(), "{:?}", out.installed);
+    assert_eq!(out.failed, [pin("libfoo", "1.1")]);
+    let u = &out.unavailable;
+    assert_eq!(u.len(), 1, "{:?}", out.error);
+    assert_eq!(
+        (u[0].name.as_str(), u[0].version.as_str()),
+        ("libfoo", "1.1")
+    );
+    assert!(
+        u[0].repositories.contains(&format!("{}/repo", served.base)),
+        "{:?}",
+        u[0]
+    );
+    assert_eq!(u[0].offered, ["1.2", "1.0"]);
+    let e = out.error.expect("error");
+    assert!(e.contains("PinnedVersionUnavailable"), "{e}");
+    assert_eq!(g.versions(), ["libfoo 1.0", "tool 2.0"]);
+
+    // Against the release's snapshot: assessed and installed as frozen.
+    let t1 = snapshot_at(&served, "20261110T000000Z");
+    let then = b.assess(Some(&t1)).await.expect("snapshot assessment");
+    assert_eq!(
+        guestroot::assessment_lines(&then),
+        ["libfoo 1.0->1.1 Security"]
+    );
+    let out = b.install(&[pin("libfoo", "1.1")], &[], Some(&t1)).await;
+    assert_eq!(out.installed, [pin("libfoo", "1.1")], "{:?}", out.error);
+    assert!(out.unavailable.is_empty() && out.error.is_none());
+    assert_eq!(g.versions(), ["libfoo 1.1", "tool 2.0"]);
+
+    // The machine's repository configuration and package lists were never touched.
+    assert_eq!(g.read("/etc/apt/sources.list"), sources);
+    let lists = |s: &[(String, Vec<u8>, u32)]| -> Vec<(String, Vec<u8>)> {
+        s.iter()
+            .filter(|(p, _, _)| p.contains("/etc/apt/") || p.contains("/var/lib/apt/lists/"))
+            .map(|(p, c, _)| (p.clone(), c.clone()))
+            .collect()
+    };
+    assert!(
+        lists(&lists_before)
+            .iter()
+            .any(|(p, _)| p.ends_with("_Packages"))
+    );
+    assert_eq!(lists(&g.snapshot()), lists(&lists_before));
+
+    // A snapshot that does not exist fails the assessment, naming it.
+    let missing = snapshot_at(&served, "20200101T000000Z");
+    let e = b
+        .assess(Some(&missing))
+        .await
+        .expect_err("no such snapshot");
+    assert!(e.contains("snapshot 20200101T000000Z"), "{e}");
+}
+
 fn production() -> EffectiveConfiguration {
     let spec = automend::api::ConfigurationProfileSpec::with_defaults(
         automend::api::Environment::Production,

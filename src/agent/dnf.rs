@@ -157,7 +157,9 @@ impl Dnf {
         Ok(updates
             .into_iter()
             .map(|(name, version)| {
-                let about = advisories.get(&name).cloned().unwrap_or_default();
+                let about = updateinfo::about(&advisories, &name, &version)
+                    .cloned()
+                    .unwrap_or_default();
                 AvailablePackage {
                     classification: classes.get(&name).copied().unwrap_or(Classification::Other),
                     installed_version: installed

@@ -79,15 +79,36 @@ fn parse_date(v: &str) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
-/// Per package name (from each advisory's files), its advisories, their CVEs and the latest date.
-pub fn by_package(advisories: &[Advisory]) -> BTreeMap<String, About> {
-    let mut out: BTreeMap<String, About> = BTreeMap::new();
+/// `name-version-release.arch(.rpm)` as (name, `version-release`).
+fn name_and_version(file: &str) -> Option<(String, String)> {
+    let (rest, _arch) = file.trim_end_matches(".rpm").rsplit_once('.')?;
+    let (rest, release) = rest.rsplit_once('-')?;
+    let (name, version) = rest.rsplit_once('-')?;
+    (!name.is_empty()).then(|| (name.to_string(), format!("{version}-{release}")))
+}
+
+/// The advisories of an update: those whose files ship this package at this version (`dnf
+/// check-update`'s `[epoch:]version-release`).
+pub fn about<'a>(
+    map: &'a BTreeMap<(String, String), About>,
+    name: &str,
+    version: &str,
+) -> Option<&'a About> {
+    let v = version.split_once(':').map_or(version, |(_, v)| v);
+    map.get(&(name.to_string(), v.to_string()))
+}
+
+/// Per package and version (from each advisory's files), its advisories, their CVEs and the
+/// latest date. An advisory for an older version (still listed: it applies to what is
+/// installed) says nothing of a newer update.
+pub fn by_package(advisories: &[Advisory]) -> BTreeMap<(String, String), About> {
+    let mut out: BTreeMap<(String, String), About> = BTreeMap::new();
     for a in advisories {
         for f in &a.files {
-            let Some(name) = super::dnf::nevra_name(f.trim_end_matches(".rpm")) else {
+            let Some(key) = name_and_version(f) else {
                 continue;
             };
-            let about = out.entry(name).or_default();
+            let about = out.entry(key).or_default();
             about.published = about.published.max(a.date);
             if !about.ids.contains(&a.id) {
                 about.ids.push(a.id.clone());
@@ -142,19 +163,21 @@ Description: fix
         assert_eq!(a[0].cves, ["CVE-2026-1111", "CVE-2026-2222"]);
         assert_eq!(a[0].files.len(), 2);
         let p = by_package(&a);
-        let libfoo = &p["libfoo"];
+        let libfoo = about(&p, "libfoo", "0:1.2-1").expect("libfoo 1.2-1");
         assert_eq!(libfoo.ids, ["AUTOMEND-2026:0001"]);
         assert_eq!(libfoo.cves, ["CVE-2026-1111", "CVE-2026-2222"]);
         assert_eq!(
             libfoo.published.map(|t| t.to_string()).as_deref(),
             Some("2026-11-02T10:00:00Z")
         );
-        assert!(p.contains_key("libfoo-devel"));
+        assert!(about(&p, "libfoo-devel", "1.2-1").is_some());
+        assert!(about(&p, "libfoo", "1.3-1").is_none());
+        let tool = about(&p, "tool", "2.1-1").expect("tool");
         assert_eq!(
-            p["tool"].published.map(|t| t.to_string()).as_deref(),
+            tool.published.map(|t| t.to_string()).as_deref(),
             Some("2026-11-20T00:00:00Z")
         );
-        assert!(p["tool"].cves.is_empty());
+        assert!(tool.cves.is_empty());
         assert!(parse("nothing here\n: stray").is_empty());
     }
 }
