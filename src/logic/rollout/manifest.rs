@@ -88,6 +88,35 @@ pub(super) fn ask_release_assessments(run: &super::Run<'_>, acc: &mut super::Acc
     }
 }
 
+/// What a VM of the first ring waits for while the manifest is not frozen: the ring's
+/// assessments, against the release's snapshot where it reads snapshots (and that assessment's
+/// failure, when it failed).
+pub(super) fn waiting_for_assessments(
+    run: &super::Run<'_>,
+    ring: &str,
+    vm: &VmFacts<'_>,
+) -> String {
+    let input = run.input;
+    if vm.snapshots_in(input.rings).is_empty() {
+        return format!(
+            "ring {ring} starts when its running VMs have reported a patch assessment (the manifest is frozen from them)"
+        );
+    }
+    let ts = snapshot_timestamp(input.spec.release_time.0);
+    match vm
+        .release_assessment
+        .filter(|a| a.request_id == release_request(input.name))
+    {
+        Some(a) if a.status == OperationStatus::Failed => format!(
+            "the release assessment against repository snapshot {ts} failed: {}",
+            crate::logic::text::safe(a.error.as_deref().unwrap_or("no reason given"), 512)
+        ),
+        _ => format!(
+            "ring {ring} starts when its running VMs have reported an assessment against the release's repository snapshot {ts} (the manifest is frozen from them)"
+        ),
+    }
+}
+
 /// Why the rollout itself leaves an update out (for every VM), if it does.
 fn rollout_reason(input: &Input<'_>, p: &AvailablePackage) -> Option<LeftOutReason> {
     let spec = input.spec;

@@ -344,10 +344,9 @@ fn explain_waiting(
         }
         let reason = if !why.started || !why.may_start {
             match why.not_before {
-                Some(n) if now >= n && why.unassessed && run.active => format!(
-                    "ring {} starts when its running VMs have reported a patch assessment (the manifest is frozen from them)",
-                    ring.name
-                ),
+                Some(n) if now >= n && why.unassessed && run.active => {
+                    super::manifest::waiting_for_assessments(run, ring.name, &input.vms[*i])
+                }
                 Some(n) if now < n => format!("ring {} starts at {}", ring.name, n),
                 _ if input.blocked_by.is_some() => format!(
                     "waiting for rollout {}",

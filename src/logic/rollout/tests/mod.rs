@@ -3,6 +3,7 @@
 
 mod controls;
 mod reboots;
+mod release;
 mod retries;
 mod scenarios;
 mod signals;
@@ -86,6 +87,12 @@ struct SimVm {
     window: Option<(Window, TimeZone)>,
     ineligible: Option<String>,
     installs: Vec<(i32, Vec<PinnedPackage>)>,
+    snapshots: Vec<crate::api::SnapshotRepository>,
+    approval: Option<crate::api::ApprovalPolicy>,
+    /// What the VM's repositories held at the release's snapshot (its release assessment).
+    at_snapshot: Vec<AvailablePackage>,
+    release_directive: Option<crate::api::AssessmentDirective>,
+    release_assessment: Option<GuestAssessment>,
 }
 
 struct World {
@@ -141,6 +148,11 @@ impl World {
                     window: None,
                     ineligible: None,
                     installs: Vec::new(),
+                    snapshots: Vec::new(),
+                    approval: None,
+                    at_snapshot: Vec::new(),
+                    release_directive: None,
+                    release_assessment: None,
                 });
             }
         }
@@ -198,10 +210,10 @@ impl World {
                 healthy: v.healthy,
                 hooks: None,
                 profile: "production",
-                snapshots: &[],
-                approval: None,
-                release_assessment: None,
-                release_directive: None,
+                snapshots: &v.snapshots,
+                approval: v.approval.as_ref(),
+                release_assessment: v.release_assessment.as_ref(),
+                release_directive: v.release_directive.as_ref(),
             })
             .collect();
         decide(&Input {
@@ -225,6 +237,18 @@ impl World {
             vm.directive = Some(w.directive.clone());
             if w.summary.is_some() {
                 vm.summary = w.summary.clone();
+            }
+        }
+        for (i, d) in &out.release_assessments {
+            let vm = &mut self.vms[*i];
+            vm.release_directive = Some(d.clone());
+            if vm.running {
+                vm.release_assessment = Some(GuestAssessment {
+                    request_id: d.request_id.clone(),
+                    packages: vm.at_snapshot.clone(),
+                    snapshot: d.snapshot.as_ref().map(|s| s.timestamp.clone()),
+                    ..vm.assessment.clone()
+                });
             }
         }
         self.status = Some(out.status.clone());
