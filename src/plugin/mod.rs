@@ -26,6 +26,7 @@ mod cluster;
 mod controls;
 pub mod enroll;
 mod plan;
+mod release;
 mod tables;
 mod views;
 mod why;
@@ -45,6 +46,7 @@ use crate::logic::rollout;
 use cluster::{Cluster, pick};
 pub use controls::{Change, Verb};
 pub use plan::plan_text;
+pub use release::{exposed_text, manifest_text};
 pub use tables::{rings_table, rollouts_table, table};
 pub use views::{state_label, tree_text, vm_text};
 pub use why::why_text;
@@ -83,8 +85,15 @@ pub enum Command {
         #[arg(long, short = 'w')]
         watch: bool,
     },
-    /// The waves the planner would run from now on in the rollout's current ring.
+    /// The waves the planner would run from now on in the rollout's current ring, and the
+    /// release's manifest: packages, snapshot, and what was left out and why.
     Plan { rollout: String },
+    /// The VMs still exposed to a CVE (their latest assessment offers an update that fixes it,
+    /// where the repository's advisories name CVEs), and the rollouts that carry the fix.
+    Exposed {
+        /// A CVE id, e.g. CVE-2026-1234.
+        cve: String,
+    },
     /// Pause a rollout (or one ring with --ring): waves in flight finish, no new wave starts.
     Pause {
         rollout: Option<String>,
@@ -171,6 +180,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let snap = c.all().await?;
             let r = pick(&snap.rollouts, Some(&rollout))?;
             out!("{}", plan_text(&r, &snap, &c.clock, &c.settings(&r), now));
+            Ok(())
+        }
+        Command::Exposed { cve } => {
+            let snap = c.all().await?;
+            out!("{}", exposed_text(&cve, &snap.vms, &snap.rollouts));
             Ok(())
         }
         Command::Pause {

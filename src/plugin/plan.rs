@@ -82,6 +82,16 @@ pub fn plan_text(
             let _ = writeln!(text, "{w}");
         }
     }
+    let frozen = rollout.status.as_ref().and_then(|s| s.manifest.as_ref());
+    match frozen.or(out.status.manifest.as_ref()) {
+        Some(m) => text.push_str(&super::release::manifest_text(m, frozen.is_some())),
+        None => {
+            let _ = writeln!(
+                text,
+                "Release manifest: not frozen yet (it is frozen when the first ring starts)."
+            );
+        }
+    }
     text
 }
 
