@@ -57,6 +57,20 @@ fn kubectl_explain_shows_our_documentation() {
         ),
         ("updatering.spec.healthGate.rebootTimeout", "RebootTimeout"),
         ("updatering.spec.hooks.preInstall.timeout", "from 1s to 6h"),
+        (
+            "configurationprofile.spec.preferences.updateManagement.snapshots.template",
+            "{timestamp}",
+        ),
+        (
+            "configurationprofile.spec.preferences.updateManagement.approval.approveAfter",
+            "NotYetApproved",
+        ),
+        ("updatering.spec.approval", "replaces"),
+        ("patchrollout.status.manifest.leftOut.reason", "NotIncluded"),
+        (
+            "virtualmachine.status.guest.installation.unavailable",
+            "PinnedVersionUnavailable",
+        ),
         ("patchrollout.spec.releaseTime", "Cannot change"),
         // Status fields explained too (they showed `<no value>`).
         ("patchrollout.status.phase", "Pending (no ring started)"),
@@ -784,6 +798,72 @@ fn cases() -> Vec<Case> {
             ),
             "spec.preferences.updateManagement.hooks.postInstall.timeout",
             "between 1s and 6h",
+        ),
+        c(
+            "snapshot template without {timestamp}",
+            Profile,
+            profile,
+            Create(
+                json!({"spec": {"preferences": {"updateManagement": {"snapshots": [{"repository": "http://deb.debian.org/debian", "template": "https://snapshot.debian.org/archive/debian/latest/"}]}}}}),
+            ),
+            "spec.preferences.updateManagement.snapshots[0].template",
+            "containing {timestamp}",
+        ),
+        c(
+            "snapshot template that is no URL",
+            Ring,
+            ring,
+            Create(
+                json!({"spec": {"snapshots": [{"repository": "http://deb.debian.org/debian", "template": "snapshot {timestamp}"}]}}),
+            ),
+            "spec.snapshots[0].template",
+            "must be an http, https or file URL",
+        ),
+        c(
+            "snapshot repository that is no URL",
+            Ring,
+            ring,
+            Create(
+                json!({"spec": {"snapshots": [{"repository": "deb.debian.org", "template": "https://snap.example/{timestamp}/"}]}}),
+            ),
+            "spec.snapshots[0].repository",
+            "must be an absolute http, https or file URL",
+        ),
+        c(
+            "negative approveAfter",
+            Profile,
+            profile,
+            Create(
+                json!({"spec": {"preferences": {"updateManagement": {"approval": {"approveAfter": "-24h"}}}}}),
+            ),
+            "spec.preferences.updateManagement.approval.approveAfter",
+            "between 0s and 8760h",
+        ),
+        c(
+            "blank include pattern",
+            Ring,
+            ring,
+            Create(json!({"spec": {"approval": {"include": ["openssl", "  "]}}})),
+            "spec.approval.include",
+            "patterns must be package names or prefixes",
+        ),
+        c(
+            "include everything by a bare *",
+            Ring,
+            ring,
+            Create(json!({"spec": {"approval": {"include": ["*"]}}})),
+            "spec.approval.include",
+            "not empty or a bare *",
+        ),
+        c(
+            "empty exclude pattern",
+            Profile,
+            profile,
+            Create(
+                json!({"spec": {"preferences": {"updateManagement": {"approval": {"exclude": [""]}}}}}),
+            ),
+            "spec.preferences.updateManagement.approval.exclude[0]",
+            "should be at least 1 chars long",
         ),
         c(
             "hook time limit below 1s",

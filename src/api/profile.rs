@@ -460,6 +460,7 @@ pub struct EffectiveUpdateManagement {
     pub hooks: Option<super::hooks::PatchHooks>,
     /// Repositories read from their dated snapshots during a release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub snapshots: Vec<super::release::SnapshotRepository>,
     /// The approval policy of releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
