@@ -1210,3 +1210,234 @@ async fn retries_in_a_later_window_across_daylight_saving_changes() {
     assert!(!reasons.iter().any(|x| x == "PatchFailed"), "{reasons:?}");
     r.finish(ctl).await;
 }
+
+/// A VM of this test with its own image and simulated repository (`sim.automend.io/patches`).
+async fn release_vm(
+    r: &Rollouts,
+    name: &str,
+    ring: &str,
+    profile: &str,
+    image: serde_json::Value,
+    patches: &str,
+) {
+    let obj: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+        "metadata": { "name": name, "labels": { "automend.io/ring": ring },
+                      "annotations": { "sim.automend.io/patches": patches } },
+        "spec": {
+            "management": { "enabled": true, "profile": profile },
+            "os": { "type": "Linux", "image": image },
+            "placement": { "region": "eastus" },
+            "patchSettings": { "patchMode": "AutomaticByPlatform" },
+        },
+    }))
+    .expect("vm");
+    r.env
+        .vms
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("creating the VM");
+}
+
+/// What a release contains, on the real API server with simulated guests: a family whose
+/// profile names a snapshot template is assessed against the release's snapshot and installs
+/// the frozen version from it on every ring, although a newer one replaced it since; its
+/// approval policy (approveAfter, exclude) leaves out what it must; a family without snapshots
+/// has the release-time cut-off applied by publication dates, and its Broad VM, whose repository
+/// replaced the pinned version before Broad started, reports PinnedVersionUnavailable. The
+/// status and `kubectl automend plan` say what was left out and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_installs_from_its_snapshot_and_leaves_out_what_its_policy_does() {
+    let mut r = Rollouts::new("release").await;
+    let snap = r
+        .env
+        .profile(
+            "snap",
+            json!({ "environment": "DevTest", "preferences": { "updateManagement": {
+                "snapshots": [{ "repository": "http://deb.debian.org/debian",
+                                "template": "https://snapshot.debian.org/archive/debian/{timestamp}/" }],
+                "approval": { "approveAfter": "72h", "exclude": ["kernel*"] } } } }),
+        )
+        .await;
+    let plain = r
+        .env
+        .profile("plain", json!({ "environment": "DevTest" }))
+        .await;
+    let ctl = r.controller(&[]);
+    for (i, ring) in ["test", "broad"].iter().enumerate() {
+        let mut spec = ring_spec(i as i32, ["0s", "24h"][i], 50);
+        spec["maxAttempts"] = json!(1);
+        spec["selector"] = json!({ "matchLabels": { "automend.io/ring": ring } });
+        r.ring(ring, spec).await;
+    }
+    // The release, two virtual hours from now (whole seconds: the snapshot's timestamp).
+    let release = Timestamp::from_second(r.clock.now().as_second() + 2 * 3600).expect("time");
+    let at = |hours: i64| (release + jiff::SignedDuration::from_hours(hours)).to_string();
+    let ubuntu = json!({ "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" });
+    let debian = json!({ "publisher": "Debian", "offer": "debian-12", "sku": "12" });
+    // The snapshot family's repository: libssl 2.0.0, replaced an hour after the release by
+    // 2.0.1; openssl a day old at the release (not approved after 72h); a kernel (excluded by the
+    // policy); a non-security tool.
+    let snap_repo = format!(
+        "libssl=2.0.0:Security@{},libssl=2.0.1:Security@{},openssl=3.0.0:Security@{},kernel=5.2.0:Critical@{},tool=2.0.0:Other@{}",
+        at(-120),
+        at(1),
+        at(-24),
+        at(-240),
+        at(-240)
+    );
+    // The other family: libssl, and curl published an hour after the release (the cut-off).
+    let plain_repo = format!(
+        "libssl=2.0.0:Security@{},curl=8.1.0:Security@{}#CVE-2026-4242",
+        at(-120),
+        at(1)
+    );
+    for (name, ring) in [
+        ("snap-test", "test"),
+        ("snap-broad-0", "broad"),
+        ("snap-broad-1", "broad"),
+    ] {
+        release_vm(&r, name, ring, &snap, ubuntu.clone(), &snap_repo).await;
+    }
+    for (name, ring) in [("plain-test", "test"), ("plain-broad", "broad")] {
+        release_vm(&r, name, ring, &plain, debian.clone(), &plain_repo).await;
+    }
+    r.record();
+    r.sim().await;
+    r.wait_assessed(5).await;
+    assert!(r.clock.now() < release, "onboarding took the whole lead");
+    r.rollout("monthly", release, json!({})).await;
+
+    let frozen = r
+        .wait_rollout("monthly", "manifest frozen", |x| {
+            x.status.as_ref().is_some_and(|s| s.manifest.is_some())
+        })
+        .await;
+    let m = frozen.status.and_then(|s| s.manifest).expect("manifest");
+    let ts = release.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let fam = |f: &str| {
+        m.families
+            .iter()
+            .find(|x| x.image_family == f)
+            .unwrap_or_else(|| panic!("family {f} in {m:?}"))
+    };
+    let s = fam("Canonical/ubuntu-24_04-lts/server");
+    assert_eq!(s.snapshot.as_deref(), Some(ts.as_str()));
+    let pinned: Vec<String> = s
+        .packages
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect();
+    // libssl at the snapshot's version, not the 2.0.1 the repository offers now.
+    assert_eq!(pinned, ["kernel=5.2.0", "libssl=2.0.0", "openssl=3.0.0"]);
+    let p = fam("Debian/debian-12/12");
+    assert_eq!(p.snapshot, None);
+    assert_eq!(p.packages.len(), 1, "{:?}", p.packages);
+    let mut left: Vec<String> = m
+        .left_out
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {:?} {}",
+                l.name,
+                l.reason,
+                l.policy.as_deref().unwrap_or("rollout")
+            )
+        })
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "curl PublishedAfterRelease rollout".to_string(),
+            format!("kernel Excluded profile {snap}"),
+            format!("openssl NotYetApproved profile {snap}"),
+            "tool OutsideClassifications rollout".to_string(),
+        ]
+    );
+    let plan = r.plugin(&["plan", "monthly"]);
+    assert!(
+        plan.contains(&format!("from repository snapshot {ts}")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("openssl 3.0.0 (Canonical/ubuntu-24_04-lts/server): NotYetApproved by the approval policy of profile {snap}")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("curl 8.1.0 (Debian/debian-12/12): PublishedAfterRelease"),
+        "{plan}"
+    );
+
+    // Before Broad starts, a newer libssl replaces the pinned one in plain-broad's repository.
+    r.env
+        .annotate(
+            "plain-broad",
+            "sim.automend.io/patches",
+            &format!(
+                "libssl=2.0.0:Security@{},libssl=2.0.2:Security@{}",
+                at(-120),
+                at(20)
+            ),
+        )
+        .await;
+    let done = r
+        .wait_rollout("monthly", "ring broad done", |x| {
+            x.status.as_ref().is_some_and(|s| {
+                s.rings
+                    .iter()
+                    .any(|g| g.name == "broad" && g.succeeded + g.failed == g.total && g.total == 3)
+            })
+        })
+        .await;
+    let broad = done
+        .status
+        .as_ref()
+        .and_then(|s| s.rings.iter().find(|g| g.name == "broad"))
+        .cloned()
+        .expect("broad");
+    assert_eq!((broad.succeeded, broad.failed), (2, 1), "{broad:?}");
+
+    // Every snapshot VM installed exactly the frozen libssl, from the snapshot.
+    let installs = r.installs();
+    for vm in ["snap-test", "snap-broad-0", "snap-broad-1"] {
+        let i = installs
+            .iter()
+            .find(|i| i.vm == vm && i.record.rollout == "monthly")
+            .unwrap_or_else(|| panic!("{vm} installed"));
+        let got: Vec<String> = i
+            .record
+            .installed
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect();
+        assert_eq!(got, ["libssl=2.0.0"], "{vm}: {:?}", i.record);
+        let obj = r.env.vms.get(vm).await.expect("vm");
+        let d = obj
+            .status
+            .and_then(|s| s.desired)
+            .and_then(|d| d.installation)
+            .expect("directive");
+        assert_eq!(
+            d.snapshot.map(|s| s.repositories[0].url.clone()),
+            Some(format!("https://snapshot.debian.org/archive/debian/{ts}/"))
+        );
+    }
+    // plain-broad: the pinned version is gone, reported per package and counted.
+    let vm = r.env.vms.get("plain-broad").await.expect("vm");
+    let st = vm.status.expect("status");
+    let i = st.guest.and_then(|g| g.installation).expect("installation");
+    assert_eq!(
+        i.reason.as_deref(),
+        Some("PinnedVersionUnavailable"),
+        "{i:?}"
+    );
+    assert_eq!(i.unavailable.len(), 1);
+    assert_eq!(i.unavailable[0].offered, ["2.0.2"]);
+    let summary = st
+        .patch_status
+        .and_then(|p| p.last_patch_installation_summary)
+        .expect("summary");
+    assert_eq!(summary.unavailable_patch_count, 1, "{summary:?}");
+    r.finish(ctl).await;
+}
