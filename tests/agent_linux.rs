@@ -114,10 +114,13 @@ async fn apt_failures_are_reported_per_package_and_never_fatal() {
     assert_eq!(out.installed, [pin("tool", "2.1")]);
     assert_eq!(out.failed, [pin("libfoo", "9.9")]);
     let e = out.error.expect("error");
+    // Named before apt is asked: the version, the repository searched and what it offers.
     assert!(
-        e.contains("Version '9.9' for 'libfoo' was not found"),
+        e.contains("libfoo=9.9: PinnedVersionUnavailable: not offered by file:")
+            && e.contains("(offered: 1.2, 1.1, 1.0)"),
         "{e}"
     );
+    assert_eq!(out.unavailable.len(), 1);
     assert_eq!(g.versions(), ["libfoo 1.0", "tool 2.1"]);
 
     // A repository that went away: the assessment fails naming the step and apt's words.

@@ -34,6 +34,8 @@ pub enum Error {
     CacheNotReady(&'static str),
     #[error("the reconcile took longer than {0:?} (an API request that never answered?)")]
     Timeout(std::time::Duration),
+    #[error("a decision task ended abnormally: {0}")]
+    Task(String),
 }
 
 impl Error {
@@ -46,6 +48,7 @@ impl Error {
             Error::CachesStopped => "caches_stopped".into(),
             Error::CacheNotReady(_) => "cache_not_ready".into(),
             Error::Timeout(_) => "timeout".into(),
+            Error::Task(_) => "task".into(),
         }
     }
 }

@@ -21,19 +21,57 @@ use super::{Input, RingFacts, VmFacts};
 /// `leftOut` keeps this many entries; the rest are counted.
 pub const LEFT_OUT_LIMIT: usize = 500;
 
-/// The id of a rollout's release assessment (against its snapshot).
-pub fn release_request(rollout: &str) -> String {
-    format!("release-{rollout}")
+/// A failed release assessment is asked again after this long (patching clock).
+const RELEASE_RETRY: Duration = Duration::from_secs(600);
+
+/// The id of a rollout's release assessment against a snapshot: it changes with the snapshot's
+/// URLs, so a corrected template is assessed again. Retries after a failure add `-2`, `-3`, …
+pub fn release_request(rollout: &str, snapshot: &ReleaseSnapshot) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for r in &snapshot.repositories {
+        h.update(r.repository.as_bytes());
+        h.update([0]);
+        h.update(r.url.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("release-{rollout}-{hex}")
+}
+
+/// Whether `id` is the request `base` or one of its retries.
+fn is_request(id: &str, base: &str) -> bool {
+    id.strip_prefix(base).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix('-')
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+    })
+}
+
+/// The retry after `id` (`base`, `base-2`, …).
+fn next_request(id: &str, base: &str) -> String {
+    let n = id
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(1);
+    format!("{base}-{}", n + 1)
 }
 
 /// The assessment a VM's share of the manifest is frozen from: its answer to the rollout's
 /// release assessment when it reads snapshots, else its latest assessment; only a successful one.
 pub fn freeze_assessment<'a>(input: &Input<'a>, vm: &VmFacts<'a>) -> Option<&'a GuestAssessment> {
-    let a = if vm.snapshots_in(input.rings).is_empty() {
-        vm.assessment
-    } else {
-        vm.release_assessment
-            .filter(|a| a.request_id == release_request(input.name))
+    let a = match release_assessment(input, vm) {
+        None => vm.assessment,
+        Some(want) => vm
+            .release_assessment
+            .filter(|a| is_request(&a.request_id, &want.request_id)),
     };
     a.filter(|a| a.status == OperationStatus::Succeeded)
 }
@@ -47,13 +85,11 @@ pub fn release_assessment(
     if repos.is_empty() {
         return None;
     }
+    let snapshot = snapshot_of(repos, &snapshot_timestamp(input.spec.release_time.0));
     Some(crate::api::AssessmentDirective {
-        request_id: release_request(input.name),
+        request_id: release_request(input.name, &snapshot),
         on_demand: None,
-        snapshot: Some(snapshot_of(
-            repos,
-            &snapshot_timestamp(input.spec.release_time.0),
-        )),
+        snapshot: Some(snapshot),
     })
 }
 
@@ -71,16 +107,49 @@ pub fn snapshot_of(repos: &[crate::api::SnapshotRepository], timestamp: &str) ->
     }
 }
 
-/// Ask every eligible, running VM in a ring that reads snapshots and has not been asked yet for
-/// the release assessment.
+/// Ask every eligible, running VM in a ring that reads snapshots for the release assessment:
+/// once per snapshot, and again `RELEASE_RETRY` after a failed answer.
 pub(super) fn ask_release_assessments(run: &super::Run<'_>, acc: &mut super::Acc) {
     let input = run.input;
     for (i, vm) in input.vms.iter().enumerate() {
         if vm.ineligible.is_some() || vm.ring.is_none() || !vm.running {
             continue;
         }
-        if let Some(d) = release_assessment(input, vm)
-            && vm.release_directive != Some(&d)
+        let Some(want) = release_assessment(input, vm) else {
+            continue;
+        };
+        let asked = vm
+            .release_directive
+            .filter(|d| is_request(&d.request_id, &want.request_id));
+        let ask = match asked {
+            None => Some(want),
+            Some(d) => {
+                let failed = vm
+                    .release_assessment
+                    .filter(|a| a.request_id == d.request_id)
+                    .filter(|a| a.status == OperationStatus::Failed);
+                match failed {
+                    None => None,
+                    Some(a) => {
+                        let at = a
+                            .finish_time
+                            .as_ref()
+                            .map_or(input.now, |t| t.0.min(input.now));
+                        let due = crate::logic::duration::add(at, RELEASE_RETRY);
+                        if input.now >= due {
+                            Some(crate::api::AssessmentDirective {
+                                request_id: next_request(&d.request_id, &want.request_id),
+                                ..want
+                            })
+                        } else {
+                            acc.wake.at(due);
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(d) = ask
             && !acc.release_assessments.iter().any(|(j, _)| *j == i)
         {
             acc.release_assessments.push((i, d));
@@ -103,12 +172,16 @@ pub(super) fn waiting_for_assessments(
         );
     }
     let ts = snapshot_timestamp(input.spec.release_time.0);
+    let base = release_assessment(input, vm)
+        .map(|d| d.request_id)
+        .unwrap_or_default();
     match vm
         .release_assessment
-        .filter(|a| a.request_id == release_request(input.name))
+        .filter(|a| is_request(&a.request_id, &base))
     {
         Some(a) if a.status == OperationStatus::Failed => format!(
-            "the release assessment against repository snapshot {ts} failed: {}",
+            "the release assessment against repository snapshot {ts} failed (asked again {} minutes after): {}",
+            RELEASE_RETRY.as_secs() / 60,
             crate::logic::text::safe(a.error.as_deref().unwrap_or("no reason given"), 512)
         ),
         _ => format!(

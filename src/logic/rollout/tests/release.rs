@@ -202,7 +202,11 @@ fn a_snapshot_release_freezes_from_assessments_against_the_snapshot_and_installs
     let asked: Vec<usize> = out.release_assessments.iter().map(|(i, _)| *i).collect();
     assert_eq!(asked, [0, 2, 3], "every running VM in a ring is asked");
     let d = &out.release_assessments[0].1;
-    assert_eq!(d.request_id, "release-release-2026-11");
+    assert!(
+        d.request_id.starts_with("release-release-2026-11-"),
+        "{}",
+        d.request_id
+    );
     let snap = d.snapshot.as_ref().expect("snapshot");
     assert_eq!(snap.timestamp, "20261110T180000Z");
     assert_eq!(
@@ -240,4 +244,64 @@ fn a_snapshot_release_freezes_from_assessments_against_the_snapshot_and_installs
     }
     // Asked once: the directive is in place, nothing asked again.
     assert!(w.decide().release_assessments.is_empty());
+}
+
+#[test]
+fn a_failed_release_assessment_is_asked_again_and_a_new_template_is_assessed_anew() {
+    let mut w = two_rings();
+    for vm in &mut w.vms {
+        vm.approval = None;
+        vm.snapshots = vec![SnapshotRepository {
+            repository: "http://deb.debian.org/debian".into(),
+            template: "https://snapshot.example/wrong/{timestamp}/".into(),
+        }];
+    }
+    w.step();
+    // Every guest answers with a failure (the snapshot does not exist).
+    for vm in &mut w.vms {
+        let a = vm.release_assessment.as_mut().expect("answered");
+        a.status = OperationStatus::Failed;
+        a.error = Some("404 Not Found: https://snapshot.example/wrong/…".into());
+        a.finish_time = Some(Time(w.now));
+    }
+    let out = w.decide();
+    assert!(out.release_assessments.is_empty(), "not at once");
+    assert!(
+        matches!(
+            &out.states[0],
+            VmState::Waiting(Some(why)) if why.contains("failed") && why.contains("404 Not Found")
+        ),
+        "{:?}",
+        out.states[0]
+    );
+    assert!(
+        out.requeue_after
+            .is_some_and(|d| d <= Duration::from_secs(600))
+    );
+    w.now = add(w.now, Duration::from_secs(600));
+    let out = w.decide();
+    let first = w.vms[0]
+        .release_directive
+        .clone()
+        .expect("asked")
+        .request_id;
+    let again = &out.release_assessments[0].1.request_id;
+    assert_eq!(*again, format!("{first}-2"));
+    // A corrected template is a new request.
+    for vm in &mut w.vms {
+        vm.snapshots[0].template = "https://snapshot.debian.org/archive/debian/{timestamp}/".into();
+    }
+    let out = w.decide();
+    let fixed = &out.release_assessments[0].1;
+    assert!(
+        !fixed.request_id.starts_with(&first),
+        "{}",
+        fixed.request_id
+    );
+    assert!(
+        fixed
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.repositories[0].url.contains("snapshot.debian.org"))
+    );
 }
