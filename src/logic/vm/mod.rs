@@ -126,6 +126,7 @@ pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
     // The rollout controller's fields (field manager `automend-rollout`).
     if let Some(d) = s.desired.as_mut() {
         d.installation = None;
+        d.release_assessment = None;
     }
     if let Some(p) = s.patch_status.as_mut() {
         p.last_patch_installation_summary = None;
@@ -144,9 +145,12 @@ pub fn with_controller_part(
 ) -> VirtualMachineStatus {
     let mut s = part.clone();
     s.guest = status.guest.clone();
-    let installation = status.desired.as_ref().and_then(|d| d.installation.clone());
+    let theirs = status.desired.as_ref();
+    let installation = theirs.and_then(|d| d.installation.clone());
+    let release_assessment = theirs.and_then(|d| d.release_assessment.clone());
     if let Some(d) = s.desired.as_mut() {
         d.installation = installation;
+        d.release_assessment = release_assessment;
     }
     let summary = status
         .patch_status

@@ -760,3 +760,26 @@ fn a_silent_guest_whose_credential_expired_is_told_to_re_enroll() {
     let o = with_request(&s, Some(&status), 2000, true, None);
     assert!(o.events.iter().all(|e| e.reason != "CredentialExpired"));
 }
+
+#[test]
+fn the_rollout_controllers_directives_are_left_to_it() {
+    // The rollout controller (its own field manager) writes the installation and the release
+    // assessment; the VM controller neither compares nor writes them (else every reconcile of a
+    // VM asked for a release assessment would write again).
+    let st = VirtualMachineStatus {
+        desired: Some(crate::api::DesiredState {
+            profile: "p".into(),
+            installation: Some(crate::api::InstallationDirective::default()),
+            release_assessment: Some(crate::api::AssessmentDirective {
+                request_id: "release-r-0a1b2c3d".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let part = controller_part(&st);
+    let d = part.desired.as_ref().expect("desired");
+    assert!(d.installation.is_none() && d.release_assessment.is_none());
+    assert_eq!(with_controller_part(&st, &part).desired, st.desired);
+}
