@@ -265,31 +265,8 @@ async fn dnf_release_snapshot_dates_cves_and_unavailable_pins() {
     let a3 = advisory("AUTOMEND-2026:0103", "1.3", "2026-11-20", "CVE-2026-3333");
     publish(top, &repo, &[a1, a3]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(top)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("http.server");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let base = format!("http://127.0.0.1:{port}");
+    let served = guestroot::Served::start(top);
+    let base = served.base.clone();
     std::fs::create_dir_all(root.join("etc/yum.repos.d")).expect("mkdir");
     std::fs::write(
         root.join("etc/os-release"),
@@ -369,6 +346,5 @@ async fn dnf_release_snapshot_dates_cves_and_unavailable_pins() {
         std::fs::read_to_string(root.join("etc/yum.repos.d/tests.repo")).expect("read"),
         repo_file
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(served);
 }

@@ -25,6 +25,9 @@ pub struct Apt {
 
 /// What an installation did: installed, failed, the error, and the pinned versions the
 /// repositories do not offer.
+/// The machine's sources files rewritten (path, text).
+type Rewritten = Vec<(PathBuf, String)>;
+
 pub type Outcome = (
     Vec<PinnedPackage>,
     Vec<PinnedPackage>,
@@ -62,30 +65,37 @@ impl Apt {
         files
     }
 
-    /// apt options that read the snapshot instead of the machine's repositories (its sources
-    /// rewritten into the agent's own directory, with package lists and no caches of their own:
-    /// the machine's configuration, lists and caches stay as they are), and the URIs apt reads.
-    fn snapshot_options(
+    /// The machine's sources files, each rewritten to the snapshot (as they are without one),
+    /// and the URIs apt reads through them.
+    fn read_sources(
         &self,
         snapshot: Option<&ReleaseSnapshot>,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    ) -> Result<(Rewritten, Vec<String>), String> {
         let empty = ReleaseSnapshot::default();
-        let mut uris = Vec::new();
+        let mut uris: Vec<String> = Vec::new();
         let mut rewritten = Vec::new();
         for (path, deb822) in self.source_files() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
             let (out, used) = sources::rewrite_apt(&text, deb822, snapshot.unwrap_or(&empty));
-            uris.extend(
-                used.into_iter()
-                    .filter(|u| !uris.contains(u))
-                    .collect::<Vec<_>>(),
-            );
+            for u in used {
+                if !uris.contains(&u) {
+                    uris.push(u);
+                }
+            }
             rewritten.push((path, out));
         }
-        let Some(snapshot) = snapshot else {
-            return Ok((Vec::new(), uris));
-        };
+        Ok((rewritten, uris))
+    }
+
+    /// apt options that read the snapshot instead of the machine's repositories (its sources
+    /// rewritten into the agent's own directory, with package lists and no caches of their own:
+    /// the machine's configuration, lists and caches stay as they are), and the URIs apt reads.
+    fn snapshot_options(
+        &self,
+        snapshot: &ReleaseSnapshot,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let (rewritten, uris) = self.read_sources(Some(snapshot))?;
         let dir = &self.work;
         let parts = dir.join("sources.list.d");
         let lists = dir.join("lists");
@@ -185,7 +195,10 @@ impl Apt {
         &self,
         snapshot: Option<&ReleaseSnapshot>,
     ) -> Result<Vec<AvailablePackage>, String> {
-        let (extra, _) = self.snapshot_options(snapshot)?;
+        let extra = match snapshot {
+            Some(s) => self.snapshot_options(s)?.0,
+            None => Vec::new(),
+        };
         self.refresh(&extra, snapshot).await?;
         let out = self
             .apt("apt-get", &extra, &["-s", "dist-upgrade"], QUERY_LIMIT)
@@ -259,14 +272,23 @@ impl Apt {
         snapshot: Option<&ReleaseSnapshot>,
     ) -> Outcome {
         let mut errors = Vec::new();
-        let prepared = match self.snapshot_options(snapshot) {
-            Ok((extra, uris)) => match self.refresh_for(&extra, snapshot).await {
-                Ok(()) => Ok((extra, uris)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        // A snapshot's lists are the agent's own: refreshed before installing from it. Without a
+        // snapshot the machine's lists (as the last assessment refreshed them) are used; its
+        // sources only name the repositories searched.
+        let prepared = async {
+            match snapshot {
+                Some(s) => {
+                    let (extra, uris) = self.snapshot_options(s)?;
+                    self.refresh(&extra, snapshot).await?;
+                    Ok((extra, uris))
+                }
+                None => Ok((
+                    Vec::new(),
+                    self.read_sources(None).map(|r| r.1).unwrap_or_default(),
+                )),
+            }
         };
-        let (extra, uris) = match prepared {
+        let (extra, uris) = match prepared.await {
             Ok(p) => p,
             Err(e) => return (Vec::new(), packages.to_vec(), Some(e), Vec::new()),
         };
@@ -275,7 +297,7 @@ impl Apt {
             Vec::new()
         } else {
             match self.offered(&extra, &names).await {
-                Ok(offered) => unavailable(packages, &offered, &uris),
+                Ok(offered) => unavailable(packages, &offered, &uris, |a, b| a == b),
                 // Not knowing is no reason to hold the install back: apt says why if it fails.
                 Err(e) => {
                     tracing::warn!(error = %e, "listing the versions the repositories offer");
@@ -335,19 +357,6 @@ impl Apt {
         });
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         (installed, failed, error, unavailable)
-    }
-
-    /// A snapshot's lists are the agent's own: refreshed before installing from it. Without a
-    /// snapshot the machine's lists (as the last assessment refreshed them) are used.
-    async fn refresh_for(
-        &self,
-        extra: &[String],
-        snapshot: Option<&ReleaseSnapshot>,
-    ) -> Result<(), String> {
-        match snapshot {
-            Some(_) => self.refresh(extra, snapshot).await,
-            None => Ok(()),
-        }
     }
 
     async fn install_items(&self, extra: &[String], items: &[String]) -> Result<(), String> {
@@ -425,19 +434,20 @@ pub fn parse_simulation(text: &str) -> Vec<AvailablePackage> {
     out
 }
 
-/// The pinned packages the repositories offer (`name`, `version`, `uri` from madison) at other
-/// versions only, or not at all.
+/// The pinned packages the repositories offer (`name`, `version`, where from) at other versions
+/// only, or not at all; `same` says when two versions are one (dnf: with or without epoch 0).
 pub fn unavailable(
     packages: &[PinnedPackage],
     offered: &[(String, String, String)],
     uris: &[String],
+    same: impl Fn(&str, &str) -> bool,
 ) -> Vec<UnavailablePackage> {
     packages
         .iter()
         .filter(|p| {
             !offered
                 .iter()
-                .any(|(n, v, _)| *n == p.name && *v == p.version)
+                .any(|(n, v, _)| *n == p.name && same(v, &p.version))
         })
         .map(|p| {
             let mine: Vec<&(String, String, String)> =
@@ -563,7 +573,12 @@ Conf tzdata (2024a-0+deb12u1 Debian:12.5/stable-updates [all])
                 classification: None,
             },
         ];
-        let u = unavailable(&pins, &offered, &["http://deb.example/debian".into()]);
+        let u = unavailable(
+            &pins,
+            &offered,
+            &["http://deb.example/debian".into()],
+            |a, b| a == b,
+        );
         assert_eq!(u.len(), 2);
         assert_eq!(
             (

@@ -45,37 +45,59 @@ impl Dnf {
         }
     }
 
-    /// Options that read every repository under a snapshot repository from the snapshot
-    /// (`--setopt` of its baseurl, with a metadata cache of the agent's own: the machine's
-    /// repository files and cache stay as they are), and the URLs of the repositories read.
-    fn snapshot_options(
-        &self,
-        snapshot: Option<&ReleaseSnapshot>,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    /// The machine's repository files.
+    fn repo_files(&self) -> Result<Vec<(PathBuf, String)>, String> {
         let dir = exec::under(&self.root, "/etc/yum.repos.d");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         files.retain(|p| p.extension().is_some_and(|e| e == "repo"));
         files.sort();
-        let empty = ReleaseSnapshot::default();
+        files
+            .into_iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("reading {}: {e}", f.display()))?;
+                Ok((f, text))
+            })
+            .collect()
+    }
+
+    /// Options that read every repository under a snapshot repository from the snapshot
+    /// (`--setopt` of its baseurl, with a metadata cache of the agent's own: the machine's
+    /// repository files and cache stay as they are), and the URLs of the repositories read.
+    fn snapshot_options(
+        &self,
+        snapshot: &ReleaseSnapshot,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
         let (mut opts, mut urls) = (Vec::new(), Vec::new());
-        for f in files {
-            let text =
-                std::fs::read_to_string(&f).map_err(|e| format!("reading {}: {e}", f.display()))?;
-            let (o, u) = sources::dnf_setopts(&text, snapshot.unwrap_or(&empty));
+        for (_, text) in self.repo_files()? {
+            let (o, u) = sources::dnf_setopts(&text, snapshot);
             opts.extend(o);
             urls.extend(u);
-            if snapshot.is_none() {
-                urls.extend(sources::dnf_baseurls(&text));
-            }
         }
-        if snapshot.is_some() {
-            std::fs::create_dir_all(&self.work)
-                .map_err(|e| format!("creating {}: {e}", self.work.display()))?;
-            opts.push(format!("--setopt=cachedir={}", self.work.display()));
-        }
+        std::fs::create_dir_all(&self.work)
+            .map_err(|e| format!("creating {}: {e}", self.work.display()))?;
+        opts.push(format!("--setopt=cachedir={}", self.work.display()));
         Ok((opts, urls))
+    }
+
+    fn options_for(
+        &self,
+        snapshot: Option<&ReleaseSnapshot>,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        match snapshot {
+            Some(s) => self.snapshot_options(s),
+            // Without a snapshot the repositories' own baseurls only name where was searched.
+            None => Ok((
+                Vec::new(),
+                self.repo_files()
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|(_, t)| sources::dnf_baseurls(t))
+                    .collect(),
+            )),
+        }
     }
 
     fn sandboxed(&self) -> bool {
@@ -121,7 +143,10 @@ impl Dnf {
         &self,
         snapshot: Option<&ReleaseSnapshot>,
     ) -> Result<Vec<AvailablePackage>, String> {
-        let (extra, _) = self.snapshot_options(snapshot)?;
+        let extra = match snapshot {
+            Some(s) => self.snapshot_options(s)?.0,
+            None => Vec::new(),
+        };
         let out = self
             .dnf_with(&extra, &["check-update", "--refresh"], QUERY_LIMIT)
             .await?;
@@ -247,7 +272,7 @@ impl Dnf {
         snapshot: Option<&ReleaseSnapshot>,
     ) -> super::apt::Outcome {
         let mut errors = Vec::new();
-        let (extra, urls) = match self.snapshot_options(snapshot) {
+        let (extra, urls) = match self.options_for(snapshot) {
             Ok(p) => p,
             Err(e) => return (Vec::new(), packages.to_vec(), Some(e), Vec::new()),
         };
@@ -256,14 +281,7 @@ impl Dnf {
             Vec::new()
         } else {
             match self.offered(&extra, &names).await {
-                Ok(offered) => super::apt::unavailable(packages, &offered, &urls)
-                    .into_iter()
-                    .filter(|u| {
-                        !offered
-                            .iter()
-                            .any(|(n, v, _)| *n == u.name && same_version(v, &u.version))
-                    })
-                    .collect(),
+                Ok(offered) => super::apt::unavailable(packages, &offered, &urls, same_version),
                 Err(e) => {
                     tracing::warn!(error = %e, "listing the versions the repositories offer");
                     Vec::new()

@@ -215,17 +215,32 @@ pub fn policy_reason(
     published: Option<Timestamp>,
     release: Timestamp,
 ) -> Option<LeftOutReason> {
+    reason_after(policy, approve_after(policy), name, published, release)
+}
+
+/// The policy's `approveAfter` (0s when unset or unreadable: admission allows only durations).
+fn approve_after(policy: &ApprovalPolicy) -> Duration {
+    policy
+        .approve_after
+        .as_deref()
+        .and_then(|a| crate::logic::duration::parse(a).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// `policy_reason` with `approveAfter` already read.
+fn reason_after(
+    policy: &ApprovalPolicy,
+    after: Duration,
+    name: &str,
+    published: Option<Timestamp>,
+    release: Timestamp,
+) -> Option<LeftOutReason> {
     if policy.exclude.as_ref().is_some_and(|e| excluded(e, name)) {
         return Some(LeftOutReason::Excluded);
     }
     if policy.include.as_ref().is_some_and(|i| !excluded(i, name)) {
         return Some(LeftOutReason::NotIncluded);
     }
-    let after = policy
-        .approve_after
-        .as_deref()
-        .and_then(|a| crate::logic::duration::parse(a).ok())
-        .unwrap_or(Duration::ZERO);
     if after.is_zero() {
         return None;
     }
@@ -353,6 +368,14 @@ pub fn packages_for(
         .assessment
         .filter(|a| a.status == OperationStatus::Succeeded)?;
     let (key, policy) = vm.approval_in(rings);
+    let after = approve_after(&policy);
+    // What the frozen policy left out for this VM, read once (it runs for every VM, every decision).
+    let frozen: Vec<(&str, &str)> = manifest
+        .left_out
+        .iter()
+        .filter(|l| l.policy.as_deref() == Some(key.as_str()) && l.image_family == vm.family)
+        .map(|l| (l.name.as_str(), l.version.as_str()))
+        .collect();
     let fam = manifest
         .families
         .iter()
@@ -367,17 +390,10 @@ pub fn packages_for(
                             && q.installed_version.as_deref() != Some(p.version.as_str())
                     })
                 })
+                .filter(|p| !frozen.contains(&(p.name.as_str(), p.version.as_str())))
                 .filter(|p| {
-                    !manifest.left_out.iter().any(|l| {
-                        l.policy.as_deref() == Some(key.as_str())
-                            && l.image_family == f.image_family
-                            && l.name == p.name
-                            && l.version == p.version
-                    })
-                })
-                .filter(|p| {
-                    policy_reason(&policy, &p.name, p.published.as_ref().map(|t| t.0), release)
-                        .is_none()
+                    let published = p.published.as_ref().map(|t| t.0);
+                    reason_after(&policy, after, &p.name, published, release).is_none()
                 })
                 .map(ManifestPackage::pinned)
                 .collect()
