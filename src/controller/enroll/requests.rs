@@ -91,43 +91,34 @@ async fn reconcile(
     shared: &Shared,
     locks: &Locks,
 ) -> Result<Action, Error> {
-    let ctx_owned = ctx.clone();
-    let ctx_ref: &Context = &ctx;
-    instrumented(
-        ctx_ref,
-        "enrollmentrequest",
-        &*r,
-        shared.ready(),
-        || async {
-            let ctx = ctx_ref;
-            let status = r.status.clone().unwrap_or_default();
-            let now = Timestamp::now();
-            match (status.phase, status.sealed_token.is_some()) {
-                (RequestPhase::Approved, false) => {
-                    let vm = status.virtual_machine.clone().unwrap_or_default();
-                    deliver(&r, &vm, ctx, shared).await
-                }
-                (RequestPhase::Approved | RequestPhase::Refused, _) => {
-                    collect(&r, status.decided_at.as_ref(), ctx, now).await
-                }
-                (RequestPhase::Pending, _) => {
-                    // The decision runs to its end even when this reconcile is cut off at its time
-                    // bound (waiting for the namespace's lock under a burst counts): a counter patched
-                    // without its VM would waste a slot, and the retry would count the machine again.
-                    let task = tokio::spawn({
-                        let (r, c, shared, locks) =
-                            (r.clone(), ctx_owned.clone(), shared.clone(), locks.clone());
-                        async move { decide(&r, &c, &shared, &locks, now).await }
-                    });
-                    let approved = task.await.map_err(|e| Error::Task(e.to_string()))??;
-                    match approved {
-                        Some(vm) => deliver(&r, &vm, ctx, shared).await,
-                        None => Ok(Action::requeue(enroll::DECIDED_RETENTION)),
-                    }
+    instrumented(&ctx, "enrollmentrequest", &*r, shared.ready(), || async {
+        let status = r.status.clone().unwrap_or_default();
+        let now = Timestamp::now();
+        match (status.phase, status.sealed_token.is_some()) {
+            (RequestPhase::Approved, false) => {
+                let vm = status.virtual_machine.clone().unwrap_or_default();
+                deliver(&r, &vm, &ctx, shared).await
+            }
+            (RequestPhase::Approved | RequestPhase::Refused, _) => {
+                collect(&r, status.decided_at.as_ref(), &ctx, now).await
+            }
+            (RequestPhase::Pending, _) => {
+                // The decision runs to its end even when this reconcile is cut off at its time
+                // bound (waiting for the namespace's lock under a burst counts): a counter patched
+                // without its VM would waste a slot, and the retry would count the machine again.
+                let task = tokio::spawn({
+                    let (r, c, shared, locks) =
+                        (r.clone(), ctx.clone(), shared.clone(), locks.clone());
+                    async move { decide(&r, &c, &shared, &locks, now).await }
+                });
+                let approved = task.await.map_err(|e| Error::Task(e.to_string()))??;
+                match approved {
+                    Some(vm) => deliver(&r, &vm, &ctx, shared).await,
+                    None => Ok(Action::requeue(enroll::DECIDED_RETENTION)),
                 }
             }
-        },
-    )
+        }
+    })
     .await
 }
 
