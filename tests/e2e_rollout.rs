@@ -901,7 +901,38 @@ async fn halt_rollback_pause_resume_and_expedite() {
     )
     .await;
 
-    // Pause / resume on a second rollout.
+    // Pause / resume on a second rollout, with something to install: a newer libssl offered to
+    // every guest (and assessed before the release is frozen from the assessments).
+    for ring in &rings[..3] {
+        for j in 0..8 {
+            r.env
+                .annotate(
+                    &format!("{ring}-{j}"),
+                    "sim.automend.io/patches",
+                    "libssl=2.1.0:Security,kernel=5.2.0:Critical,tool=2.0.0:Other",
+                )
+                .await;
+        }
+    }
+    let vms = r.env.vms.clone();
+    wait_for("every guest assessed libssl 2.1.0", ROLLOUT_TIMEOUT, || {
+        let vms = vms.clone();
+        async move {
+            let list = vms.list(&ListParams::default()).await.ok()?;
+            let offered = list
+                .items
+                .iter()
+                .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.assessment.as_ref())
+                .filter(|a| {
+                    a.packages
+                        .iter()
+                        .any(|p| p.name == "libssl" && p.version == "2.1.0")
+                })
+                .count();
+            (offered == 24).then_some(())
+        }
+    })
+    .await;
     r.rollout(
         "second",
         r.clock.now(),
@@ -947,20 +978,29 @@ async fn halt_rollback_pause_resume_and_expedite() {
     );
     let refused = r.plugin_refused(&["abort", "second"]);
     assert!(refused.contains("RolledBack"), "{refused}");
+    // Every VM installed libssl 2.1.0 in "second"; each is rolled back to 2.0.0.
     let vms = r.env.vms.clone();
     wait_for(
-        "every VM second patched to be rolled back",
+        "the 24 VMs second patched to be rolled back",
         ROLLOUT_TIMEOUT,
         || {
             let vms = vms.clone();
             async move {
                 let list = vms.list(&ListParams::default()).await.ok()?;
-                list.items
+                let back = list
+                    .items
                     .iter()
                     .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.installation.clone())
-                    .filter(|i| i.rollout == "second")
-                    .all(|i| i.rollback && i.status == automend::api::OperationStatus::Succeeded)
-                    .then_some(())
+                    .filter(|i| {
+                        i.rollout == "second"
+                            && i.rollback
+                            && i.status == automend::api::OperationStatus::Succeeded
+                            && i.installed
+                                .iter()
+                                .any(|p| p.name == "libssl" && p.version == "2.0.0")
+                    })
+                    .count();
+                (back == 24).then_some(())
             }
         },
     )

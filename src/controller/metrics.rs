@@ -60,6 +60,8 @@ pub struct Metrics {
     pub slo_eligible: Family<RolloutLabel, Gauge>,
     pub slo_on_manifest: Family<RolloutLabel, Gauge>,
     pub slo_projected_to_meet: Family<RolloutLabel, Gauge>,
+    /// Every request the controller's client makes (`kubeclient::CountLayer`).
+    pub api_requests: Family<crate::kubeclient::ApiRequestLabel, Counter>,
 }
 
 impl Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
             slo_eligible: Family::default(),
             slo_on_manifest: Family::default(),
             slo_projected_to_meet: Family::default(),
+            api_requests: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -159,6 +162,11 @@ impl Metrics {
             "rollout_slo_projected_to_meet",
             "1 when the rollout is projected to meet its SLO target",
             m.slo_projected_to_meet.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests the controller made to the API server, by verb and resource (watches count when they start)",
+            m.api_requests.clone(),
         );
         m
     }

@@ -128,12 +128,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => ImageCatalog::default(),
     };
     let clock = crate::clock::Clock::from_args(&settings.clock).map_err(anyhow::Error::msg)?;
-    let client = crate::kubeclient::client().await?;
     let health = crate::watch::Health::new(crate::watch::Limits {
         idle: settings.watch_idle,
         unhealthy_after: settings.watch_unhealthy_after,
     });
     let state = State::new(health.clone());
+    let client = crate::kubeclient::counted_client(state.metrics.api_requests.clone()).await?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
     // The address bound (with port 0 the system picks the port; say which).
     let addr = listener.local_addr().unwrap_or(settings.http_addr);

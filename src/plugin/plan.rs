@@ -65,6 +65,13 @@ pub fn plan_text(
             started_now.join(", ")
         }
     );
+    if out.status.phase == Some(RolloutPhase::Paused) {
+        let _ = writeln!(
+            text,
+            "The rollout is paused: waves in flight finish, no new wave starts (kubectl automend resume {}).",
+            rollout.name_any()
+        );
+    }
     forward(&mut text, &g, &out, ri, &eligible, &started_now, settings);
     let waiting: Vec<String> = eligible
         .iter()
@@ -170,6 +177,60 @@ fn forward(
             wave + 1,
             phase.map_or(0, |x| x + 1),
             names.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A paused rollout says so even when its current ring has no VM waiting for the pause (here
+    /// the ring still waits for its first assessments).
+    #[test]
+    fn a_paused_rollout_says_it_is_paused() {
+        let now: Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+        let rollout: PatchRollout = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "PatchRollout",
+            "metadata": { "name": "monthly", "namespace": "fleet" },
+            "spec": { "releaseTime": "2026-11-23T00:00:00Z", "paused": true }
+        }))
+        .expect("rollout");
+        let ring = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "UpdateRing",
+            "metadata": { "name": "test", "namespace": "fleet" },
+            "spec": { "order": 0 }
+        }))
+        .expect("ring");
+        let vm = serde_json::from_value(json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": "web-0", "namespace": "fleet",
+                          "labels": { "automend.io/ring": "test" } },
+            "spec": { "management": { "enabled": true, "profile": "p" },
+                      "os": { "type": "Linux", "image": { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                      "placement": { "region": "eastus" } }
+        }))
+        .expect("vm");
+        let snap = Snapshot {
+            rollouts: vec![Arc::new(rollout.clone())],
+            rings: vec![Arc::new(ring)],
+            vms: vec![Arc::new(vm)],
+        };
+        let settings = Settings {
+            pairs: Vec::new(),
+            expected_duration: Duration::from_secs(1800),
+            clock_speed: 1.0,
+        };
+        let text = plan_text(&rollout, &snap, &Clock::real(), &settings, now);
+        assert!(text.contains("phase Paused"), "{text}");
+        assert!(
+            text.contains("The rollout is paused") && text.contains("resume monthly"),
+            "{text}"
         );
     }
 }

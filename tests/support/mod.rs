@@ -99,15 +99,7 @@ pub fn cluster() -> &'static Cluster {
         };
         // Every suite works against the CRDs of this tree.
         cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/virtualmachines.automend.io",
-            "crd/configurationprofiles.automend.io",
-            "crd/updaterings.automend.io",
-            "crd/patchrollouts.automend.io",
-        ]);
+        cluster.wait_crds_established();
         cluster
     })
 }
@@ -183,6 +175,35 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait until the API server serves the CRDs. `kubectl wait --for=condition=Established`
+    /// fails at once ("<nil> is of the type <nil>") on a CRD whose status has no conditions yet —
+    /// right after it is created — so that answer is asked again until the deadline.
+    fn wait_crds_established(&self) {
+        let args = [
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/virtualmachines.automend.io",
+            "crd/configurationprofiles.automend.io",
+            "crd/updaterings.automend.io",
+            "crd/patchrollouts.automend.io",
+        ];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = self.kubectl(&args);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl {args:?} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     pub fn helm(&self, args: &[&str]) -> Output {
