@@ -86,10 +86,32 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reconciles = r#"automend_reconciles_total{controller="virtualmachine"}"#;
     let writes = r#"automend_status_writes_total{controller="virtualmachine"}"#;
+    // Every request the controller makes is counted by verb and resource; in steady state none
+    // of them writes.
+    let api_writes = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("automend_api_requests_total{"))
+            .filter(|l| {
+                ["create", "update", "patch", "delete"]
+                    .iter()
+                    .any(|v| l.contains(&format!("verb=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let sa = r#"automend_api_requests_total{verb="create",resource="serviceaccounts"}"#;
+    assert!(ctl.metric(sa).await >= 4.0, "{}", ctl.metrics().await);
     let (r0, w0) = (ctl.metric(reconciles).await, ctl.metric(writes).await);
+    let a0 = api_writes(&ctl.metrics().await);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (r1, w1) = (ctl.metric(reconciles).await, ctl.metric(writes).await);
     assert_eq!(w1, w0, "no status writes in steady state");
+    let metrics = ctl.metrics().await;
+    assert_eq!(
+        api_writes(&metrics),
+        a0,
+        "no API writes in steady state: {metrics}"
+    );
     assert!(
         r1 - r0 <= 8.0,
         "4 VMs x 5 renewals caused {} reconciles",
