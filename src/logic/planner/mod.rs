@@ -290,10 +290,7 @@ pub fn plan(
     }
 
     let mut start = Vec::new();
-    for v in members {
-        if states[*v as usize] != State::Waiting || !ready(*v) {
-            continue;
-        }
+    for v in &priority(topo, members, states, ready) {
         if patching_now >= limits.max_unavailable.max(1) {
             break;
         }
@@ -320,6 +317,56 @@ pub fn plan(
         halted: false,
         done: false,
     }
+}
+
+/// The VMs that may start now, longest remaining chains first, so that `max_unavailable` is
+/// spent where the rollout would otherwise wait longest: members of availability sets with the
+/// most update domains left (one per wave), then zonal VMs of the regions with the most zonal
+/// VMs left (one zone per wave), then the rest. A fixed order instead (region by region) fills
+/// every wave from the first regions and leaves the last ones to finish zone by zone alone.
+fn priority(
+    topo: &Topology,
+    members: &[u32],
+    states: &[State],
+    ready: &dyn Fn(u32) -> bool,
+) -> Vec<u32> {
+    let mut region_left: HashMap<u16, usize> = HashMap::new();
+    let mut set_uds_left: HashMap<u32, Vec<u16>> = HashMap::new();
+    for v in members {
+        if states[*v as usize] != State::Waiting {
+            continue;
+        }
+        let n = topo.nodes[*v as usize];
+        if let Some(a) = topo.in_set(&n) {
+            let uds = set_uds_left.entry(a).or_default();
+            if !uds.contains(&n.ud) {
+                uds.push(n.ud);
+            }
+        } else if n.zone.is_some() {
+            *region_left.entry(n.region).or_default() += 1;
+        }
+    }
+    let candidates: Vec<u32> = members
+        .iter()
+        .copied()
+        .filter(|v| states[*v as usize] == State::Waiting && ready(*v))
+        .collect();
+    let mut keyed: Vec<(u8, std::cmp::Reverse<usize>, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let n = topo.nodes[*v as usize];
+            let (class, left) = match (topo.in_set(&n), n.zone) {
+                (Some(a), _) => (0, set_uds_left.get(&a).map_or(0, Vec::len)),
+                (None, Some(_)) => (1, region_left.get(&n.region).copied().unwrap_or(0)),
+                (None, None) => (2, 0),
+            };
+            (class, std::cmp::Reverse(left), i)
+        })
+        .collect();
+    // Equal keys keep the members' own order (region, zone, set, update domain).
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, _, i)| candidates[i]).collect()
 }
 
 /// Check the invariants on a state: Err names the first one broken.
@@ -728,10 +775,11 @@ mod tests {
         let steps = simulate(&t, limits, |_| State::Succeeded).expect("finishes");
         let lb = lower_bound(&t, &pairs, limits);
         assert!(steps >= lb);
-        // maxUnavailable bounds the whole ring while zones go one at a time per region, so
-        // capacity and zones cannot both be used to the full in every step.
+        // Longest chains first (availability sets with the most update domains left, regions
+        // with the most zonal VMs left): within 10% of the bound. A fixed region-by-region order
+        // took 1.6 times the bound here.
         assert!(
-            (steps as f64) <= 1.7 * lb as f64,
+            (steps as f64) <= 1.1 * lb as f64,
             "{steps} steps for a lower bound of {lb}"
         );
     }
