@@ -8,6 +8,8 @@ pub mod duration;
 pub mod enroll;
 pub mod events;
 pub mod planner;
+#[cfg(any(test, feature = "bench"))]
+pub mod prometheus;
 pub mod resolve;
 pub mod rings;
 pub mod rollout;

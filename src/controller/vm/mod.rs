@@ -94,6 +94,7 @@ pub async fn run(
         ns_config,
         probe("vm/namespaces"),
     )
+    .modify(|n| n.managed_fields_mut().clear())
     .reflect(w.namespaces)
     .touched_objects();
     let heartbeats = shared.heartbeats.clone();
@@ -101,6 +102,8 @@ pub async fn run(
         watch::supervised(namespaced::<Lease>(client, ns), owned(), probe("vm/leases"))
             .modify(|l| l.managed_fields_mut().clear())
             .inspect_ok(move |event| heartbeats.record(event))
+            // The heartbeat is recorded; the cache only answers whether the Lease exists.
+            .modify(|l| l.spec = None)
             .reflect(w.leases)
             .touched_objects();
     let ctx2 = ctx.clone();
@@ -168,6 +171,7 @@ where
         watch::config().labels(OWNED_SELECTOR),
         ctx.health.probe(what),
     )
+    .modify(|m| m.managed_fields_mut().clear())
     .reflect(writer)
     .touched_objects();
     watch::events_only(watch::changed(stream), what)

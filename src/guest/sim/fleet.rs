@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use kube::core::DeserializeGuard;
@@ -188,24 +189,25 @@ pub async fn run(
 /// (an enrolled machine renewing its own token, as the agent does).
 #[derive(Clone)]
 pub(super) enum Identity {
-    /// The admin's TokenRequests, once the guest ServiceAccount is in the store.
-    Admin(Client, Store<PartialObjectMeta<ServiceAccount>>),
+    /// The admin's TokenRequests, once the guest's identity is complete (its Lease in the store).
+    Admin(Client, Store<PartialObjectMeta<Lease>>),
     Own(String),
 }
 
-/// The guest ServiceAccounts of the namespace, from one metadata watch: a simulated guest asks
-/// for a token only once the controller has created its identity, instead of asking (and being
-/// answered 404) until it has.
-fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<ServiceAccount>> {
+/// The guests' heartbeat Leases of the namespace, from one metadata watch. The controller creates
+/// a guest's ServiceAccount, Role, RoleBinding and then its Lease: a simulated guest starts (asks
+/// for a token, watches its VM, renews its Lease) once the Lease exists, instead of asking and
+/// being answered 404 (no ServiceAccount yet) or 403 (no RoleBinding yet) and backing off.
+fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<Lease>> {
     let (store, writer) = reflector::store();
-    let api: Api<PartialObjectMeta<ServiceAccount>> = Api::namespaced(admin.clone(), namespace);
+    let api: Api<PartialObjectMeta<Lease>> = Api::namespaced(admin.clone(), namespace);
     let config = crate::watch::config().labels(identity::OWNED_SELECTOR);
     let stream = watcher(api, config)
         .backoff(crate::watch::backoff())
         .reflect(writer)
         .for_each(|e| {
             if let Err(e) = e {
-                debug!(error = %e, "watching guest ServiceAccounts");
+                debug!(error = %e, "watching guest Leases");
             }
             futures::future::ready(())
         });
@@ -213,13 +215,9 @@ fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<Servic
     store
 }
 
-/// Wait until the VM's guest ServiceAccount exists (a local look at the store, no API request).
-async fn identity_ready(
-    store: &Store<PartialObjectMeta<ServiceAccount>>,
-    namespace: &str,
-    vm: &str,
-) {
-    let key = ObjectRef::new(&identity::guest_name(vm)).within(namespace);
+/// Wait until the VM's guest identity is complete (a local look at the store, no API request).
+async fn identity_ready(store: &Store<PartialObjectMeta<Lease>>, namespace: &str, vm: &str) {
+    let key = ObjectRef::new(&identity::lease_name(vm)).within(namespace);
     while store.get(&key).is_none() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
