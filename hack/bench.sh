@@ -11,6 +11,8 @@
 # simulator's logs to target/bench/logs/. The control plane is removed at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 unset KUBECONFIG
 
 out="${AUTOMEND_BENCH_DIR:-$PWD/target/bench}"
@@ -31,17 +33,7 @@ trap 'bash hack/cluster.sh down --purge' EXIT
 bash hack/cluster.sh up
 eval "$(bash hack/cluster.sh env)"
 "$target/release/automend" crds | kubectl apply --server-side -f - >/dev/null
-# `kubectl wait` fails at once on a CRD whose status has no conditions yet: ask again.
-crds=(crd/virtualmachines.automend.io crd/configurationprofiles.automend.io
-  crd/updaterings.automend.io crd/patchrollouts.automend.io)
-deadline=$((SECONDS + 60))
-until kubectl wait --for=condition=Established --timeout=60s "${crds[@]}" >/dev/null 2>&1; do
-  if [[ $SECONDS -ge $deadline ]]; then
-    kubectl wait --for=condition=Established --timeout=1s "${crds[@]}"
-    exit 1
-  fi
-  sleep 0.5
-done
+wait_crds
 # The guests' admission policy, as the chart installs it (its cost is part of every guest write).
 helm template automend charts/automend --kube-version "$(kubectl version -o json | jq -r .serverVersion.gitVersion)" \
   -s templates/guest-admission.yaml | kubectl apply --server-side -f - >/dev/null

@@ -4,6 +4,8 @@
 # Leaves everything running for exploration; `hack/demo.sh down` stops it all.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
 unset KUBECONFIG
 DEMO_DIR=.local/demo
 mkdir -p "$DEMO_DIR"
@@ -95,18 +97,7 @@ cargo build --locked
 
 step "installing the CRDs from the types and the chart's guest admission policy"
 "$bin/automend" crds | kubectl apply --server-side -f -
-# `kubectl wait` fails at once on a CRD whose status has no conditions yet (right after it is
-# created): ask again until the minute is up, then show its answer.
-crds=(crd/virtualmachines.automend.io crd/configurationprofiles.automend.io
-  crd/updaterings.automend.io crd/patchrollouts.automend.io)
-crd_deadline=$((SECONDS + 60))
-until kubectl wait --for=condition=Established --timeout=60s "${crds[@]}" >/dev/null 2>&1; do
-  if [[ $SECONDS -ge $crd_deadline ]]; then
-    kubectl wait --for=condition=Established --timeout=1s "${crds[@]}"
-    exit 1
-  fi
-  sleep 0.5
-done
+wait_crds
 helm template automend charts/automend --kube-version "$(kubectl version -o json | jq -r .serverVersion.gitVersion)" \
   -s templates/guest-admission.yaml | kubectl apply --server-side -f -
 

@@ -57,3 +57,18 @@ wait_ready() { # <what> <seconds> <command...>
     sleep 0.5
   done
 }
+
+wait_crds() { # wait (up to 60 s) until the API server serves Automend's CRDs
+  # `kubectl wait` fails at once on a CRD whose status has no conditions yet (right after it is
+  # created): ask again until the minute is up, then show its answer.
+  local crds=(crd/virtualmachines.automend.io crd/configurationprofiles.automend.io
+    crd/updaterings.automend.io crd/patchrollouts.automend.io)
+  local deadline=$((SECONDS + 60))
+  until kubectl wait --for=condition=Established --timeout=60s "${crds[@]}" >/dev/null 2>&1; do
+    if [[ $SECONDS -ge $deadline ]]; then
+      kubectl wait --for=condition=Established --timeout=1s "${crds[@]}"
+      return 1
+    fi
+    sleep 0.5
+  done
+}

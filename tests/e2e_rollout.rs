@@ -205,31 +205,37 @@ impl Rollouts {
 
     /// Wait until every VM is Configured and has a successful assessment.
     async fn wait_assessed(&self, count: usize) {
-        let vms = self.env.vms.clone();
-        wait_for(
+        self.wait_vms(
             &format!("{count} VMs configured and assessed"),
-            ROLLOUT_TIMEOUT,
-            || {
-                let vms = vms.clone();
-                async move {
-                    let list = vms.list(&ListParams::default()).await.ok()?;
-                    let ok = list
-                        .items
-                        .iter()
-                        .filter(|v| {
-                            v.status.as_ref().is_some_and(|s| {
-                                s.phase == Some(VmPhase::Configured)
-                                    && s.patch_status
-                                        .as_ref()
-                                        .and_then(|p| p.available_patch_summary.as_ref())
-                                        .is_some_and(|a| a.critical_and_security_patch_count >= 2)
-                            })
-                        })
-                        .count();
-                    (ok == count).then_some(())
-                }
+            count,
+            |v| {
+                v.status.as_ref().is_some_and(|s| {
+                    s.phase == Some(VmPhase::Configured)
+                        && s.patch_status
+                            .as_ref()
+                            .and_then(|p| p.available_patch_summary.as_ref())
+                            .is_some_and(|a| a.critical_and_security_patch_count >= 2)
+                })
             },
         )
+        .await;
+    }
+
+    /// Wait until exactly `count` VMs of the namespace satisfy `ok`.
+    async fn wait_vms(
+        &self,
+        what: &str,
+        count: usize,
+        ok: impl Fn(&VirtualMachine) -> bool + Copy,
+    ) {
+        let vms = self.env.vms.clone();
+        wait_for(what, ROLLOUT_TIMEOUT, || {
+            let vms = vms.clone();
+            async move {
+                let list = vms.list(&ListParams::default()).await.ok()?;
+                (list.items.iter().filter(|v| ok(v)).count() == count).then_some(())
+            }
+        })
         .await;
     }
 
@@ -914,23 +920,15 @@ async fn halt_rollback_pause_resume_and_expedite() {
                 .await;
         }
     }
-    let vms = r.env.vms.clone();
-    wait_for("every guest assessed libssl 2.1.0", ROLLOUT_TIMEOUT, || {
-        let vms = vms.clone();
-        async move {
-            let list = vms.list(&ListParams::default()).await.ok()?;
-            let offered = list
-                .items
-                .iter()
-                .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.assessment.as_ref())
-                .filter(|a| {
-                    a.packages
-                        .iter()
-                        .any(|p| p.name == "libssl" && p.version == "2.1.0")
-                })
-                .count();
-            (offered == 24).then_some(())
-        }
+    r.wait_vms("every guest assessed libssl 2.1.0", 24, |v| {
+        v.status
+            .as_ref()
+            .and_then(|s| s.guest.as_ref()?.assessment.as_ref())
+            .is_some_and(|a| {
+                a.packages
+                    .iter()
+                    .any(|p| p.name == "libssl" && p.version == "2.1.0")
+            })
     })
     .await;
     r.rollout(
@@ -979,31 +977,19 @@ async fn halt_rollback_pause_resume_and_expedite() {
     let refused = r.plugin_refused(&["abort", "second"]);
     assert!(refused.contains("RolledBack"), "{refused}");
     // Every VM installed libssl 2.1.0 in "second"; each is rolled back to 2.0.0.
-    let vms = r.env.vms.clone();
-    wait_for(
-        "the 24 VMs second patched to be rolled back",
-        ROLLOUT_TIMEOUT,
-        || {
-            let vms = vms.clone();
-            async move {
-                let list = vms.list(&ListParams::default()).await.ok()?;
-                let back = list
-                    .items
-                    .iter()
-                    .filter_map(|v| v.status.as_ref()?.guest.as_ref()?.installation.clone())
-                    .filter(|i| {
-                        i.rollout == "second"
-                            && i.rollback
-                            && i.status == automend::api::OperationStatus::Succeeded
-                            && i.installed
-                                .iter()
-                                .any(|p| p.name == "libssl" && p.version == "2.0.0")
-                    })
-                    .count();
-                (back == 24).then_some(())
-            }
-        },
-    )
+    r.wait_vms("the 24 VMs second patched to be rolled back", 24, |v| {
+        v.status
+            .as_ref()
+            .and_then(|s| s.guest.as_ref()?.installation.as_ref())
+            .is_some_and(|i| {
+                i.rollout == "second"
+                    && i.rollback
+                    && i.status == automend::api::OperationStatus::Succeeded
+                    && i.installed
+                        .iter()
+                        .any(|p| p.name == "libssl" && p.version == "2.0.0")
+            })
+    })
     .await;
     r.finish(ctl).await;
 }

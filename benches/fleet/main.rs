@@ -122,9 +122,9 @@ impl Drop for Proc {
     }
 }
 
-/// Every counter the bench compares before and after a step.
-struct Sample {
-    at: Instant,
+/// Every counter the bench compares before and after a step; a difference of two samples is
+/// one too (per VM or per minute).
+struct Counters {
     api: Requests,
     ctl: Requests,
     reconciles: f64,
@@ -132,6 +132,11 @@ struct Sample {
     apiserver_cpu: f64,
     controller_cpu: f64,
     sim_cpu: f64,
+}
+
+struct Sample {
+    at: Instant,
+    counters: Counters,
 }
 
 async fn sample(
@@ -143,30 +148,23 @@ async fn sample(
     let text = probe::controller_metrics(ctl.port).await?;
     Ok(Sample {
         at: Instant::now(),
-        api: probe::apiserver_requests(&probe::apiserver_metrics(client).await?),
-        ctl: probe::controller_requests(&text),
-        reconciles: probe::counter(&text, "automend_reconciles_total"),
-        status_writes: probe::counter(&text, "automend_status_writes_total"),
-        apiserver_cpu: probe::cpu_seconds(args.apiserver_pid)?,
-        controller_cpu: probe::cpu_seconds(ctl.pid())?,
-        sim_cpu: sim.map_or(Ok(0.0), |s| probe::cpu_seconds(s.pid()))?,
+        counters: Counters {
+            api: probe::apiserver_requests(&probe::apiserver_metrics(client).await?),
+            ctl: probe::controller_requests(&text),
+            reconciles: probe::counter(&text, "automend_reconciles_total"),
+            status_writes: probe::counter(&text, "automend_status_writes_total"),
+            apiserver_cpu: probe::cpu_seconds(args.apiserver_pid)?,
+            controller_cpu: probe::cpu_seconds(ctl.pid())?,
+            sim_cpu: sim.map_or(Ok(0.0), |s| probe::cpu_seconds(s.pid()))?,
+        },
     })
 }
 
-/// The difference of two samples, per `per` (VMs or minutes).
-struct Diff {
-    api: Requests,
-    ctl: Requests,
-    reconciles: f64,
-    status_writes: f64,
-    apiserver_cpu: f64,
-    controller_cpu: f64,
-    sim_cpu: f64,
-}
-
-fn diff(a: &Sample, b: &Sample, per: f64) -> Diff {
+/// `b - a`, per `per` (VMs or minutes).
+fn diff(a: &Sample, b: &Sample, per: f64) -> Counters {
+    let (a, b) = (&a.counters, &b.counters);
     let scale = |r: Requests| r.into_iter().map(|(k, v)| (k, v / per)).collect();
-    Diff {
+    Counters {
         api: scale(probe::delta(&a.api, &b.api)),
         ctl: scale(probe::delta(&a.ctl, &b.ctl)),
         reconciles: (b.reconciles - a.reconciles) / per,
@@ -196,24 +194,24 @@ impl Report {
         for ((verb, resource), v) in rows {
             self.line(format!("| {verb} | {resource} | {v:.2} |"));
         }
-        let rest: f64 = r.values().filter(|v| **v < 0.05).sum();
+        let rest = r.values().filter(|v| **v < 0.05).fold(0.0, |a, v| a + v);
         if rest > 0.0 {
             self.line(format!("| (others, each under 0.05) | | {rest:.2} |"));
         }
         let writes = probe::writes(r);
-        let total: f64 = r.values().sum();
+        let total = r.values().fold(0.0, |a, v| a + v);
         self.line(format!(
             "| all writes | | {writes:.2} |\n| all requests | | {total:.2} |"
         ));
     }
 
-    fn costs(&mut self, d: &Diff, unit: &str) {
+    fn costs(&mut self, d: &Counters, unit: &str) {
         self.line(format!(
             "\n| {unit} | value |\n| --- | ---: |\n| controller reconciles | {:.2} |\n| controller status writes | {:.2} |\n| controller API writes | {:.2} |\n| controller API requests | {:.2} |\n| API server CPU (ms) | {:.2} |\n| controller CPU (ms) | {:.2} |\n| simulator CPU (ms) | {:.2} |",
             d.reconciles,
             d.status_writes,
             probe::writes(&d.ctl),
-            d.ctl.values().sum::<f64>(),
+            d.ctl.values().fold(0.0, |a, v| a + v),
             d.apiserver_cpu * 1000.0,
             d.controller_cpu * 1000.0,
             d.sim_cpu * 1000.0

@@ -68,7 +68,8 @@ pub fn controller_requests(text: &str) -> Requests {
 
 /// A counter of the controller summed over its labels (`automend_reconciles_total`, …).
 pub fn counter(text: &str, metric: &str) -> f64 {
-    samples(text, metric).iter().map(|(_, v)| v).sum()
+    // A fold from 0.0: an empty `sum()` of floats is -0.0, printed "-0.00".
+    samples(text, metric).iter().fold(0.0, |a, (_, v)| a + v)
 }
 
 /// `after - before`, keeping what changed.
@@ -90,8 +91,7 @@ pub fn is_write(verb: &str) -> bool {
 pub fn writes(r: &Requests) -> f64 {
     r.iter()
         .filter(|((verb, _), _)| is_write(verb))
-        .map(|(_, v)| v)
-        .sum()
+        .fold(0.0, |a, (_, v)| a + v)
 }
 
 #[cfg(test)]
@@ -117,6 +117,10 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="coord
         assert_eq!(get("get", "/readyz"), Some(7.0));
         assert_eq!(r.len(), 4, "{r:?}");
         assert_eq!(writes(&r), 21.0);
+        assert!(
+            writes(&Requests::new()).is_sign_positive(),
+            "0.00, not -0.00"
+        );
     }
 
     #[test]
