@@ -9,6 +9,7 @@ mod enroll;
 mod events;
 mod http;
 pub mod metrics;
+mod own_writes;
 mod profile;
 mod reconcile;
 mod rollout;

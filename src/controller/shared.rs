@@ -72,6 +72,26 @@ impl Written {
         }
     }
 
+    /// The watch brought this copy of a VM: a write it shows is no longer laid over (without
+    /// this an entry would wait for the VM's next reconcile, which its own write no longer causes).
+    pub fn observe(&self, vm: &VirtualMachine) {
+        let Ok(mut w) = self.0.lock() else { return };
+        let key = (
+            vm.metadata.namespace.clone().unwrap_or_default(),
+            vm.metadata.name.clone().unwrap_or_default(),
+        );
+        let Some((_, part)) = w.get(&key) else { return };
+        let shown = vm
+            .status
+            .as_ref()
+            .map(crate::logic::vm::controller_part)
+            .unwrap_or_default()
+            == *part;
+        if shown {
+            w.remove(&key);
+        }
+    }
+
     pub fn forget(&self, ns: &str, name: &str) {
         if let Ok(mut w) = self.0.lock() {
             w.remove(&(ns.to_string(), name.to_string()));
@@ -133,6 +153,8 @@ pub struct Shared {
     pub heartbeats: Heartbeats,
     /// The controller's last status write per VM, until its cache shows it (see `Written`).
     pub written: Written,
+    /// Which VM changes are the controller's own status writes (no reconcile for those).
+    pub own_writes: super::own_writes::OwnWrites,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
     /// The namespace of every VM change the VM watch sees (for the rollout controller).
@@ -174,6 +196,7 @@ impl Shared {
             role_bindings,
             heartbeats: Heartbeats::default(),
             written: Written::default(),
+            own_writes: Default::default(),
             writers: Arc::new(Mutex::new(Some(Writers {
                 vms: vw,
                 profiles: pw,
@@ -234,5 +257,50 @@ impl Shared {
             wait!(me.role_bindings, "rolebindings");
             let _ = tx.send(true);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{VirtualMachineStatus, VmPhase};
+
+    fn vm(phase: Option<VmPhase>) -> VirtualMachine {
+        let mut v: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": "web-1", "namespace": "fleet" },
+            "spec": {
+                "management": { "enabled": true },
+                "os": { "type": "Linux", "image":
+                    { "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server" } },
+                "placement": { "region": "westeurope" },
+            }
+        }))
+        .expect("vm");
+        v.status = phase.map(|p| VirtualMachineStatus {
+            phase: Some(p),
+            ..Default::default()
+        });
+        v
+    }
+
+    #[test]
+    fn a_write_is_laid_over_until_the_watch_shows_it() {
+        let w = Written::default();
+        let part = vm(Some(VmPhase::Pending)).status.expect("status");
+        w.wrote("fleet", "web-1", &part);
+        let stale = vm(None);
+        w.observe(&stale);
+        assert_eq!(
+            w.status_for("fleet", "web-1", None).and_then(|s| s.phase),
+            Some(VmPhase::Pending),
+            "a copy without the write keeps it laid over"
+        );
+        w.observe(&vm(Some(VmPhase::Pending)));
+        assert_eq!(
+            w.status_for("fleet", "web-1", None),
+            None,
+            "shown by the watch: the entry is gone, the cache decides"
+        );
     }
 }

@@ -64,6 +64,16 @@ pub async fn run(
         probe("vm/virtualmachines"),
     )
     .try_filter_map(move |event| futures::future::ready(Ok(invalid::screen(event, &report))))
+    .inspect_ok({
+        let (own, written) = (shared.own_writes.clone(), shared.written.clone());
+        move |event| {
+            if let watcher::Event::Delete(vm) = event {
+                let (ns, name) = (vm.namespace().unwrap_or_default(), vm.name_any());
+                own.forget(&ns, &name);
+                written.forget(&ns, &name);
+            }
+        }
+    })
     .modify(|vm| vm.managed_fields_mut().clear())
     .reflect(w.vms)
     .applied_objects();
@@ -106,6 +116,14 @@ pub async fn run(
             .modify(|l| l.spec = None)
             .reflect(w.leases)
             .touched_objects();
+    // The controller's own status writes coming back reconcile nothing (the rollout controller
+    // above still hears of them).
+    let own = shared.own_writes.clone();
+    let written = shared.written.clone();
+    let vm_stream = vm_stream.try_filter(move |vm| {
+        written.observe(vm);
+        futures::future::ready(own.passes(vm))
+    });
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
     use watch::{changed, events_only};
@@ -356,6 +374,8 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         .unwrap_or_default();
     if outcome.status != current {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+        // Before the write: its watch event may come back before the call returns.
+        shared.own_writes.wrote(&ns, &name, &outcome.status);
         crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await?;
         shared.written.wrote(&ns, &name, &outcome.status);
         ctx.metrics

@@ -430,21 +430,14 @@ impl Decision<'_> {
             && guest.applied_attempt == attempt;
         if !applied {
             self.conditions.keep(DRIFTED);
-            let msg = if self
-                .status
-                .remediation
-                .as_ref()
-                .is_some_and(|r| r.attempts > 0)
-            {
-                format!(
-                    "remediating: waiting for the guest to re-apply configuration {hash} (attempt {attempt})"
-                )
-            } else {
-                format!(
-                    "configuring: waiting for the guest to apply configuration {hash} of ConfigurationProfile {}",
-                    p.name
-                )
-            };
+            let attempts = self.status.remediation.as_ref().map_or(0, |r| r.attempts);
+            if attempts > 0 {
+                return remediating(attempts, p.policy.max_attempts, hash).watching_heartbeat();
+            }
+            let msg = format!(
+                "configuring: waiting for the guest to apply configuration {hash} of ConfigurationProfile {}",
+                p.name
+            );
             return Verdict::new(VmPhase::InProgress, "Configuring", msg).watching_heartbeat();
         }
         let drift: Vec<String> = guest
@@ -547,7 +540,7 @@ impl Decision<'_> {
             }
             Verdict::new(VmPhase::Failed, "RemediationFailed", msg)
         } else {
-            self.remediate(policy, &mut rem, summary)
+            self.remediate(policy, &mut rem, summary, &p.configuration.hash)
         };
         self.status.remediation = Some(rem);
         verdict.watching_heartbeat()
@@ -559,6 +552,7 @@ impl Decision<'_> {
         policy: &RemediationPolicy,
         rem: &mut crate::api::RemediationStatus,
         summary: &str,
+        hash: &str,
     ) -> Verdict {
         let now = self.input.now;
         let due = match (&rem.last_attempt_time, rem.attempts) {
@@ -571,14 +565,9 @@ impl Decision<'_> {
             if let Some(d) = self.status.desired.as_mut() {
                 d.remediation_attempt += 1;
             }
-            let mut v = Verdict::new(
-                VmPhase::InProgress,
-                "Remediating",
-                format!(
-                    "remediating: attempt {} of {}: {summary}",
-                    rem.attempts, policy.max_attempts
-                ),
-            );
+            // What the next decision says while the guest re-applies (the drift is in the
+            // Drifted condition): a decision stands on its own write.
+            let mut v = remediating(rem.attempts, policy.max_attempts, hash);
             v.remediation_attempted = true;
             return v;
         }
@@ -596,4 +585,15 @@ impl Decision<'_> {
         v.wait = Some(wait);
         v
     }
+}
+
+/// Remediation attempt `attempt` of `max` is out: the guest is asked to re-apply `hash`.
+fn remediating(attempt: i32, max: i32, hash: &str) -> Verdict {
+    Verdict::new(
+        VmPhase::InProgress,
+        "Remediating",
+        format!(
+            "remediating: attempt {attempt} of {max}: waiting for the guest to re-apply configuration {hash}"
+        ),
+    )
 }

@@ -501,6 +501,30 @@ proptest! {
             st.guest = guest;
         }
     }
+
+    /// Deciding is a fixed point: decided again on its own write (same inputs, same moment), the
+    /// status stays and no Event is published again. The controller relies on it: its own status
+    /// writes coming back through the watch reconcile nothing (`controller::own_writes`).
+    #[test]
+    fn a_decision_stands_on_its_own_write(steps in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), 0i64..400), 1..30)) {
+        let s = spec();
+        let mut st: Option<VirtualMachineStatus> = None;
+        let mut now = 0;
+        for (acts, drifted, alive, dt) in steps {
+            now += dt;
+            if let (true, Some(x)) = (acts, st.as_mut()) {
+                if x.desired.is_some() {
+                    guest_acts(x, if drifted { &["monitoring"] } else { &[] });
+                }
+            }
+            let o = run(&s, st.as_ref(), now, alive, RemediationMode::Auto);
+            let written = with_controller_part(&st.clone().unwrap_or_default(), &o.status);
+            let again = run(&s, Some(&written), now, alive, RemediationMode::Auto);
+            prop_assert_eq!(&again.status, &o.status);
+            prop_assert!(again.events.is_empty(), "published again: {:?}", reasons(&again));
+            st = Some(written);
+        }
+    }
 }
 
 #[test]
