@@ -738,6 +738,87 @@ async fn a_guest_may_write_only_its_own_status_guest() {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
         other => panic!("renewing another VM's Lease should be forbidden: {other:?}"),
     }
+
+    // Deleting a VM goes at once (no finalizer of ours holds it), and the cluster's garbage
+    // collector removes its guest identity and Lease (the VM owns them): the guest's token is
+    // refused from then on.
+    let vms: Api<VirtualMachine> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let a = vms.get("a").await.expect("VM a");
+    assert!(
+        a.metadata.finalizers.unwrap_or_default().is_empty(),
+        "no finalizer on a VM"
+    );
+    vms.delete("a", &Default::default())
+        .await
+        .expect("delete a");
+    let sa = automend::identity::guest_name("a");
+    let ns = env.ns.name.clone();
+    let client = env.client.clone();
+    wait_for("VM a's identity and Lease removed", LONG, || {
+        let (client, ns, sa) = (client.clone(), ns.clone(), sa.clone());
+        async move {
+            use k8s_openapi::api::core::v1::ServiceAccount;
+            use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+            let gone = Api::<VirtualMachine>::namespaced(client.clone(), &ns)
+                .get_opt("a")
+                .await
+                .ok()?
+                .is_none()
+                && Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                    .get_opt(&sa)
+                    .await
+                    .ok()?
+                    .is_none()
+                && Api::<Role>::namespaced(client.clone(), &ns)
+                    .get_opt(&sa)
+                    .await
+                    .ok()?
+                    .is_none()
+                && Api::<RoleBinding>::namespaced(client.clone(), &ns)
+                    .get_opt(&sa)
+                    .await
+                    .ok()?
+                    .is_none()
+                && Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, &ns)
+                    .get_opt("a")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+    // A VM onboarded by an earlier version carries its finalizer: the controller removes it.
+    vms.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "finalizers": ["automend.io/guest-identity"] } })),
+    )
+    .await
+    .expect("the legacy finalizer on b");
+    wait_for("b's legacy finalizer removed", LONG, || {
+        let vms = vms.clone();
+        async move {
+            let b = vms.get("b").await.ok()?;
+            b.metadata
+                .finalizers
+                .unwrap_or_default()
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    let mine = mine.clone();
+    wait_for("the deleted VM's guest token refused", LONG, || {
+        let mine = mine.clone();
+        async move {
+            match mine.get("a").await {
+                Err(kube::Error::Api(s)) if s.code == 401 => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
     env.finish(ctl).await;
 }
 

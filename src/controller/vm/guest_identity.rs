@@ -1,13 +1,11 @@
 //! A VM's guest identity (ServiceAccount, Role, RoleBinding, heartbeat Lease): created when
-//! missing, revoked when the VM is deleted. Nothing on the guest is touched.
-
-use std::sync::Arc;
+//! missing, owned by the VM (the garbage collector deletes them with it, which revokes the
+//! guest's tokens). Nothing on the guest is touched.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::info;
@@ -107,9 +105,10 @@ pub(crate) async fn ensure_identity(
     Ok(())
 }
 
-/// The VM is being deleted: revoke its guest's identity at once (deleting the ServiceAccount
-/// invalidates its tokens) and remove the heartbeat Lease. Nothing on the guest is touched.
-pub(super) async fn cleanup(vm: Arc<VirtualMachine>, ctx: &Context) -> Result<Action, Error> {
+/// A VM of an older version (with the legacy finalizer) is being deleted: revoke its guest's
+/// identity at once (deleting the ServiceAccount invalidates its tokens) and remove the
+/// heartbeat Lease, as that version promised. Nothing on the guest is touched.
+pub(super) async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<(), Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
     let guest = identity::guest_name(&name);
@@ -142,5 +141,5 @@ pub(super) async fn cleanup(vm: Arc<VirtualMachine>, ctx: &Context) -> Result<Ac
             .await,
     )?;
     info!("guest identity and heartbeat Lease removed");
-    Ok(Action::await_change())
+    Ok(())
 }

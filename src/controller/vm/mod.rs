@@ -1,5 +1,6 @@
 //! The VirtualMachine controller: guest identity, profile resolution, the phase decision, the
-//! guest protocol's controller half, Events and the cleanup finalizer.
+//! guest protocol's controller half and Events. The guest identity is owned by the VM (garbage
+//! collected with it); the finalizer earlier versions put on VMs is removed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,10 +12,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -38,6 +38,7 @@ mod triggers;
 
 use guest_identity::{cleanup, ensure_identity};
 
+/// The finalizer earlier versions put on VMs (the controller now removes it).
 pub const FINALIZER: &str = "automend.io/guest-identity";
 
 /// Run the VirtualMachine controller until `stop` resolves.
@@ -208,39 +209,49 @@ async fn reconcile(
         shared.ready(),
         || async move {
             let ns = vm.namespace().unwrap_or_default();
-            let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-            let result = finalizer(&api, FINALIZER, vm, |event| async {
-                match event {
-                    Finalizer::Apply(vm) => apply(vm, ctx, shared).await,
-                    Finalizer::Cleanup(vm) => {
-                        shared.written.forget(&ns, &vm.name_any());
-                        cleanup(vm, ctx).await
-                    }
+            let name = vm.name_any();
+            // The guest identity and the Lease are owned by the VM: the cluster's garbage
+            // collector removes them with it. VMs onboarded by earlier versions carry a finalizer that
+            // did it instead; it is removed (at their deletion, after that cleanup).
+            let legacy = vm.finalizers().iter().any(|f| f == FINALIZER);
+            if vm.metadata.deletion_timestamp.is_some() {
+                shared.written.forget(&ns, &name);
+                if legacy {
+                    cleanup(&vm, ctx).await?;
+                    remove_finalizer(ctx, &vm).await?;
                 }
-            })
-            .await;
-            use kube::runtime::finalizer::Error as F;
-            match result {
-                Ok(a) => Ok(a),
-                Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
-                // The cached VM predates our own finalizer patch (its JSON-patch test failed): the
-                // watch brings the fresh object in a moment.
-                Err(
-                    F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)),
-                ) if s.code == 422 || s.code == 409 => {
-                    tracing::debug!("stale cache while patching the finalizer; retrying");
-                    Ok(Action::requeue(Duration::from_millis(500)))
-                }
-                // The VM went away between our read and the patch: nothing is left to clean.
-                Err(F::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
-                    tracing::debug!("VM already gone while removing the finalizer");
-                    Ok(Action::await_change())
-                }
-                Err(other) => Err(Error::Finalizer(other.to_string())),
+                return Ok(Action::await_change());
             }
+            if legacy {
+                remove_finalizer(ctx, &vm).await?;
+            }
+            apply(vm, ctx, shared).await
         },
     )
     .await
+}
+
+/// Remove our (legacy) finalizer, only from the VM as read: a concurrent change (409) or a VM
+/// already gone (404) needs nothing, the watch brings the fresh object.
+async fn remove_finalizer(ctx: &Context, vm: &VirtualMachine) -> Result<(), Error> {
+    let finalizers: Vec<&String> = vm.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": vm.resource_version(), "finalizers": finalizers }
+    });
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    match api
+        .patch(
+            &vm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn policy(p: &ConfigurationProfile) -> RemediationPolicy {
@@ -352,6 +363,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
+        created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
         generation: vm.metadata.generation,
         spec: &vm.spec,
         status: status.as_ref(),

@@ -90,6 +90,8 @@ pub enum Heartbeat {
 
 pub struct Inputs<'a> {
     pub now: Timestamp,
+    /// When the VM was created (`metadata.creationTimestamp`).
+    pub created: Option<Timestamp>,
     pub generation: Option<i64>,
     pub spec: &'a VirtualMachineSpec,
     pub status: Option<&'a VirtualMachineStatus>,
@@ -102,6 +104,12 @@ pub struct Inputs<'a> {
     /// The patching schedule's clock (assessment intervals run on it; `now` is real time).
     pub clock: crate::clock::Clock,
 }
+
+/// How long a new VM's first status waits for its guest's first heartbeat. A guest that runs
+/// when its identity appears heartbeats within seconds, and its VM then goes straight to
+/// InProgress with its configuration: one status write saved per onboarded VM (issue 17). A VM
+/// whose guest is silent that long is Pending.
+pub const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(15);
 
 /// The annotation that asks for an on-demand assessment; any new value is a new request.
 pub const ASSESS_ANNOTATION: &str = "automend.io/assess";
@@ -187,5 +195,31 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
     if managed {
         assessment::schedule(&input, assessment, &mut out);
     }
+    if let Some(wait) = first_heartbeat_wait(&input, &out) {
+        return Outcome {
+            status: old.map(controller_part).unwrap_or_default(),
+            events: Vec::new(),
+            requeue_after: Some(wait),
+            remediation_attempted: false,
+        };
+    }
     out
+}
+
+/// A VM never decided, created less than `FIRST_HEARTBEAT_WAIT` ago, whose guest has not
+/// heartbeaten yet and which would be Pending only for that: how long to hold its first write.
+fn first_heartbeat_wait(input: &Inputs<'_>, out: &Outcome) -> Option<Duration> {
+    let never_decided = input.status.is_none_or(|s| s.phase.is_none());
+    let no_heartbeat_yet = matches!(input.heartbeat, Heartbeat::Missing { last: None });
+    let only_waiting = out.status.phase == Some(crate::api::VmPhase::Pending)
+        && out
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.reason == "NoHeartbeat");
+    if !(never_decided && no_heartbeat_yet && only_waiting) {
+        return None;
+    }
+    let until = input.created? + jiff::SignedDuration::try_from(FIRST_HEARTBEAT_WAIT).ok()?;
+    (until > input.now).then(|| super::duration::until(input.now, until))
 }

@@ -54,6 +54,7 @@ fn run(
     mode: RemediationMode,
 ) -> Outcome {
     decide(Inputs {
+        created: None,
         now: t(now),
         generation: Some(1),
         spec,
@@ -271,6 +272,7 @@ fn disabling_clears_directives_and_keeps_the_configuration() {
 fn unsupported_image_and_missing_profile_fail_with_the_reason() {
     let s = spec();
     let o = decide(Inputs {
+        created: None,
         now: t(0),
         generation: Some(1),
         spec: &s,
@@ -300,6 +302,7 @@ fn unsupported_image_and_missing_profile_fail_with_the_reason() {
         "nothing is configured on an unsupported image"
     );
     let o = decide(Inputs {
+        created: None,
         now: t(0),
         generation: Some(1),
         spec: &s,
@@ -364,6 +367,7 @@ fn with_request(
     request: Option<&str>,
 ) -> Outcome {
     decide(Inputs {
+        created: None,
         now: t(now),
         generation: Some(1),
         spec,
@@ -604,6 +608,7 @@ fn a_skewed_guest_clock_is_reported_once_and_the_vm_still_managed() {
         clock_skew: Some(jiff::SignedDuration::from_hours(3)),
     };
     let input = |status, now| Inputs {
+        created: None,
         now: t(now),
         generation: Some(1),
         spec: &s,
@@ -806,4 +811,47 @@ fn the_rollout_controllers_directives_are_left_to_it() {
     let d = part.desired.as_ref().expect("desired");
     assert!(d.installation.is_none() && d.release_assessment.is_none());
     assert_eq!(with_controller_part(&st, &part).desired, st.desired);
+}
+
+#[test]
+fn a_new_vms_first_status_waits_briefly_for_its_first_heartbeat() {
+    let s = spec();
+    let at = |now: i64, alive: bool, status: Option<&VirtualMachineStatus>| {
+        decide(Inputs {
+            created: Some(t(0)),
+            now: t(now),
+            generation: Some(1),
+            spec: &s,
+            status,
+            profile: resolved(RemediationMode::Auto),
+            image_problems: vec![],
+            heartbeat: if alive {
+                Heartbeat::Alive {
+                    renewed: t(now),
+                    clock_skew: None,
+                }
+            } else {
+                Heartbeat::Missing { last: None }
+            },
+            grace: Duration::from_secs(300),
+            assess_request: None,
+            clock: crate::clock::Clock::real(),
+        })
+    };
+    // Just created, no heartbeat yet: nothing to write, a look again when the wait is over.
+    let o = at(5, false, None);
+    assert_eq!(o.status, VirtualMachineStatus::default());
+    assert!(o.events.is_empty());
+    assert_eq!(o.requeue_after, Some(Duration::from_secs(10)));
+    // The guest heartbeats: straight to InProgress, with the configuration to apply.
+    let o = at(6, true, None);
+    assert_eq!(o.status.phase, Some(VmPhase::InProgress));
+    assert!(o.status.desired.is_some_and(|d| d.configuration.is_some()));
+    // Silent past the wait: Pending, as before.
+    let o = at(15, false, None);
+    assert_eq!(o.status.phase, Some(VmPhase::Pending));
+    assert!(o.status.desired.is_some());
+    // A VM decided before (or that lost its heartbeat) is never held.
+    let o = at(5, false, Some(&o.status));
+    assert_eq!(o.status.phase, Some(VmPhase::Pending));
 }
