@@ -739,6 +739,54 @@ async fn a_guest_may_write_only_its_own_status_guest() {
         other => panic!("renewing another VM's Lease should be forbidden: {other:?}"),
     }
 
+    // Someone deletes a guest's RoleBinding, or puts an older rules version on its Role: the
+    // controller puts each right (the identity watches wake the VM).
+    {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let b_guest = automend::identity::guest_name("b");
+        let bindings: Api<RoleBinding> = Api::namespaced(env.client.clone(), &env.ns.name);
+        let old_uid = bindings
+            .get(&b_guest)
+            .await
+            .expect("b's RoleBinding")
+            .metadata
+            .uid;
+        bindings
+            .delete(&b_guest, &Default::default())
+            .await
+            .expect("delete b's RoleBinding");
+        wait_for("b's RoleBinding created again", LONG, || {
+            let (bindings, b_guest, old_uid) = (bindings.clone(), b_guest.clone(), old_uid.clone());
+            async move {
+                let rb = bindings.get_opt(&b_guest).await.ok()??;
+                (rb.metadata.uid != old_uid).then_some(())
+            }
+        })
+        .await;
+        let roles: Api<Role> = Api::namespaced(env.client.clone(), &env.ns.name);
+        roles
+            .patch(
+                &b_guest,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": {
+                    automend::identity::RULES_ANNOTATION: "1" } } })),
+            )
+            .await
+            .expect("an older rules version on b's Role");
+        wait_for("b's Role brought up to date", LONG, || {
+            let (roles, b_guest) = (roles.clone(), b_guest.clone());
+            async move {
+                let r = roles.get(&b_guest).await.ok()?;
+                (r.metadata
+                    .annotations?
+                    .get(automend::identity::RULES_ANNOTATION)?
+                    == automend::identity::RULES_VERSION)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
     // Deleting a VM goes at once (no finalizer of ours holds it), and the cluster's garbage
     // collector removes its guest identity and Lease (the VM owns them): the guest's token is
     // refused from then on.

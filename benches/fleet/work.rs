@@ -177,7 +177,22 @@ pub async fn floor(
             automend::guest::sim::guest_client(admin, config, ns, &name, Duration::from_secs(3600))
                 .await?;
         let own: Api<VirtualMachine> = Api::namespaced(guest.clone(), ns);
-        automend::status::apply(&own, &name, GUEST_MANAGER, &payload.guest).await?;
+        // The API server's RBAC cache may not show the new RoleBinding yet: a guest is answered
+        // 403 for a moment and asks again (as the real ones do, with their watch's backoff).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match automend::status::apply(&own, &name, GUEST_MANAGER, &payload.guest).await {
+                Err(kube::Error::Api(s))
+                    if s.code == 403 && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            };
+        }
         Api::<Lease>::namespaced(guest, ns)
             .patch(
                 &identity::lease_name(&name),

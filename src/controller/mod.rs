@@ -8,6 +8,7 @@ mod context;
 mod enroll;
 mod events;
 mod http;
+mod identities;
 pub mod metrics;
 mod own_writes;
 mod profile;

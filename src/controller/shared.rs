@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 
@@ -146,10 +145,8 @@ pub struct Shared {
     pub vms: Store<VirtualMachine>,
     pub profiles: Store<ConfigurationProfile>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub leases: Store<Lease>,
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    pub roles: Store<PartialObjectMeta<Role>>,
-    pub role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+    /// Which guest identity objects exist, per VM.
+    pub identities: super::identities::Identities,
     pub heartbeats: Heartbeats,
     /// The controller's last status write per VM, until its cache shows it (see `Written`).
     pub written: Written,
@@ -166,10 +163,6 @@ pub(super) struct Writers {
     pub vms: reflector::store::Writer<VirtualMachine>,
     pub profiles: reflector::store::Writer<ConfigurationProfile>,
     pub namespaces: reflector::store::Writer<PartialObjectMeta<Namespace>>,
-    pub leases: reflector::store::Writer<Lease>,
-    pub service_accounts: reflector::store::Writer<PartialObjectMeta<ServiceAccount>>,
-    pub roles: reflector::store::Writer<PartialObjectMeta<Role>>,
-    pub role_bindings: reflector::store::Writer<PartialObjectMeta<RoleBinding>>,
 }
 
 impl Shared {
@@ -177,10 +170,6 @@ impl Shared {
         let (vms, vw) = reflector::store();
         let (profiles, pw) = reflector::store();
         let (namespaces, nw) = reflector::store();
-        let (leases, lw) = reflector::store();
-        let (service_accounts, sw) = reflector::store();
-        let (roles, rw) = reflector::store();
-        let (role_bindings, bw) = reflector::store();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let (vm_changes, _) = tokio::sync::broadcast::channel(4096);
         let shared = Shared {
@@ -190,10 +179,7 @@ impl Shared {
             vms,
             profiles,
             namespaces,
-            leases,
-            service_accounts,
-            roles,
-            role_bindings,
+            identities: Default::default(),
             heartbeats: Heartbeats::default(),
             written: Written::default(),
             own_writes: Default::default(),
@@ -201,10 +187,6 @@ impl Shared {
                 vms: vw,
                 profiles: pw,
                 namespaces: nw,
-                leases: lw,
-                service_accounts: sw,
-                roles: rw,
-                role_bindings: bw,
             }))),
         };
         shared.watch_readiness(ready_tx);
@@ -251,10 +233,12 @@ impl Shared {
             wait!(me.vms, "virtualmachines");
             wait!(me.profiles, "configurationprofiles");
             wait!(me.namespaces, "namespaces");
-            wait!(me.leases, "leases");
-            wait!(me.service_accounts, "serviceaccounts");
-            wait!(me.roles, "roles");
-            wait!(me.role_bindings, "rolebindings");
+            if let Ok(mut w) = me.waiting_on.lock() {
+                *w = "guest identities and leases";
+            }
+            while !me.identities.ready() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let _ = tx.send(true);
         });
     }

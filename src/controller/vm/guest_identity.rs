@@ -6,11 +6,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use super::super::context::{Context, Error};
+use super::super::identities::Part;
 use super::super::shared::Shared;
 use crate::api::VirtualMachine;
 use crate::identity::{self, CONTROLLER_MANAGER};
@@ -23,84 +23,56 @@ pub(crate) async fn ensure_identity(
 ) -> Result<(), Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
-    let guest = identity::guest_name(&name);
     let pp = PostParams {
         field_manager: Some(CONTROLLER_MANAGER.into()),
         ..Default::default()
     };
-    async fn create<K>(api: Api<K>, obj: K, pp: &PostParams) -> Result<(), Error>
+    let have = shared.identities.get(&ns, &name);
+    let created = |part| shared.identities.created(&ns, &name, part);
+    async fn create<K>(ctx: &Context, ns: &str, obj: K, pp: &PostParams) -> Result<(), Error>
     where
-        K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
     {
-        match api.create(pp, &obj).await {
+        match Api::<K>::namespaced(ctx.client.clone(), ns)
+            .create(pp, &obj)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
-    if shared
-        .service_accounts
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::service_account(vm),
-            &pp,
-        )
-        .await?;
+    if !have.has(Part::ServiceAccount) {
+        create::<ServiceAccount>(ctx, &ns, identity::service_account(vm), &pp).await?;
+        created(Part::ServiceAccount);
     }
-    match shared.roles.get(&ObjectRef::new(&guest).within(&ns)) {
-        None => {
-            create(
-                Api::namespaced(ctx.client.clone(), &ns),
-                identity::role(vm),
-                &pp,
-            )
-            .await?
-        }
+    if !have.has(Part::Role) {
+        create::<Role>(ctx, &ns, identity::role(vm), &pp).await?;
+        created(Part::Role);
+    } else if have.stale_role() {
         // A Role of older rules (before guests renewed their own tokens) is brought up to date.
-        Some(r)
-            if r.annotations()
-                .get(identity::RULES_ANNOTATION)
-                .map(String::as_str)
-                != Some(identity::RULES_VERSION) =>
-        {
-            let role = identity::role(vm);
-            Api::<Role>::namespaced(ctx.client.clone(), &ns)
-                .patch(
-                    &guest,
-                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
-                    &Patch::Apply(&role),
-                )
-                .await?;
-            info!(role = %guest, "guest Role updated to the current rules");
-        }
-        Some(_) => {}
+        let guest = identity::guest_name(&name);
+        Api::<Role>::namespaced(ctx.client.clone(), &ns)
+            .patch(
+                &guest,
+                &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                &Patch::Apply(&identity::role(vm)),
+            )
+            .await?;
+        created(Part::Role);
+        info!(role = %guest, "guest Role updated to the current rules");
     }
-    if shared
-        .role_bindings
-        .get(&ObjectRef::new(&guest).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::role_binding(vm),
-            &pp,
-        )
-        .await?;
+    if !have.has(Part::RoleBinding) {
+        create::<RoleBinding>(ctx, &ns, identity::role_binding(vm), &pp).await?;
+        created(Part::RoleBinding);
     }
-    if shared
-        .leases
-        .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns))
-        .is_none()
-    {
-        create(
-            Api::namespaced(ctx.client.clone(), &ns),
-            identity::lease(vm),
-            &pp,
-        )
-        .await?;
+    if !have.has(Part::Lease) {
+        create::<Lease>(ctx, &ns, identity::lease(vm), &pp).await?;
+        created(Part::Lease);
     }
     Ok(())
 }

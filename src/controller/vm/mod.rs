@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::context::{Context, Error, namespaced, profile_watch};
+use super::identities::Part;
 use super::metrics::{Metrics, PhaseLabel};
 use super::reconcile::{instrumented, on_error};
 use super::shared::Shared;
@@ -53,7 +54,6 @@ pub async fn run(
     };
     let client = &ctx.client;
     let ns = &ctx.settings.namespace;
-    let owned = || watch::config().labels(OWNED_SELECTOR);
 
     // Object by object: an unreadable VM is reported and left out, never a broken watch.
     let (report, reports) = tokio::sync::mpsc::unbounded_channel();
@@ -108,15 +108,6 @@ pub async fn run(
     .modify(|n| n.managed_fields_mut().clear())
     .reflect(w.namespaces)
     .touched_objects();
-    let heartbeats = shared.heartbeats.clone();
-    let lease_stream =
-        watch::supervised(namespaced::<Lease>(client, ns), owned(), probe("vm/leases"))
-            .modify(|l| l.managed_fields_mut().clear())
-            .inspect_ok(move |event| heartbeats.record(event))
-            // The heartbeat is recorded; the cache only answers whether the Lease exists.
-            .modify(|l| l.spec = None)
-            .reflect(w.leases)
-            .touched_objects();
     // The controller's own status writes coming back reconcile nothing (the rollout controller
     // above still hears of them).
     let own = shared.own_writes.clone();
@@ -141,21 +132,7 @@ pub async fn run(
         events_only(changed(ns_stream), "namespaces"),
         triggers::namespace_changes(&shared),
     )
-    .watches_stream(
-        events_only(changed(lease_stream), "leases"),
-        triggers::heartbeat_changes(&shared),
-    )
-    .owns_stream(owned_meta::<ServiceAccount>(
-        &ctx,
-        w.service_accounts,
-        "vm/serviceaccounts",
-    ))
-    .owns_stream(owned_meta::<Role>(&ctx, w.roles, "vm/roles"))
-    .owns_stream(owned_meta::<RoleBinding>(
-        &ctx,
-        w.role_bindings,
-        "vm/rolebindings",
-    ))
+    .reconcile_on(identity_triggers(&ctx, &shared))
     .graceful_shutdown_on(stop)
     .run(
         move |vm, _| {
@@ -171,29 +148,88 @@ pub async fn run(
     info!("VirtualMachine controller stopped");
 }
 
-/// A metadata-only watch of the guest identity objects of one kind, into the shared cache.
-fn owned_meta<K>(
+/// The VMs to reconcile for their identity objects and heartbeats: the four watches feed
+/// `Identities` (and the Lease watch the heartbeats); a VM wakes when an object it had goes away,
+/// its Role's rules are out of date, or a Lease renewal comes from a guest not known to run.
+fn identity_triggers(
     ctx: &Context,
-    writer: kube::runtime::reflector::store::Writer<PartialObjectMeta<K>>,
+    shared: &Shared,
+) -> impl futures::Stream<Item = ObjectRef<VirtualMachine>> + Send + 'static {
+    let heartbeats = shared.heartbeats.clone();
+    let renewed = triggers::heartbeat_changes(shared);
+    let leases = identity_watch::<Lease>(ctx, shared, Part::Lease, "vm/leases", move |event| {
+        heartbeats.record(event);
+        match event {
+            watcher::Event::Apply(l) | watcher::Event::InitApply(l) => renewed(l),
+            _ => None,
+        }
+    });
+    futures::stream::select_all([
+        leases.boxed(),
+        identity_watch::<PartialObjectMeta<ServiceAccount>>(
+            ctx,
+            shared,
+            Part::ServiceAccount,
+            "vm/serviceaccounts",
+            |_| None,
+        )
+        .boxed(),
+        identity_watch::<PartialObjectMeta<Role>>(ctx, shared, Part::Role, "vm/roles", |_| None)
+            .boxed(),
+        identity_watch::<PartialObjectMeta<RoleBinding>>(
+            ctx,
+            shared,
+            Part::RoleBinding,
+            "vm/rolebindings",
+            |_| None,
+        )
+        .boxed(),
+    ])
+}
+
+/// One identity watch (the objects the controller labelled as its own), into `Identities`;
+/// `more` may name one more VM to wake for an event.
+fn identity_watch<K>(
+    ctx: &Context,
+    shared: &Shared,
+    part: Part,
     what: &'static str,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    more: impl Fn(&watcher::Event<K>) -> Option<ObjectRef<VirtualMachine>> + Send + 'static,
+) -> impl futures::Stream<Item = ObjectRef<VirtualMachine>> + Send + 'static
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
+        + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
+    K::DynamicType: Default,
 {
-    let stream = watch::supervised(
-        namespaced::<PartialObjectMeta<K>>(&ctx.client, &ctx.settings.namespace),
+    let identities = shared.identities.clone();
+    watch::supervised(
+        namespaced::<K>(&ctx.client, &ctx.settings.namespace),
         watch::config().labels(OWNED_SELECTOR),
         ctx.health.probe(what),
     )
-    .modify(|m| m.managed_fields_mut().clear())
-    .reflect(writer)
-    .touched_objects();
-    watch::events_only(watch::changed(stream), what)
+    .filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => {
+                let mut wake: Vec<ObjectRef<VirtualMachine>> = identities
+                    .record(part, &event)
+                    .into_iter()
+                    .map(|(ns, vm)| ObjectRef::new(&vm).within(&ns))
+                    .collect();
+                wake.extend(more(&event));
+                Some(futures::stream::iter(wake))
+            }
+            Err(error) => {
+                warn!(watch = what, %error, "watch failed; retrying");
+                None
+            }
+        })
+    })
+    .flatten()
 }
 
 async fn reconcile(
@@ -357,9 +393,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     } else {
         Vec::new()
     };
-    let lease = shared
-        .leases
-        .get(&ObjectRef::new(&identity::lease_name(&name)).within(&ns));
+    let lease = shared.identities.get(&ns, &name).has(Part::Lease);
     let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
@@ -371,7 +405,8 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         image_problems,
         heartbeat: decide::heartbeat::judge(
             lease
-                .and_then(|_| shared.heartbeats.get(&ns, &identity::lease_name(&name)))
+                .then(|| shared.heartbeats.get(&ns, &identity::lease_name(&name)))
+                .flatten()
                 .as_ref(),
             now,
             grace,

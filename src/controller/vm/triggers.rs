@@ -74,28 +74,25 @@ pub(super) fn namespace_changes(
 }
 
 /// Heartbeats: a renewal only matters when the VM is not known to be running; expiry is caught
-/// by the requeue each reconcile sets at the Lease's expiry. No reconcile per renewal.
+/// by the requeue each reconcile sets at the Lease's expiry. No reconcile per renewal. (A Lease
+/// that goes away wakes its VM through `Identities`.)
 pub(super) fn heartbeat_changes(
     shared: &Shared,
-) -> impl Fn(Lease) -> Option<ObjectRef<VirtualMachine>> + Send + Sync + 'static {
+) -> impl Fn(&Lease) -> Option<ObjectRef<VirtualMachine>> + Send + Sync + 'static {
     let vms_for_leases = shared.vms.clone();
-    let leases_store = shared.leases.clone();
-    move |lease: Lease| {
+    move |lease: &Lease| {
         let (Some(name), Some(ns)) = (
-            lease.metadata.name.clone(),
-            lease.metadata.namespace.clone(),
+            lease.metadata.name.as_deref(),
+            lease.metadata.namespace.as_deref(),
         ) else {
             return None;
         };
-        let vm_ref = ObjectRef::<VirtualMachine>::new(&name).within(&ns);
+        let vm_ref = ObjectRef::<VirtualMachine>::new(name).within(ns);
         let vm = vms_for_leases.get(&vm_ref)?;
-        let gone = leases_store
-            .get(&ObjectRef::new(&name).within(&ns))
-            .is_none();
         let known_alive = vm
             .status
             .as_ref()
             .is_some_and(|s| is_true(&s.conditions, HEARTBEAT));
-        (gone || !known_alive).then_some(vm_ref)
+        (!known_alive).then_some(vm_ref)
     }
 }

@@ -516,10 +516,10 @@ proptest! {
         let mut now = 0;
         for (acts, drifted, alive, dt) in steps {
             now += dt;
-            if let (true, Some(x)) = (acts, st.as_mut()) {
-                if x.desired.is_some() {
-                    guest_acts(x, if drifted { &["monitoring"] } else { &[] });
-                }
+            if let (true, Some(x)) = (acts, st.as_mut())
+                && x.desired.is_some()
+            {
+                guest_acts(x, if drifted { &["monitoring"] } else { &[] });
             }
             let o = run(&s, st.as_ref(), now, alive, RemediationMode::Auto);
             let written = with_controller_part(&st.clone().unwrap_or_default(), &o.status);
