@@ -432,6 +432,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         if outcome.status.phase != current.phase {
             info!(phase = ?outcome.status.phase, message = outcome.status.message.as_deref().unwrap_or_default(), "phase changed");
         }
+        tracing::debug!(fields = %changed_fields(&current, &outcome.status), "status written");
     }
     if outcome.remediation_attempted {
         ctx.metrics.remediation_attempts.inc();
@@ -449,6 +450,39 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// The top-level status fields (and condition types) a write changes, for the debug log.
+fn changed_fields(
+    before: &crate::api::VirtualMachineStatus,
+    after: &crate::api::VirtualMachineStatus,
+) -> String {
+    let (a, b) = (
+        serde_json::to_value(before).unwrap_or_default(),
+        serde_json::to_value(after).unwrap_or_default(),
+    );
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut out: Vec<String> = b
+        .keys()
+        .chain(a.keys())
+        .filter(|k| a.get(*k) != b.get(*k) && *k != "conditions")
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    for c in &after.conditions {
+        let was = before.conditions.iter().find(|o| o.type_ == c.type_);
+        if was.map(|o| (&o.status, &o.reason, &o.message))
+            != Some((&c.status, &c.reason, &c.message))
+        {
+            out.push(format!("conditions.{}", c.type_));
+        }
+    }
+    out.join(",")
 }
 
 /// Keep the `automend_virtual_machines{phase}` gauges current from the cache.
