@@ -11,6 +11,7 @@ pub mod enroll;
 mod install;
 pub mod journal;
 mod lifecycle;
+mod own_write;
 mod report;
 pub mod sim;
 
@@ -68,6 +69,8 @@ pub struct Guest<B: Backend> {
     reported: Option<GuestState>,
     /// `status.guest` was changed behind the guest's back: write the whole report again.
     tampered: bool,
+    /// The version of the VM the last report made (events before it predate the report).
+    own_write: own_write::OwnWrite,
     /// What the guest applied, assessed and installed (what the journal keeps).
     results: journal::Record,
     apply_error: Option<String>,
@@ -105,6 +108,7 @@ impl<B: Backend> Guest<B> {
             desired: None,
             reported: None,
             tampered: false,
+            own_write: Default::default(),
             results: journal::Record {
                 acknowledged: true,
                 ..Default::default()
@@ -178,7 +182,11 @@ impl<B: Backend> Guest<B> {
             .as_ref()
             .and_then(|s| s.guest.as_ref())
             .map(report::without_time);
+        let predates = self
+            .own_write
+            .predates(vm.metadata.resource_version.as_deref());
         if let Some(mine) = &self.reported
+            && !predates
             && now_stored.as_ref() != Some(mine)
         {
             // Someone else changed (or removed part of) the report: say it all again.
@@ -484,7 +492,8 @@ impl<B: Backend> Guest<B> {
         state.last_observed_time = Some(Time(Timestamp::now()));
         let status = serde_json::json!({ "guest": report::fit(state) });
         match crate::status::apply(&self.vms, &self.name, GUEST_MANAGER, &status).await {
-            Ok(_) => {
+            Ok(vm) => {
+                self.own_write.wrote(vm.metadata.resource_version);
                 self.reported = stored;
                 self.tampered = false;
                 if !self.results.acknowledged {
