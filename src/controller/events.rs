@@ -15,7 +15,7 @@ use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 /// How long a published Event may still be continued as a series (kube-runtime's value).
 pub const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
@@ -82,8 +82,18 @@ pub fn step(cached: Option<&Published>, now: Timestamp) -> Step {
 pub struct Recorder {
     client: kube::Client,
     reporter: Reporter,
-    published: Mutex<HashMap<Key, Published>>,
+    published: Mutex<Series>,
 }
+
+/// The series published lately; expired ones are dropped once a minute.
+#[derive(Default)]
+struct Series {
+    by_key: HashMap<Key, Published>,
+    pruned: Option<Timestamp>,
+}
+
+/// How often expired series are dropped (a scan of them all).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Recorder {
     pub fn new(client: kube::Client, reporter: Reporter) -> Recorder {
@@ -101,14 +111,29 @@ impl Recorder {
     ) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let key = Key::of(ev, regarding);
-        let mut published = self.published.lock().await;
-        published.retain(|_, p| crate::logic::duration::add(p.last, SERIES_TTL) > now);
+        // The lock is held to decide and to record, never across the API call: reconciles
+        // publishing Events at once do not wait on each other's requests.
+        let next = {
+            let Ok(mut series) = self.published.lock() else {
+                return Ok(());
+            };
+            if series
+                .pruned
+                .is_none_or(|at| crate::logic::duration::add(at, PRUNE_EVERY) <= now)
+            {
+                series
+                    .by_key
+                    .retain(|_, p| crate::logic::duration::add(p.last, SERIES_TTL) > now);
+                series.pruned = Some(now);
+            }
+            step(series.by_key.get(&key), now)
+        };
         let ns = regarding
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &ns);
-        match step(published.get(&key), now) {
+        let (name, count) = match next {
             Step::Continue { name, count } => {
                 let series = serde_json::json!({ "series": EventSeries {
                     count,
@@ -116,14 +141,7 @@ impl Recorder {
                 } });
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&series))
                     .await?;
-                published.insert(
-                    key,
-                    Published {
-                        name,
-                        count,
-                        last: now,
-                    },
-                );
+                (name, count)
             }
             Step::Create => {
                 let name = format!(
@@ -161,15 +179,18 @@ impl Recorder {
                     ..Default::default()
                 };
                 api.create(&PostParams::default(), &event).await?;
-                published.insert(
-                    key,
-                    Published {
-                        name,
-                        count: 1,
-                        last: now,
-                    },
-                );
+                (name, 1)
             }
+        };
+        if let Ok(mut series) = self.published.lock() {
+            series.by_key.insert(
+                key,
+                Published {
+                    name,
+                    count,
+                    last: now,
+                },
+            );
         }
         Ok(())
     }
