@@ -21,10 +21,20 @@ use crate::logic::vm::heartbeat::{self, Observed};
 /// without ours. A reconcile decides from the write laid over such a copy, so a transition is
 /// never decided — and announced — twice. Entries end when the cache shows the write, or after
 /// `WRITE_LAG` (far beyond any watch delay) so that nothing masks a change for long.
+///
+/// The status is boxed (inline it made every slot of the table ~1.5 KB: 15 MB for 3,000 VMs,
+/// kept after the entries were gone) and the table shrinks when it empties.
 #[derive(Clone, Default)]
 pub struct Written(
-    Arc<Mutex<HashMap<VmKey, (std::time::Instant, crate::api::VirtualMachineStatus)>>>,
+    Arc<Mutex<HashMap<VmKey, (std::time::Instant, Box<crate::api::VirtualMachineStatus>)>>>,
 );
+
+/// Give back a table's room when it holds less than a quarter of it.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
 
 /// (namespace, name) of a VirtualMachine.
 type VmKey = (String, String);
@@ -51,9 +61,10 @@ impl Written {
         let shown = cached
             .map(crate::logic::vm::controller_part)
             .unwrap_or_default()
-            == *part;
+            == **part;
         if shown || at.elapsed() > WRITE_LAG {
             w.remove(&key);
+            shrink(&mut w);
             return cached.cloned();
         }
         Some(crate::logic::vm::with_controller_part(
@@ -66,7 +77,7 @@ impl Written {
         if let Ok(mut w) = self.0.lock() {
             w.insert(
                 (ns.to_string(), name.to_string()),
-                (std::time::Instant::now(), part.clone()),
+                (std::time::Instant::now(), Box::new(part.clone())),
             );
         }
     }
@@ -85,15 +96,17 @@ impl Written {
             .as_ref()
             .map(crate::logic::vm::controller_part)
             .unwrap_or_default()
-            == *part;
+            == **part;
         if shown {
             w.remove(&key);
+            shrink(&mut w);
         }
     }
 
     pub fn forget(&self, ns: &str, name: &str) {
         if let Ok(mut w) = self.0.lock() {
             w.remove(&(ns.to_string(), name.to_string()));
+            shrink(&mut w);
         }
     }
 }
