@@ -142,10 +142,11 @@ impl Payload {
     }
 }
 
-/// The write floor: for each VM, the writes onboarding needs, from a plain client with no
-/// controller logic: the VM, its ServiceAccount, Role, RoleBinding and Lease, the guest's
-/// TokenRequest (and client), the guest's status and Lease renewal, the
-/// controller's status. Returns the writes per VM.
+/// The write floor: for each VM, the requests onboarding needs, from a plain client with no
+/// controller logic and no waiting: the VM, its ServiceAccount, Role, RoleBinding and Lease; the
+/// controller's first status (the configuration to apply); the guest's TokenRequest (and
+/// client), its status report and Lease renewal; the controller's second status (Configured)
+/// and its Onboarded Event. Returns the requests per VM.
 pub async fn floor(
     admin: &Client,
     config: &kube::Config,
@@ -173,6 +174,9 @@ pub async fn floor(
         Api::<Lease>::namespaced(admin.clone(), ns)
             .create(&pp, &identity::lease(&vm))
             .await?;
+        let mut first = payload.controller.clone();
+        first["phase"] = json!("InProgress");
+        automend::status::apply(&vms, &name, CONTROLLER_MANAGER, &first).await?;
         let guest =
             automend::guest::sim::guest_client(admin, config, ns, &name, Duration::from_secs(3600))
                 .await?;
@@ -204,10 +208,23 @@ pub async fn floor(
             )
             .await?;
         automend::status::apply(&vms, &name, CONTROLLER_MANAGER, &payload.controller).await?;
+        let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+            "metadata": { "generateName": format!("{name}.") },
+            "eventTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                jiff::Timestamp::now()),
+            "reportingController": CONTROLLER_MANAGER, "reportingInstance": "floor",
+            "action": "Onboard", "reason": "Onboarded", "type": "Normal",
+            "note": "configured with ConfigurationProfile bench",
+            "regarding": { "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+                "namespace": ns, "name": name, "uid": vm.metadata.uid },
+        }))?;
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &event)
+            .await?;
         Ok(())
     })
     .await?;
-    Ok(9)
+    Ok(11)
 }
 
 /// `count` GETs of their own VM by `guests` guests of `ns` (each with its own token and

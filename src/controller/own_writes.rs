@@ -155,10 +155,10 @@ mod tests {
         own.wrote("fleet", "web-1", v.status.as_ref().expect("status"));
         assert!(own.passes(&v));
         if let Some(s) = v.status.as_mut() {
-            s.guest = Some(GuestState {
+            s.guest = Some(Box::new(GuestState {
                 applied_hash: Some("abc".into()),
                 ..Default::default()
-            });
+            }));
         }
         assert!(own.passes(&v), "the guest reported");
         v.metadata.generation = Some(2);

@@ -25,9 +25,10 @@ use crate::logic::vm::heartbeat::{self, Observed};
 /// The status is boxed (inline it made every slot of the table ~1.5 KB: 15 MB for 3,000 VMs,
 /// kept after the entries were gone) and the table shrinks when it empties.
 #[derive(Clone, Default)]
-pub struct Written(
-    Arc<Mutex<HashMap<VmKey, (std::time::Instant, Box<crate::api::VirtualMachineStatus>)>>>,
-);
+pub struct Written(Arc<Mutex<HashMap<VmKey, WrittenPart>>>);
+
+/// When the controller wrote, and its part of the status.
+type WrittenPart = (std::time::Instant, Box<crate::api::VirtualMachineStatus>);
 
 /// Give back a table's room when it holds less than a quarter of it.
 fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {

@@ -176,11 +176,14 @@ impl<B: Backend> Guest<B> {
         self.backend
             .annotations(&vm.metadata.annotations.clone().unwrap_or_default());
         self.backend.seen(vm);
-        self.desired = vm.status.as_ref().and_then(|s| s.desired.clone());
+        self.desired = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.desired.as_deref().cloned());
         let now_stored = vm
             .status
             .as_ref()
-            .and_then(|s| s.guest.as_ref())
+            .and_then(|s| s.guest.as_deref())
             .map(report::without_time);
         let predates = self
             .own_write

@@ -214,7 +214,7 @@ mod tests {
             .expect("spec");
             let mut v = VirtualMachine::new(name, spec);
             v.status = Some(VirtualMachineStatus {
-                guest: Some(GuestState {
+                guest: Some(Box::new(GuestState {
                     assessment: Some(GuestAssessment {
                         request_id: "a".into(),
                         status: OperationStatus::Succeeded,
@@ -234,7 +234,7 @@ mod tests {
                         snapshot: None,
                     }),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             });
             Arc::new(v)

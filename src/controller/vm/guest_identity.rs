@@ -15,12 +15,13 @@ use super::super::shared::Shared;
 use crate::api::VirtualMachine;
 use crate::identity::{self, CONTROLLER_MANAGER};
 
-/// Create what the VM's guest needs to act as itself, if missing.
+/// Create what the VM's guest needs to act as itself, if missing; whether the heartbeat Lease
+/// was created now (its guest cannot have heartbeaten yet).
 pub(crate) async fn ensure_identity(
     vm: &VirtualMachine,
     ctx: &Context,
     shared: &Shared,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
     let pp = PostParams {
@@ -73,8 +74,9 @@ pub(crate) async fn ensure_identity(
     if !have.has(Part::Lease) {
         create::<Lease>(ctx, &ns, identity::lease(vm), &pp).await?;
         created(Part::Lease);
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A VM of an older version (with the legacy finalizer) is being deleted: revoke its guest's

@@ -380,7 +380,7 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
 async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Result<Action, Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
-    ensure_identity(&vm, ctx, shared).await?;
+    let lease_created = ensure_identity(&vm, ctx, shared).await?;
     let now = Timestamp::now();
     let grace = ctx.settings.heartbeat_grace;
     let profile = if vm.spec.management.enabled {
@@ -397,7 +397,13 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
-        created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        // Its guest can heartbeat from when its Lease exists (under load that can be well
+        // after the VM was created).
+        created: if lease_created {
+            Some(now)
+        } else {
+            vm.metadata.creation_timestamp.as_ref().map(|t| t.0)
+        },
         generation: vm.metadata.generation,
         spec: &vm.spec,
         status: status.as_ref(),

@@ -327,12 +327,12 @@ mod tests {
             ..Default::default()
         };
         if onboarded {
-            status.desired = Some(crate::api::DesiredState {
+            status.desired = Some(Box::new(crate::api::DesiredState {
                 configuration: Some(crate::logic::resolve::resolve(
                     &ConfigurationProfileSpec::with_defaults(Environment::Production),
                 )),
                 ..Default::default()
-            });
+            }));
         }
         vm.status = Some(status);
         Arc::new(vm)

@@ -350,7 +350,7 @@ impl Decision<'_> {
         if config_changed {
             self.status.remediation = None;
         }
-        self.status.desired = Some(DesiredState {
+        self.status.desired = Some(Box::new(DesiredState {
             profile: p.name.clone(),
             profile_generation: p.generation,
             configuration: Some(p.configuration.clone()),
@@ -360,7 +360,7 @@ impl Decision<'_> {
             // Written by the rollout controller (its own field manager), never here.
             installation: None,
             release_assessment: None,
-        });
+        }));
         if profile_changed {
             self.conditions.set(
                 ONBOARDED,

@@ -90,7 +90,8 @@ pub enum Heartbeat {
 
 pub struct Inputs<'a> {
     pub now: Timestamp,
-    /// When the VM was created (`metadata.creationTimestamp`).
+    /// Since when the VM's guest could have heartbeaten: the VM's creation, or now when its
+    /// heartbeat Lease was only just created.
     pub created: Option<Timestamp>,
     pub generation: Option<i64>,
     pub spec: &'a VirtualMachineSpec,

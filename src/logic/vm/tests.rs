@@ -118,7 +118,7 @@ fn tracked_changes_become_events_once() {
 /// The guest applies what is desired and reports `drifted` services as non-compliant.
 fn guest_acts(status: &mut VirtualMachineStatus, drifted: &[&str]) {
     let d = status.desired.clone().expect("desired");
-    status.guest = Some(GuestState {
+    status.guest = Some(Box::new(GuestState {
         applied_hash: d.configuration.map(|c| c.hash),
         applied_attempt: d.remediation_attempt,
         services: crate::logic::resolve::SERVICE_NAMES
@@ -134,7 +134,7 @@ fn guest_acts(status: &mut VirtualMachineStatus, drifted: &[&str]) {
             })
             .collect(),
         ..Default::default()
-    });
+    }));
 }
 
 fn reasons(o: &Outcome) -> Vec<&'static str> {
@@ -734,10 +734,10 @@ fn a_silent_guest_whose_credential_expired_is_told_to_re_enroll() {
     let s = spec();
     let status = VirtualMachineStatus {
         phase: Some(VmPhase::Configured),
-        guest: Some(GuestState {
+        guest: Some(Box::new(GuestState {
             credential_expires_at: Some(Time(t(1000))),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     // Silent before the expiry: a missing heartbeat, and a wake-up at the expiry.
@@ -796,7 +796,7 @@ fn the_rollout_controllers_directives_are_left_to_it() {
     // assessment; the VM controller neither compares nor writes them (else every reconcile of a
     // VM asked for a release assessment would write again).
     let st = VirtualMachineStatus {
-        desired: Some(crate::api::DesiredState {
+        desired: Some(Box::new(crate::api::DesiredState {
             profile: "p".into(),
             installation: Some(crate::api::InstallationDirective::default()),
             release_assessment: Some(crate::api::AssessmentDirective {
@@ -804,7 +804,7 @@ fn the_rollout_controllers_directives_are_left_to_it() {
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let part = controller_part(&st);
