@@ -73,8 +73,14 @@ impl Proc {
             .port();
         let log = std::fs::File::create(args.logs.join(format!("{name}.log")))?;
         let mut cmd = Command::new(&args.automend);
+        // The controller's log names the fields of every VM status write (what each one was for).
+        let log_level = if extra.first() == Some(&"controller") {
+            "warn,automend::controller::vm=debug"
+        } else {
+            "warn"
+        };
         cmd.args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -209,7 +209,7 @@ pub async fn floor(
             .await?;
         automend::status::apply(&vms, &name, CONTROLLER_MANAGER, &payload.controller).await?;
         let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
-            "metadata": { "generateName": format!("{name}.") },
+            "metadata": { "name": format!("{name}.{:x}", jiff::Timestamp::now().as_nanosecond()) },
             "eventTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
                 jiff::Timestamp::now()),
             "reportingController": CONTROLLER_MANAGER, "reportingInstance": "floor",

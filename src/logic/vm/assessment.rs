@@ -1,6 +1,6 @@
 //! Assessment: on demand (annotation `automend.io/assess`, never installs), and periodically
 //! while the VM runs; a VM that was off is assessed when it returns because its periodic
-//! assessment is then overdue.
+//! assessment is then overdue. A VM never assessed is asked with its first configuration.
 
 use std::time::Duration;
 
@@ -63,7 +63,10 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
         .map(|c| c.services.update_management.clone())
         .unwrap_or_default();
     let alive = matches!(input.heartbeat, Heartbeat::Alive { .. });
-    if !alive || !um.enabled || in_flight {
+    // A VM never assessed is asked at once, running or not: its guest answers in its first
+    // report, with the configuration (one report and one status write, not two).
+    let never_asked = latest.is_none() && current.is_none();
+    if !(alive || never_asked) || !um.enabled || in_flight {
         return;
     }
     let interval = duration::parse_or(

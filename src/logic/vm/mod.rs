@@ -110,7 +110,7 @@ pub struct Inputs<'a> {
 /// when its identity appears heartbeats within seconds, and its VM then goes straight to
 /// InProgress with its configuration: one status write saved per onboarded VM (issue 17). A VM
 /// whose guest is silent that long is Pending.
-pub const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(15);
+pub const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(30);
 
 /// The annotation that asks for an on-demand assessment; any new value is a new request.
 pub const ASSESS_ANNOTATION: &str = "automend.io/assess";

@@ -391,14 +391,15 @@ fn with_request(
 #[test]
 fn periodic_assessment_runs_when_due_and_only_while_running() {
     let s = spec();
+    // Never assessed: asked with the first configuration even while off (answered when it runs).
     let o = with_request(&s, None, 0, false, None);
     assert!(
         o.status
             .desired
             .as_ref()
             .and_then(|d| d.assessment.as_ref())
-            .is_none(),
-        "not while off"
+            .is_some_and(|a| a.request_id.starts_with("periodic-")),
+        "the first request goes with the first configuration"
     );
     let o = with_request(&s, None, 0, true, None);
     let first = o
@@ -448,7 +449,13 @@ fn periodic_assessment_runs_when_due_and_only_while_running() {
         o.requeue_after.map(|d| d.as_secs() <= 24 * 3600 - 100),
         Some(true)
     );
-    // 24h later it is due again.
+    // 24h later it is due again, but not asked while the VM is off.
+    let off = with_request(&s, Some(&st), 100 + 24 * 3600, false, None);
+    assert_eq!(
+        off.status.desired.and_then(|d| d.assessment),
+        Some(first.clone()),
+        "not while off"
+    );
     let o = with_request(&s, Some(&st), 100 + 24 * 3600, true, None);
     let next = o.status.desired.and_then(|d| d.assessment).expect("due");
     assert_ne!(next.request_id, first.request_id);
@@ -842,13 +849,13 @@ fn a_new_vms_first_status_waits_briefly_for_its_first_heartbeat() {
     let o = at(5, false, None);
     assert_eq!(o.status, VirtualMachineStatus::default());
     assert!(o.events.is_empty());
-    assert_eq!(o.requeue_after, Some(Duration::from_secs(10)));
+    assert_eq!(o.requeue_after, Some(Duration::from_secs(25)));
     // The guest heartbeats: straight to InProgress, with the configuration to apply.
     let o = at(6, true, None);
     assert_eq!(o.status.phase, Some(VmPhase::InProgress));
     assert!(o.status.desired.is_some_and(|d| d.configuration.is_some()));
     // Silent past the wait: Pending, as before.
-    let o = at(15, false, None);
+    let o = at(30, false, None);
     assert_eq!(o.status.phase, Some(VmPhase::Pending));
     assert!(o.status.desired.is_some());
     // A VM decided before (or that lost its heartbeat) is never held.
