@@ -26,8 +26,6 @@ pub struct Context {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     #[error("the caches stopped")]
     CachesStopped,
     #[error("the {0} cache has not synced within a minute (is the list/watch permission missing?)")]
@@ -44,7 +42,6 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
             Error::Kube(_) => "api".into(),
-            Error::Finalizer(_) => "finalizer".into(),
             Error::CachesStopped => "caches_stopped".into(),
             Error::CacheNotReady(_) => "cache_not_ready".into(),
             Error::Timeout(_) => "timeout".into(),
@@ -87,6 +84,5 @@ mod tests {
             Error::CacheNotReady("leases").metric_label(),
             "cache_not_ready"
         );
-        assert_eq!(Error::Finalizer("x".into()).metric_label(), "finalizer");
     }
 }
