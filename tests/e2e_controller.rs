@@ -160,7 +160,7 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
                     let s = v.status?;
                     let g = s.guest?;
                     let d = s.desired?;
-                    let hash = d.configuration?.hash;
+                    let hash = d.configuration?.hash.clone();
                     (hash != old
                         && g.applied_hash.as_deref() == Some(hash.as_str())
                         && s.phase == Some(VmPhase::Configured))
@@ -174,7 +174,7 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
             .status
             .and_then(|s| s.desired)
             .and_then(|d| d.configuration)
-            .map(|c| c.services.backup);
+            .map(|c| c.services.backup.clone());
         assert_eq!(backup.map(|b| b.retention_days), Some(30));
         assert_eq!(env.applies(vm), 2, "{vm} applied the edit once");
     }

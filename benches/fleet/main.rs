@@ -55,6 +55,10 @@ struct Args {
     /// Markdown file the results are written to.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure only controller memory and the guest identity model (no onboarding, steady state,
+    /// rollout or floor): the quick loop when working on memory.
+    #[arg(long)]
+    only_memory: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -84,6 +88,13 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // A heap profiler for the memory measurement's controller, e.g.
+        // AUTOMEND_BENCH_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so with
+        // DUMP_HEAPTRACK_OUTPUT=<file> (then `heaptrack_interpret < file`); the process stays
+        // the one whose memory is measured.
+        if let (Ok(lib), "controller-big") = (std::env::var("AUTOMEND_BENCH_PRELOAD"), name) {
+            cmd.env("LD_PRELOAD", lib);
+        }
         if extra.first() == Some(&"controller") {
             cmd.arg("--http-addr").arg(format!("127.0.0.1:{port}"));
         }
@@ -186,6 +197,14 @@ fn diff(a: &Sample, b: &Sample, per: f64) -> Counters {
 struct Report(String);
 
 impl Report {
+    fn write(&self, args: &Args) -> anyhow::Result<()> {
+        if let Some(out) = &args.out {
+            std::fs::write(out, &self.0)?;
+            println!("\nwritten to {}", out.display());
+        }
+        Ok(())
+    }
+
     fn line(&mut self, text: impl AsRef<str>) {
         println!("{}", text.as_ref());
         let _ = writeln!(self.0, "{}", text.as_ref());
@@ -244,6 +263,10 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |p| p.get())
     ));
     setup(&client).await?;
+    if args.only_memory {
+        identity_and_memory(&client, &config, &args, &mut report, None).await?;
+        return report.write(&args);
+    }
 
     // Onboarding, with the controller and the simulated guests.
     work::namespace(&client, "bench").await?;
@@ -350,12 +373,8 @@ async fn main() -> anyhow::Result<()> {
         onboarding.as_secs_f64() / floor.as_secs_f64()
     ));
 
-    identity_and_memory(&client, &config, &args, &mut report, rss_n).await?;
-    if let Some(out) = &args.out {
-        std::fs::write(out, &report.0)?;
-        println!("\nwritten to {}", out.display());
-    }
-    Ok(())
+    identity_and_memory(&client, &config, &args, &mut report, Some(rss_n)).await?;
+    report.write(&args)
 }
 
 /// The profile every bench VM names: a maintenance window open now.
@@ -459,7 +478,7 @@ async fn identity_and_memory(
     config: &Config,
     args: &Args,
     report: &mut Report,
-    rss_n: u64,
+    rss_n: Option<u64>,
 ) -> anyhow::Result<()> {
     work::namespace(client, "big").await?;
     let ctl = Proc::spawn(
@@ -516,12 +535,17 @@ async fn identity_and_memory(
     }
     let rss = probe::rss_bytes(ctl.pid())?;
     report.line(format!(
-        "\nController memory above its empty baseline, per VM at {} VMs: {:.2} KiB. (With {} onboarded VMs and guests: {:.1} MiB.)",
+        "\nController memory above its empty baseline, per VM at {} VMs: {:.2} KiB.",
         args.big,
         (rss.saturating_sub(rss0)) as f64 / 1024.0 / args.big as f64,
-        args.vms,
-        mib(rss_n)
     ));
+    if let Some(rss_n) = rss_n {
+        report.line(format!(
+            "(With {} onboarded VMs and guests: {:.1} MiB.)",
+            args.vms,
+            mib(rss_n)
+        ));
+    }
     ctl.stop();
     Ok(())
 }

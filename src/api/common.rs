@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::schema;
 
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+pub use super::condition::{Condition, Text};
 
 // A day of the week.
 #[derive(

@@ -5,6 +5,7 @@
 //! rules (`x-kubernetes-validations`); every rule's message names the field and says what is allowed.
 
 pub mod common;
+pub mod condition;
 pub mod enrollment;
 pub mod hooks;
 pub mod profile;

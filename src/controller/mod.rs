@@ -9,6 +9,7 @@ mod enroll;
 mod events;
 mod http;
 mod identities;
+mod interned;
 pub mod metrics;
 mod own_writes;
 mod profile;

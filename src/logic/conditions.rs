@@ -38,7 +38,7 @@ impl<'a> Conditions<'a> {
             type_: type_.into(),
             status: status.into(),
             reason: reason.into(),
-            message: message.into(),
+            message: message.into().into(),
             observed_generation: self.generation,
             last_transition_time,
         });

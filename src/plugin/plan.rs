@@ -113,7 +113,7 @@ fn started_now<'g>(g: &'g Gathered, out: &Outcome, ri: usize) -> Vec<&'g str> {
                 .status
                 .as_ref()
                 .and_then(|s| s.desired.as_ref())
-                .and_then(|d| d.installation.as_ref())
+                .and_then(|d| d.installation.as_deref())
                 != Some(&w.directive)
         })
         .map(|w| {

@@ -278,7 +278,7 @@ async fn apply(
             .status
             .as_ref()
             .and_then(|s| s.desired.as_ref())
-            .and_then(|d| d.installation.as_ref())
+            .and_then(|d| d.installation.as_deref())
             != Some(&w.directive);
         let sent = summary.clone();
         crate::status::apply(&vms, &vm_name, ROLLOUT_MANAGER, &status).await?;

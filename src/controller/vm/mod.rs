@@ -75,7 +75,10 @@ pub async fn run(
             }
         }
     })
-    .modify(|vm| vm.managed_fields_mut().clear())
+    .modify(|vm| {
+        vm.managed_fields_mut().clear();
+        super::interned::vm(vm);
+    })
     .reflect(w.vms)
     .applied_objects();
     let vm_stream = watch::changed(vm_stream).inspect({
@@ -322,7 +325,7 @@ fn resolved(
     ProfileChoice::Resolved {
         name: p.name_any(),
         generation: p.metadata.generation.unwrap_or_default(),
-        configuration: resolve::resolve(&p.spec),
+        configuration: super::interned::configuration(Arc::new(resolve::resolve(&p.spec))),
         remediation: policy(p),
         via_assignment,
         also_matched,

@@ -162,7 +162,7 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
         assessment: guest.and_then(|g| g.assessment.as_ref()),
         directive: status
             .and_then(|s| s.desired.as_ref())
-            .and_then(|d| d.installation.as_ref()),
+            .and_then(|d| d.installation.as_deref()),
         result: guest.and_then(|g| g.installation.as_ref()),
         summary: status
             .and_then(|s| s.patch_status.as_ref())
@@ -180,7 +180,7 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
         release_assessment: guest.and_then(|g| g.release_assessment.as_ref()),
         release_directive: status
             .and_then(|s| s.desired.as_ref())
-            .and_then(|d| d.release_assessment.as_ref()),
+            .and_then(|d| d.release_assessment.as_deref()),
     }
 }
 
@@ -328,9 +328,9 @@ mod tests {
         };
         if onboarded {
             status.desired = Some(Box::new(crate::api::DesiredState {
-                configuration: Some(crate::logic::resolve::resolve(
+                configuration: Some(Arc::new(crate::logic::resolve::resolve(
                     &ConfigurationProfileSpec::with_defaults(Environment::Production),
-                )),
+                ))),
                 ..Default::default()
             }));
         }

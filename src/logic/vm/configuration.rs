@@ -67,7 +67,7 @@ struct Decision<'a> {
 struct Resolved {
     name: String,
     generation: i64,
-    configuration: EffectiveConfiguration,
+    configuration: std::sync::Arc<EffectiveConfiguration>,
     policy: RemediationPolicy,
 }
 

@@ -43,7 +43,8 @@ pub enum ProfileChoice {
     Resolved {
         name: String,
         generation: i64,
-        configuration: EffectiveConfiguration,
+        /// Shared with every VM of the profile (see `DesiredState::configuration`).
+        configuration: std::sync::Arc<EffectiveConfiguration>,
         remediation: RemediationPolicy,
         via_assignment: bool,
         also_matched: Vec<String>,

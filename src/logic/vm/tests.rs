@@ -34,7 +34,7 @@ fn resolved(mode: RemediationMode) -> ProfileChoice {
     ProfileChoice::Resolved {
         name: "production".into(),
         generation: 1,
-        configuration: config(),
+        configuration: config().into(),
         remediation: policy(mode),
         via_assignment: false,
         also_matched: vec![],
@@ -119,7 +119,7 @@ fn tracked_changes_become_events_once() {
 fn guest_acts(status: &mut VirtualMachineStatus, drifted: &[&str]) {
     let d = status.desired.clone().expect("desired");
     status.guest = Some(Box::new(GuestState {
-        applied_hash: d.configuration.map(|c| c.hash),
+        applied_hash: d.configuration.map(|c| c.hash.clone()),
         applied_attempt: d.remediation_attempt,
         services: crate::logic::resolve::SERVICE_NAMES
             .iter()
@@ -148,7 +148,7 @@ fn onboarding_goes_in_progress_then_configured_with_one_onboarded_event() {
     assert_eq!(o.status.phase, Some(VmPhase::InProgress));
     let d = o.status.desired.clone().expect("desired");
     assert!(d.enforce);
-    assert_eq!(d.configuration.map(|c| c.hash), Some(config().hash));
+    assert_eq!(d.configuration.map(|c| c.hash.clone()), Some(config().hash));
     let mut st = o.status;
     guest_acts(&mut st, &[]);
     let o = run(&s, Some(&st), 10, true, RemediationMode::Auto);
@@ -262,7 +262,7 @@ fn disabling_clears_directives_and_keeps_the_configuration() {
     assert_eq!(o.status.phase, Some(VmPhase::NotManaged));
     let d = o.status.desired.clone().expect("kept");
     assert!(!d.enforce);
-    assert_eq!(d.configuration.map(|c| c.hash), Some(config().hash));
+    assert_eq!(d.configuration.map(|c| c.hash.clone()), Some(config().hash));
     assert_eq!(o.status.remediation, None);
     assert!(!o.status.conditions.iter().any(|c| c.type_ == DRIFTED));
     assert_eq!(reasons(&o), vec!["ManagementDisabled"]);
@@ -805,11 +805,11 @@ fn the_rollout_controllers_directives_are_left_to_it() {
     let st = VirtualMachineStatus {
         desired: Some(Box::new(crate::api::DesiredState {
             profile: "p".into(),
-            installation: Some(crate::api::InstallationDirective::default()),
-            release_assessment: Some(crate::api::AssessmentDirective {
+            installation: Some(Box::default()),
+            release_assessment: Some(Box::new(crate::api::AssessmentDirective {
                 request_id: "release-r-0a1b2c3d".into(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         })),
         ..Default::default()
