@@ -408,7 +408,10 @@ async fn disabling_stops_drift_handling_and_changes_nothing_on_the_guest() {
         .await
         .expect("re-enabling with another profile");
     let v = env.wait_phase("vm-1", VmPhase::Configured).await;
-    assert_eq!(v.status.and_then(|s| s.profile), Some(other));
+    assert_eq!(
+        v.status.and_then(|s| s.profile).as_deref(),
+        Some(other.as_str())
+    );
     env.finish(ctl).await;
 }
 

@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::common::Text;
 use super::schema;
 pub use super::vm_status::VirtualMachineStatus;
 
@@ -111,7 +112,7 @@ pub struct VirtualMachineSpec {
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^(UTC|[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*)$')")
         .message("must be an IANA time zone name such as \"UTC\", \"Europe/Paris\" or \"America/Argentina/Buenos_Aires\""))]
-    pub time_zone: String,
+    pub time_zone: Text,
 
     /// How the guest is patched: the patch mode and, on Windows, automatic updates.
     #[serde(default)]
@@ -128,7 +129,7 @@ pub struct VirtualMachineSpec {
     pub health_check: Option<HealthCheck>,
 }
 
-fn default_time_zone() -> String {
+fn default_time_zone() -> Text {
     "UTC".into()
 }
 
@@ -150,7 +151,7 @@ pub struct Management {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
         .message("must be the name of a ConfigurationProfile: lowercase letters, digits, '-' and '.'"))]
-    pub profile: Option<String>,
+    pub profile: Option<Text>,
 }
 
 fn default_true() -> bool {
@@ -191,20 +192,20 @@ pub enum OsType {
 pub struct ImageReference {
     /// e.g. "Canonical", "RedHat", "MicrosoftWindowsServer".
     #[schemars(length(min = 1, max = 128))]
-    pub publisher: String,
+    pub publisher: Text,
     /// e.g. "0001-com-ubuntu-server-jammy", "RHEL", "WindowsServer".
     #[schemars(length(min = 1, max = 128))]
-    pub offer: String,
+    pub offer: Text,
     /// e.g. "22_04-lts-gen2", "9-lvm", "2022-datacenter-azure-edition-core".
     #[schemars(length(min = 1, max = 128))]
-    pub sku: String,
+    pub sku: Text,
     /// Image version, or "latest" (default).
     #[serde(default = "default_image_version")]
     #[schemars(length(min = 1, max = 64))]
-    pub version: String,
+    pub version: Text,
 }
 
-fn default_image_version() -> String {
+fn default_image_version() -> Text {
     "latest".into()
 }
 
@@ -224,15 +225,15 @@ pub struct Placement {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("must be a region name of lowercase letters, digits and '-', e.g. \"westeurope\""))]
-    pub region: String,
+    pub region: Text,
     /// The availability zone within the region, e.g. "1". One zone of a region is patched at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    pub zone: Option<String>,
+    pub zone: Option<Text>,
     /// The availability set the VM belongs to, if any. Never every member of a set at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 80))]
-    pub availability_set: Option<String>,
+    pub availability_set: Option<Text>,
     /// Update domain within the availability set, 0 to 19. One update domain at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 19))]

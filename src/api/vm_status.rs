@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::Condition;
+use super::common::{Condition, Text};
 use super::profile::EffectiveConfiguration;
 use super::vm::PatchMode;
 
@@ -66,10 +66,10 @@ pub struct VirtualMachineStatus {
     pub phase: Option<VmPhase>,
     /// Why the VM is in its phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub message: Option<Text>,
     /// The profile the VM is onboarded to (named in the spec, or chosen by assignment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
+    pub profile: Option<Text>,
     /// The effective patch mode, defaults applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_mode: Option<PatchMode>,
@@ -116,7 +116,7 @@ pub struct RemediationStatus {
 pub struct DesiredState {
     /// The profile and its generation the configuration comes from.
     #[serde(default)]
-    pub profile: String,
+    pub profile: Text,
     /// The profile's metadata.generation this configuration was resolved from.
     #[serde(default)]
     pub profile_generation: i64,
@@ -149,7 +149,7 @@ pub struct DesiredState {
 #[serde(rename_all = "camelCase")]
 pub struct AssessmentDirective {
     /// The guest assesses when this changes ("periodic-<time>" or "ondemand-<request>").
-    pub request_id: String,
+    pub request_id: Text,
     /// The last on-demand request (annotation `automend.io/assess`) the controller took up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<String>,

@@ -375,7 +375,7 @@ impl<B: Backend> Guest<B> {
         } else {
             &self.results.assessment
         };
-        if slot.as_ref().map(|a| &a.request_id) == Some(&request.request_id) {
+        if slot.as_ref().map(|a| a.request_id.as_str()) == Some(request.request_id.as_str()) {
             return;
         }
         let start = Some(Time(self.timing.clock.now()));
@@ -394,7 +394,7 @@ impl<B: Backend> Guest<B> {
             }
         };
         let answer = Some(GuestAssessment {
-            request_id: request.request_id.clone(),
+            request_id: request.request_id.to_string(),
             status,
             start_time: start,
             finish_time,

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::api::{
     Condition, Enrollment, EnrollmentRequest, ImageReference, Management, OsProfile, OsType,
-    PatchMode, PatchSettings, Placement, VirtualMachine, VirtualMachineSpec,
+    PatchMode, PatchSettings, Placement, Text, VirtualMachine, VirtualMachineSpec,
 };
 use crate::logic::catalog::ImageCatalog;
 use crate::logic::conditions::Conditions;
@@ -317,9 +317,9 @@ pub fn image_for(os_id: &str, version: Option<&str>) -> ImageReference {
         other => ("os-release", other.to_string(), v.clone()),
     };
     ImageReference {
-        publisher: publisher.to_string(),
-        offer,
-        sku,
+        publisher: publisher.into(),
+        offer: offer.into(),
+        sku: sku.into(),
         version: "latest".into(),
     }
 }
@@ -334,20 +334,22 @@ fn vm_spec(
     let region = s
         .region
         .clone()
-        .or_else(|| base.as_ref().map(|p| p.region.clone()))
+        .or_else(|| base.as_ref().map(|p| p.region.to_string()))
         .ok_or_else(|| {
             "no region: the machine gave none (--region) and the enrollment has no spec.placement.region"
                 .to_string()
         })?;
     let placement = Placement {
-        region,
+        region: region.into(),
         zone: s
             .zone
-            .clone()
+            .as_deref()
+            .map(Text::from)
             .or_else(|| base.as_ref().and_then(|p| p.zone.clone())),
         availability_set: s
             .availability_set
-            .clone()
+            .as_deref()
+            .map(Text::from)
             .or_else(|| base.as_ref().and_then(|p| p.availability_set.clone())),
         update_domain: s
             .update_domain
@@ -368,7 +370,7 @@ fn vm_spec(
     Ok(VirtualMachineSpec {
         management: Management {
             enabled: true,
-            profile: e.spec.profile.clone(),
+            profile: e.spec.profile.as_deref().map(Text::from),
         },
         os: OsProfile {
             os_type: OsType::Linux,
@@ -379,7 +381,8 @@ fn vm_spec(
             .time_zone
             .clone()
             .or_else(|| e.spec.time_zone.clone())
-            .unwrap_or_else(|| "UTC".into()),
+            .unwrap_or_else(|| "UTC".into())
+            .into(),
         patch_settings: PatchSettings {
             patch_mode: Some(patch_mode),
             ..Default::default()

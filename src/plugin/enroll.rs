@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::api::{Enrollment, EnrollmentSpec, Placement};
+use crate::api::{Enrollment, EnrollmentSpec, Placement, Text};
 use crate::logic::enroll::service_account_name;
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -174,8 +174,8 @@ fn spec(args: &CreateArgs, now: Timestamp) -> anyhow::Result<EnrollmentSpec> {
         max_machines: args.max_machines,
         expires_at: Time(crate::logic::duration::add(now, args.ttl)),
         placement: args.region.clone().map(|region| Placement {
-            region,
-            zone: args.zone.clone(),
+            region: region.into(),
+            zone: args.zone.as_deref().map(Text::from),
             availability_set: None,
             update_domain: None,
             fault_domain: None,

@@ -345,7 +345,10 @@ pub fn assigned_profile(
         .and_then(|ns| shared.namespaces.get(&ObjectRef::new(&ns)))
         .map(|n| n.labels().clone())
         .unwrap_or_default();
-    let current = vm.status.as_ref().and_then(|s| s.profile.clone());
+    let current = vm
+        .status
+        .as_ref()
+        .and_then(|s| s.profile.as_deref().map(String::from));
     let profiles = shared.profiles.state();
     let choice = assign::choose(
         profiles
@@ -368,7 +371,9 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
     if let Some(name) = &vm.spec.management.profile {
         return match shared.profiles.get(&ObjectRef::new(name)) {
             Some(p) => resolved(&p, None),
-            None => ProfileChoice::Missing { name: name.clone() },
+            None => ProfileChoice::Missing {
+                name: name.to_string(),
+            },
         };
     }
     let Some((choice, outranked_by)) = assigned_profile(vm, shared) else {

@@ -147,9 +147,14 @@ pub fn facts(v: &VmView) -> VmFacts<'_> {
         name: vm.metadata.name.as_deref().unwrap_or_default(),
         ring: v.ring,
         placement: Placement {
-            region: vm.spec.placement.region.clone(),
-            zone: vm.spec.placement.zone.clone(),
-            availability_set: vm.spec.placement.availability_set.clone(),
+            region: vm.spec.placement.region.to_string(),
+            zone: vm.spec.placement.zone.as_deref().map(String::from),
+            availability_set: vm
+                .spec
+                .placement
+                .availability_set
+                .as_deref()
+                .map(String::from),
             update_domain: vm.spec.placement.update_domain.unwrap_or(0),
         },
         ineligible: v.ineligible.clone(),

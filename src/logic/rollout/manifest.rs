@@ -87,7 +87,7 @@ pub fn release_assessment(
     }
     let snapshot = snapshot_of(repos, &snapshot_timestamp(input.spec.release_time.0));
     Some(crate::api::AssessmentDirective {
-        request_id: release_request(input.name, &snapshot),
+        request_id: release_request(input.name, &snapshot).into(),
         on_demand: None,
         snapshot: Some(snapshot),
     })
@@ -138,7 +138,7 @@ pub(super) fn ask_release_assessments(run: &super::Run<'_>, acc: &mut super::Acc
                         let due = crate::logic::duration::add(at, RELEASE_RETRY);
                         if input.now >= due {
                             Some(crate::api::AssessmentDirective {
-                                request_id: next_request(&d.request_id, &want.request_id),
+                                request_id: next_request(&d.request_id, &want.request_id).into(),
                                 ..want
                             })
                         } else {

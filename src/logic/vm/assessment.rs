@@ -46,7 +46,7 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
         .filter(|r| Some(r) != on_demand_taken.as_ref())
     {
         desired.assessment = Some(AssessmentDirective {
-            request_id: format!("ondemand-{req}"),
+            request_id: format!("ondemand-{req}").into(),
             on_demand: Some(req.clone()),
             snapshot: None,
         });
@@ -88,7 +88,7 @@ pub(super) fn schedule(input: &Inputs<'_>, latest: Option<&GuestAssessment>, out
     let due = last.map_or(patch_now, |l| l + interval);
     if patch_now >= due {
         desired.assessment = Some(AssessmentDirective {
-            request_id: format!("periodic-{}", patch_now.as_second()),
+            request_id: format!("periodic-{}", patch_now.as_second()).into(),
             on_demand: on_demand_taken,
             snapshot: None,
         });

@@ -112,7 +112,7 @@ pub(super) fn decide(input: &Inputs<'_>) -> Outcome {
     let mut status = d.status;
     status.conditions = d.conditions.into_sorted();
     status.phase = Some(verdict.phase);
-    status.message = Some(verdict.message);
+    status.message = Some(verdict.message.into());
     Outcome {
         status,
         events: d.events,
@@ -195,7 +195,7 @@ impl Decision<'_> {
             Err(v) => return v,
         };
         let profile_changed = self.status.profile.as_deref() != Some(profile.name.as_str());
-        self.status.profile = Some(profile.name.clone());
+        self.status.profile = Some(profile.name.as_str().into());
         if let Some(v) = self.image() {
             return v;
         }
@@ -351,7 +351,7 @@ impl Decision<'_> {
             self.status.remediation = None;
         }
         self.status.desired = Some(Box::new(DesiredState {
-            profile: p.name.clone(),
+            profile: p.name.as_str().into(),
             profile_generation: p.generation,
             configuration: Some(p.configuration.clone()),
             remediation_attempt: prev.remediation_attempt,

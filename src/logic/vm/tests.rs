@@ -337,7 +337,7 @@ fn assessed(status: &mut VirtualMachineStatus, at: i64, packages: Vec<(Classific
         .expect("a request");
     let g = status.guest.get_or_insert_with(Default::default);
     g.assessment = Some(GuestAssessment {
-        request_id: id,
+        request_id: id.to_string(),
         status: OperationStatus::Succeeded,
         start_time: Some(Time(t(at))),
         finish_time: Some(Time(t(at))),

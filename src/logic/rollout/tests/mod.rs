@@ -244,7 +244,7 @@ impl World {
             vm.release_directive = Some(d.clone());
             if vm.running {
                 vm.release_assessment = Some(GuestAssessment {
-                    request_id: d.request_id.clone(),
+                    request_id: d.request_id.to_string(),
                     packages: vm.at_snapshot.clone(),
                     snapshot: d.snapshot.as_ref().map(|s| s.timestamp.clone()),
                     ..vm.assessment.clone()

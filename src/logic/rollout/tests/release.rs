@@ -294,7 +294,7 @@ fn a_failed_release_assessment_is_asked_again_and_a_new_template_is_assessed_ane
     let out = w.decide();
     let fixed = &out.release_assessments[0].1;
     assert!(
-        !fixed.request_id.starts_with(&first),
+        !fixed.request_id.starts_with(first.as_str()),
         "{}",
         fixed.request_id
     );
