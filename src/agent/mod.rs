@@ -477,7 +477,7 @@ impl Backend for Linux {
 
     fn seen(&mut self, vm: &VirtualMachine) {
         self.patch_mode = vm.status.as_ref().and_then(|s| s.patch_mode);
-        self.health_check = vm.spec.health_check.clone();
+        self.health_check = vm.spec.health_check.as_deref().cloned();
     }
 
     fn apply_key(&self) -> Option<String> {

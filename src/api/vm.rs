@@ -126,7 +126,7 @@ pub struct VirtualMachineSpec {
 
     /// How the guest judges its workload healthy after patching (in addition to the heartbeat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
 }
 
 fn default_time_zone() -> Text {

@@ -15,8 +15,19 @@ use kube::ResourceExt;
 use crate::api::{VirtualMachine, VirtualMachineStatus};
 use crate::logic::vm::controller_part;
 
-/// (namespace, name) of a VM.
-type Key = (String, String);
+/// "namespace/name" of a VM (one allocation per VM: this table has an entry for every VM).
+type Key = Box<str>;
+
+/// What a VM change seen by the watch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing in it differs from what was seen before (a relist, a resourceVersion-only change).
+    None,
+    /// Only the controller's part of the status, to what the controller wrote.
+    OwnWrite,
+    /// Something else: worth a reconcile.
+    Other,
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Seen {
@@ -61,52 +72,66 @@ fn others_hash(vm: &VirtualMachine) -> u64 {
     ))
 }
 
-fn key(vm: &VirtualMachine) -> Key {
-    (vm.namespace().unwrap_or_default(), vm.name_any())
+fn key(ns: &str, name: &str) -> Key {
+    format!("{ns}/{name}").into_boxed_str()
 }
 
 impl OwnWrites {
-    /// Whether this change of `vm` (seen by the watch) should reconcile it.
-    pub fn passes(&self, vm: &VirtualMachine) -> bool {
+    /// What this change of `vm` (seen by the watch) is. It also stands in for a resourceVersion
+    /// predicate: a relisted VM that did not change is `Change::None`.
+    pub fn see(&self, vm: &VirtualMachine) -> Change {
         let others = others_hash(vm);
         let part = part_hash(&vm.status.as_ref().map(controller_part).unwrap_or_default());
         let Ok(mut seen) = self.0.lock() else {
-            return true;
+            return Change::Other;
         };
-        match seen.get_mut(&key(vm)) {
+        let k = key(&vm.namespace().unwrap_or_default(), &vm.name_any());
+        match seen.get_mut(&k) {
             None => {
                 seen.insert(
-                    key(vm),
+                    k,
                     Seen {
                         others,
                         part,
                         written: None,
                     },
                 );
-                true
+                Change::Other
             }
             Some(s) => {
-                let pass = s.others != others || (s.part != part && s.written != Some(part));
+                let change = if s.others != others {
+                    Change::Other
+                } else if s.part == part {
+                    Change::None
+                } else if s.written == Some(part) {
+                    Change::OwnWrite
+                } else {
+                    Change::Other
+                };
                 s.others = others;
                 s.part = part;
-                pass
+                change
             }
         }
+    }
+
+    /// Whether this change of `vm` should reconcile it.
+    #[cfg(test)]
+    fn passes(&self, vm: &VirtualMachine) -> bool {
+        self.see(vm) == Change::Other
     }
 
     /// The controller wrote `part` to the VM's status.
     pub fn wrote(&self, ns: &str, name: &str, part: &VirtualMachineStatus) {
         if let Ok(mut seen) = self.0.lock() {
-            seen.entry((ns.to_string(), name.to_string()))
-                .or_default()
-                .written = Some(part_hash(part));
+            seen.entry(key(ns, name)).or_default().written = Some(part_hash(part));
         }
     }
 
     /// The VM is gone.
     pub fn forget(&self, ns: &str, name: &str) {
         if let Ok(mut seen) = self.0.lock() {
-            seen.remove(&(ns.to_string(), name.to_string()));
+            seen.remove(&key(ns, name));
         }
     }
 }
@@ -143,9 +168,13 @@ mod tests {
         assert!(own.passes(&created), "a VM seen first reconciles");
         let written = with_phase(&created, VmPhase::Pending);
         own.wrote("fleet", "web-1", written.status.as_ref().expect("status"));
-        assert!(!own.passes(&written), "our own write coming back");
-        // The same write seen again (a relist) is no change either.
-        assert!(!own.passes(&written));
+        assert_eq!(
+            own.see(&written),
+            Change::OwnWrite,
+            "our own write coming back"
+        );
+        // The same write seen again (a relist) is no change at all.
+        assert_eq!(own.see(&written), Change::None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::context::{Context, Error, namespaced, profile_watch};
 use super::identities::Part;
 use super::metrics::{Metrics, PhaseLabel};
+use super::own_writes::Change;
 use super::reconcile::{instrumented, on_error};
 use super::shared::Shared;
 use crate::api::{ConfigurationProfile, VirtualMachine, VmPhase};
@@ -80,13 +81,22 @@ pub async fn run(
         super::interned::vm(vm);
     })
     .reflect(w.vms)
-    .applied_objects();
-    let vm_stream = watch::changed(vm_stream).inspect({
+    .applied_objects()
+    // What a change is (`OwnWrites`, which also stands in for a resourceVersion predicate and its
+    // cache of one more entry per VM): the rollout controller hears of every change but a VM
+    // relisted unchanged; only changes that are not the controller's own status writes coming
+    // back reconcile.
+    .try_filter({
+        let own = shared.own_writes.clone();
+        let written = shared.written.clone();
         let tx = shared.vm_changes.clone();
         move |vm| {
-            if let Ok(vm) = vm {
+            written.observe(vm);
+            let change = own.see(vm);
+            if change != Change::None {
                 let _ = tx.send(vm.namespace().unwrap_or_default());
             }
+            futures::future::ready(change == Change::Other)
         }
     });
 
@@ -111,14 +121,6 @@ pub async fn run(
     .modify(|n| n.managed_fields_mut().clear())
     .reflect(w.namespaces)
     .touched_objects();
-    // The controller's own status writes coming back reconcile nothing (the rollout controller
-    // above still hears of them).
-    let own = shared.own_writes.clone();
-    let written = shared.written.clone();
-    let vm_stream = vm_stream.try_filter(move |vm| {
-        written.observe(vm);
-        futures::future::ready(own.passes(vm))
-    });
     let ctx2 = ctx.clone();
     let shared2 = shared.clone();
     use watch::{changed, events_only};
@@ -435,10 +437,16 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         .unwrap_or_default();
     if outcome.status != current {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-        // Before the write: its watch event may come back before the call returns.
+        // Before the write: its watch event may come back before the call returns (recorded
+        // after it, the entry waited for the VM's next reconcile: thousands of statuses kept
+        // during a burst). A failed write is not laid over the cache.
         shared.own_writes.wrote(&ns, &name, &outcome.status);
-        crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await?;
         shared.written.wrote(&ns, &name, &outcome.status);
+        if let Err(e) = crate::status::apply(&api, &name, CONTROLLER_MANAGER, &outcome.status).await
+        {
+            shared.written.forget(&ns, &name);
+            return Err(e.into());
+        }
         ctx.metrics
             .status_writes
             .get_or_create(&Metrics::label("virtualmachine"))
