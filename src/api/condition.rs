@@ -45,15 +45,16 @@ impl schemars::JsonSchema for Condition {
     }
 }
 
-/// An immutable string held once per process however many objects carry it.
+/// An immutable string held once per process however many objects carry it. One pointer wide
+/// (`Arc<String>` rather than `Arc<str>`): a VM carries about thirty of them.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Text(Arc<str>);
+pub struct Text(Arc<String>);
 
 /// Every `Text` in use; a string no `Text` refers to any more is swept when the set has doubled
 /// since the last sweep.
 #[derive(Default)]
 struct Table {
-    set: HashSet<Arc<str>>,
+    set: HashSet<Text>,
     after_sweep: usize,
 }
 
@@ -62,18 +63,18 @@ static TEXTS: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 impl Text {
     pub fn new(s: &str) -> Text {
         let Ok(mut t) = TEXTS.lock() else {
-            return Text(Arc::from(s));
+            return Text(Arc::new(s.to_string()));
         };
         if let Some(held) = t.set.get(s) {
-            return Text(held.clone());
+            return held.clone();
         }
-        let new: Arc<str> = Arc::from(s);
+        let new = Text(Arc::new(s.to_string()));
         t.set.insert(new.clone());
         if t.set.len() > 2 * t.after_sweep.max(256) {
-            t.set.retain(|s| Arc::strong_count(s) > 1);
+            t.set.retain(|s| Arc::strong_count(&s.0) > 1);
             t.after_sweep = t.set.len();
         }
-        Text(new)
+        new
     }
 
     pub fn as_str(&self) -> &str {
@@ -152,37 +153,37 @@ impl From<&String> for Text {
 
 impl From<Text> for String {
     fn from(t: Text) -> String {
-        t.0.to_string()
+        t.as_str().to_string()
     }
 }
 
 impl PartialEq<str> for Text {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Text {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Text {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        self.as_str() == other.as_str()
     }
 }
 
 impl PartialEq<Text> for &str {
     fn eq(&self, other: &Text) -> bool {
-        *self == &*other.0
+        *self == other.as_str()
     }
 }
 
 impl PartialEq<Text> for String {
     fn eq(&self, other: &Text) -> bool {
-        **self == *other.0
+        self.as_str() == other.as_str()
     }
 }
 

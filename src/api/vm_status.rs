@@ -89,7 +89,7 @@ pub struct VirtualMachineStatus {
     pub patch_status: Option<Box<PatchStatus>>,
     /// The current drift episode and its remediation attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remediation: Option<RemediationStatus>,
+    pub remediation: Option<Box<RemediationStatus>>,
     /// The newest change of `status.guest.changes` published as a `ChangeTracked` Event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tracked_change: Option<String>,
