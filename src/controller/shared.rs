@@ -289,6 +289,27 @@ mod tests {
     }
 
     #[test]
+    fn expired_writes_of_quiet_vms_are_swept_as_the_table_grows() {
+        let w = Written::default();
+        let part = vm(Some(VmPhase::Pending)).status.expect("status");
+        let long_ago = std::time::Instant::now()
+            .checked_sub(WRITE_LAG * 2)
+            .expect("an instant a minute ago");
+        if let Ok(mut t) = w.0.lock() {
+            for n in 0..255 {
+                t.insert(
+                    ("fleet".into(), format!("quiet-{n}")),
+                    (long_ago, Box::new(part.clone())),
+                );
+            }
+        }
+        w.wrote("fleet", "web-1", &part);
+        let left = w.0.lock().map(|t| t.len()).unwrap_or_default();
+        assert_eq!(left, 1, "only the fresh write is kept");
+        assert!(w.status_for("fleet", "web-1", None).is_some());
+    }
+
+    #[test]
     fn a_write_is_laid_over_until_the_watch_shows_it() {
         let w = Written::default();
         let part = vm(Some(VmPhase::Pending)).status.expect("status");
