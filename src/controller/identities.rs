@@ -57,10 +57,10 @@ impl Parts {
     }
 }
 
-/// "namespace/vm".
-type Key = Box<str>;
+/// "namespace/vm": one allocation per VM for the controller's per-VM tables.
+pub(super) type Key = Box<str>;
 
-fn key(ns: &str, vm: &str) -> Key {
+pub(super) fn key(ns: &str, vm: &str) -> Key {
     format!("{ns}/{vm}").into_boxed_str()
 }
 

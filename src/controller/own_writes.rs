@@ -15,8 +15,7 @@ use kube::ResourceExt;
 use crate::api::{VirtualMachine, VirtualMachineStatus};
 use crate::logic::vm::controller_part;
 
-/// "namespace/name" of a VM (one allocation per VM: this table has an entry for every VM).
-type Key = Box<str>;
+use super::identities::{Key, key};
 
 /// What a VM change seen by the watch is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,10 +69,6 @@ fn others_hash(vm: &VirtualMachine) -> u64 {
         s.and_then(|s| s.patch_status.as_ref())
             .and_then(|p| p.last_patch_installation_summary.as_ref()),
     ))
-}
-
-fn key(ns: &str, name: &str) -> Key {
-    format!("{ns}/{name}").into_boxed_str()
 }
 
 impl OwnWrites {
