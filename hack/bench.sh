@@ -6,6 +6,8 @@
 #   hack/bench.sh                    N = 2,000 onboarded VMs, 10,000 for memory and identities
 #   hack/bench.sh --vms 500 --big 2000 --steady-seconds 30
 #                                    (arguments go to benches/fleet; --help lists them)
+#   hack/bench.sh --guest-webhook    the same with guests authorized by the controller (the API
+#                                    server's authorization webhook, --guest-authorization=webhook)
 #
 # Results are printed and written to target/bench/results.md; the controller's and the
 # simulator's logs to target/bench/logs/. The control plane is removed at the end.
@@ -13,7 +15,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=hack/lib.sh
 . hack/lib.sh
-unset KUBECONFIG
+unset KUBECONFIG AUTOMEND_GUEST_AUTHORIZATION AUTOMEND_AUTHORIZER_ADDR AUTOMEND_AUTHORIZER_CERT AUTOMEND_AUTHORIZER_KEY
+
+up_args=()
+bench_args=()
+for arg in "$@"; do
+  if [ "$arg" = --guest-webhook ]; then up_args+=(--guest-webhook); else bench_args+=("$arg"); fi
+done
 
 out="${AUTOMEND_BENCH_DIR:-$PWD/target/bench}"
 export AUTOMEND_CLUSTER_DIR="$out/cluster"
@@ -30,7 +38,9 @@ bench_bin="$(cargo build --release --locked --features bench --bin automend --be
 echo "==> a fresh control plane in $AUTOMEND_CLUSTER_DIR"
 bash hack/cluster.sh down --purge >/dev/null 2>&1 || true
 trap 'bash hack/cluster.sh down --purge' EXIT
-bash hack/cluster.sh up
+bash hack/cluster.sh up "${up_args[@]}"
+# (with --guest-webhook this also exports the controller's authorizer settings: every controller
+# the bench starts inherits them)
 eval "$(bash hack/cluster.sh env)"
 "$target/release/automend" crds | kubectl apply --server-side -f - >/dev/null
 wait_crds
@@ -43,4 +53,4 @@ mkdir -p "$out/logs"
 "$bench_bin" \
   --automend "$target/release/automend" \
   --apiserver-pid "$(cat "$AUTOMEND_CLUSTER_DIR/pids/kube-apiserver")" \
-  --logs "$out/logs" --out "$out/results.md" "$@"
+  --logs "$out/logs" --out "$out/results.md" "${bench_args[@]}"

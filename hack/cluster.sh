@@ -3,9 +3,13 @@
 #
 #   hack/cluster.sh build [--node]  build (once) etcd, kube-apiserver, kube-controller-manager, kubectl,
 #                                   helm; with --node also kube-scheduler, kubelet, kube-proxy, containerd
-#   hack/cluster.sh up [--node]     start etcd + kube-apiserver + kube-controller-manager; write a
+#   hack/cluster.sh up [--node] [--guest-webhook]
+#                                   start etcd + kube-apiserver + kube-controller-manager; write a
 #                                   kubeconfig. With --node (root only) also kube-scheduler and one node
-#                                   (containerd, kubelet, kube-proxy; see hack/node.sh) that runs Pods
+#                                   (containerd, kubelet, kube-proxy; see hack/node.sh) that runs Pods.
+#                                   With --guest-webhook the API server asks the controller about guest
+#                                   requests (its authorization webhook); `env` then also exports the
+#                                   controller's settings for it (--guest-authorization=webhook)
 #   hack/cluster.sh down [--purge]  stop what `up` started (and nothing else)
 #   hack/cluster.sh status          say what is running
 #   hack/cluster.sh env             print `export` lines for PATH and KUBECONFIG (eval "$(hack/cluster.sh env)")
@@ -224,13 +228,83 @@ EOF
 
 kubectl_admin() { "$bindir/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
 
+# The guest authorizer (--guest-webhook): the API server's AuthorizationConfiguration sends
+# reviews of guest ServiceAccounts' resource requests to the controller's HTTPS server first
+# (failurePolicy NoOpinion: when it cannot answer, RBAC decides as without it), then RBAC.
+write_guest_webhook() {
+  local pki="$state/pki" port; port="$(port guest-authorizer)"
+  [ -f "$pki/guest-authorizer.crt" ] || issue guest-authorizer "/CN=automend-guest-authorizer" "$(printf '%s\n' \
+    'basicConstraints=CA:FALSE' 'keyUsage=digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+    'subjectAltName=IP:127.0.0.1,DNS:localhost')"
+  cat >"$state/guest-authorizer.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: automend-guest-authorizer
+  cluster:
+    server: https://127.0.0.1:$port/authorize
+    certificate-authority: $pki/ca.crt
+users:
+- name: kube-apiserver
+  user: {}
+contexts:
+- name: automend-guest-authorizer
+  context:
+    cluster: automend-guest-authorizer
+    user: kube-apiserver
+current-context: automend-guest-authorizer
+EOF
+  cat >"$state/authorization.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthorizationConfiguration
+authorizers:
+- type: Node
+  name: node
+- type: Webhook
+  name: automend-guests
+  webhook:
+    timeout: 3s
+    subjectAccessReviewVersion: v1
+    matchConditionSubjectAccessReviewVersion: v1
+    failurePolicy: NoOpinion
+    authorizedTTL: 5m
+    unauthorizedTTL: 30s
+    connectionInfo:
+      type: KubeConfigFile
+      kubeConfigFile: $state/guest-authorizer.kubeconfig
+    matchConditions:
+    - expression: "'system:serviceaccounts' in request.groups"
+    - expression: "request.user.matches('^system:serviceaccount:[^:]+:automend-guest-[^:]+$')"
+    - expression: "has(request.resourceAttributes)"
+- type: RBAC
+  name: rbac
+EOF
+}
+
 cmd_up() {
-  local node=0
-  [ "${1:-}" = "--node" ] && node=1
+  local node=0 webhook=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      --node) node=1 ;;
+      --guest-webhook) webhook=1 ;;
+      *) die "up: unknown option $arg (--node, --guest-webhook)" ;;
+    esac
+  done
   cmd_build
   mkdir -p "$state"
   state="$(cd "$state" && pwd)"
   gen_certs
+  if [ "$webhook" = 1 ]; then
+    if pid_alive kube-apiserver && [ ! -f "$state/guest-webhook-mode" ]; then
+      die "this control plane was started without --guest-webhook; stop it first (hack/cluster.sh down)"
+    fi
+    write_guest_webhook
+    touch "$state/guest-webhook-mode"
+  elif [ -f "$state/guest-webhook-mode" ] && ! pid_alive kube-apiserver; then
+    rm -f "$state/guest-webhook-mode"
+  fi
+  local authz=(--authorization-mode 'Node,RBAC')
+  [ -f "$state/guest-webhook-mode" ] && authz=(--authorization-config "$state/authorization.yaml")
   if [ "$node" = 1 ]; then
     [ "$(id -u)" = 0 ] || die "--node needs root (containerd, cgroups, the pods' network)"
     if pid_alive kube-apiserver && [ ! -f "$state/node-mode" ]; then
@@ -271,7 +345,7 @@ cmd_up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$state/pki/sa.pub" --service-account-signing-key-file "$state/pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \
+    "${authz[@]}" --enable-admission-plugins NodeRestriction --allow-privileged=true \
     --cert-dir "$state/pki/generated"
   wait_ready kube-apiserver 120 curl -sf --cacert "$state/pki/ca.crt" \
     --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" "https://127.0.0.1:$api_port/readyz"
@@ -337,6 +411,12 @@ cmd_env() {
   # shellcheck disable=SC2016 # $PATH is for the shell that evals this
   printf 'export PATH=%q:"$PATH"\n' "$bindir"
   printf 'export KUBECONFIG=%q\n' "$state/kubeconfig"
+  if [ -f "$state/guest-webhook-mode" ]; then
+    printf 'export AUTOMEND_GUEST_AUTHORIZATION=webhook\n'
+    printf 'export AUTOMEND_AUTHORIZER_ADDR=127.0.0.1:%s\n' "$(cat "$state/ports/guest-authorizer")"
+    printf 'export AUTOMEND_AUTHORIZER_CERT=%q\n' "$state/pki/guest-authorizer.crt"
+    printf 'export AUTOMEND_AUTHORIZER_KEY=%q\n' "$state/pki/guest-authorizer.key"
+  fi
 }
 
 case "${1:-}" in
@@ -349,5 +429,5 @@ case "${1:-}" in
   nodebin) echo "$nodebin" ;;
   import) [ -f "$state/node-mode" ] || die "no node in $state (hack/cluster.sh up --node)"
     bash "$here/node.sh" import "$state" "$nodebin" "${2:?an OCI archive}" ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -12,6 +12,8 @@ use kube::Resource;
 
 use crate::api::VirtualMachine;
 
+pub mod authorizer;
+
 /// Every guest ServiceAccount's name starts with this; the admission policy keys on it.
 pub const GUEST_PREFIX: &str = "automend-guest-";
 /// Field manager of the controller's writes.
@@ -70,8 +72,11 @@ pub fn service_account(vm: &VirtualMachine) -> ServiceAccount {
     }
 }
 
-pub fn role(vm: &VirtualMachine) -> Role {
-    let vm_name = vm.meta().name.clone().unwrap_or_default();
+/// What a VM's guest may do, as RBAC rules: read its own VirtualMachine, write that VM's status,
+/// renew its own heartbeat Lease and its own token. The guest Role carries exactly these rules and
+/// the guest authorizer (`authorizer`, for clusters that route guest requests to the controller)
+/// allows exactly these requests.
+pub fn guest_rules(vm_name: &str) -> Vec<PolicyRule> {
     let rule = |group: &str, resource: &str, name: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_string()]),
         resources: Some(vec![resource.to_string()]),
@@ -79,6 +84,37 @@ pub fn role(vm: &VirtualMachine) -> Role {
         verbs: verbs.iter().map(|v| v.to_string()).collect(),
         non_resource_urls: None,
     };
+    vec![
+        rule(
+            crate::api::GROUP,
+            "virtualmachines",
+            vm_name,
+            &["get", "list", "watch"],
+        ),
+        rule(
+            crate::api::GROUP,
+            "virtualmachines/status",
+            vm_name,
+            &["get", "patch", "update"],
+        ),
+        rule(
+            "coordination.k8s.io",
+            "leases",
+            &lease_name(vm_name),
+            &["get", "patch", "update"],
+        ),
+        // The agent renews its own token (TokenRequest) before it expires.
+        rule(
+            "",
+            "serviceaccounts/token",
+            &guest_name(vm_name),
+            &["create"],
+        ),
+    ]
+}
+
+pub fn role(vm: &VirtualMachine) -> Role {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
     let mut metadata = meta(vm, guest_name(&vm_name));
     metadata.annotations = Some(BTreeMap::from([(
         RULES_ANNOTATION.to_string(),
@@ -86,33 +122,7 @@ pub fn role(vm: &VirtualMachine) -> Role {
     )]));
     Role {
         metadata,
-        rules: Some(vec![
-            rule(
-                crate::api::GROUP,
-                "virtualmachines",
-                &vm_name,
-                &["get", "list", "watch"],
-            ),
-            rule(
-                crate::api::GROUP,
-                "virtualmachines/status",
-                &vm_name,
-                &["get", "patch", "update"],
-            ),
-            rule(
-                "coordination.k8s.io",
-                "leases",
-                &lease_name(&vm_name),
-                &["get", "patch", "update"],
-            ),
-            // The agent renews its own token (TokenRequest) before it expires.
-            rule(
-                "",
-                "serviceaccounts/token",
-                &guest_name(&vm_name),
-                &["create"],
-            ),
-        ]),
+        rules: Some(guest_rules(&vm_name)),
     }
 }
 

@@ -47,6 +47,7 @@ fn values_schema_rejects_bad_values_naming_them() {
         ("controller.logFormat=xml", "logFormat"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("unknownKey=1", "unknownKey"),
+        ("guestAuthorization.mode=ldap", "mode"),
     ] {
         let out = c.helm(&[
             "template",
@@ -67,6 +68,54 @@ fn values_schema_rejects_bad_values_naming_them() {
             msg.contains(field),
             "--set {set}: the error does not name {field}:\n{msg}"
         );
+    }
+}
+
+#[test]
+fn guest_authorization_webhook_mode_serves_the_authorizer() {
+    let c = cluster();
+    let version = server_version(c);
+    let template = |sets: &[&str]| {
+        let mut args = vec!["template", "x", CHART, "--kube-version", &version];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        c.helm(&args)
+    };
+    // By default: RBAC per VM, no authorizer.
+    let plain = text(&template(&[]));
+    assert!(plain.contains("--guest-authorization=rbac"), "{plain}");
+    assert!(!plain.contains("guest-authorizer"), "{plain}");
+    assert!(!plain.contains("subjectaccessreviews"), "{plain}");
+    // Webhook mode without a certificate: refused, naming the value.
+    let out = template(&["guestAuthorization.mode=webhook"]);
+    let msg = text(&out);
+    assert!(
+        !out.status.success(),
+        "webhook mode without tlsSecret rendered"
+    );
+    assert!(msg.contains("guestAuthorization.tlsSecret"), "{msg}");
+    // With one: the flags, the mounted Secret, the port, the Service the API server calls, and
+    // the one permission the start-up check needs.
+    let out = template(&[
+        "guestAuthorization.mode=webhook",
+        "guestAuthorization.tlsSecret=authorizer-tls",
+        "guestAuthorization.port=9443",
+    ]);
+    let r = text(&out);
+    assert!(out.status.success(), "{r}");
+    for want in [
+        "--guest-authorization=webhook",
+        "--authorizer-addr=0.0.0.0:9443",
+        "--authorizer-cert=/etc/automend/authorizer/tls.crt",
+        "--authorizer-key=/etc/automend/authorizer/tls.key",
+        "secretName: authorizer-tls",
+        "containerPort: 9443",
+        "name: x-automend-guest-authorizer",
+        "targetPort: authorizer",
+        "resources: [\"subjectaccessreviews\"]",
+    ] {
+        assert!(r.contains(want), "missing {want:?} in:\n{r}");
     }
 }
 

@@ -154,6 +154,7 @@ pub async fn floor(
     n: usize,
     concurrency: usize,
     payload: &Payload,
+    rbac: bool,
 ) -> anyhow::Result<usize> {
     each(0..n, concurrency, |i| async move {
         let name = format!("floor-{i:05}");
@@ -165,12 +166,15 @@ pub async fn floor(
         Api::<ServiceAccount>::namespaced(admin.clone(), ns)
             .create(&pp, &identity::service_account(&vm))
             .await?;
-        Api::<Role>::namespaced(admin.clone(), ns)
-            .create(&pp, &identity::role(&vm))
-            .await?;
-        Api::<RoleBinding>::namespaced(admin.clone(), ns)
-            .create(&pp, &identity::role_binding(&vm))
-            .await?;
+        // With the guest authorizer (`--guest-authorization=webhook`) no Role and RoleBinding.
+        if rbac {
+            Api::<Role>::namespaced(admin.clone(), ns)
+                .create(&pp, &identity::role(&vm))
+                .await?;
+            Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                .create(&pp, &identity::role_binding(&vm))
+                .await?;
+        }
         Api::<Lease>::namespaced(admin.clone(), ns)
             .create(&pp, &identity::lease(&vm))
             .await?;
@@ -224,7 +228,7 @@ pub async fn floor(
         Ok(())
     })
     .await?;
-    Ok(11)
+    Ok(if rbac { 11 } else { 9 })
 }
 
 /// `count` GETs of their own VM by `guests` guests of `ns` (each with its own token and

@@ -30,6 +30,12 @@ pub struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// allowed or no_opinion
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabel {
     pub namespace: String,
     pub rollout: String,
@@ -62,6 +68,8 @@ pub struct Metrics {
     pub slo_projected_to_meet: Family<RolloutLabel, Gauge>,
     /// Every request the controller's client makes (`kubeclient::CountLayer`).
     pub api_requests: Family<crate::kubeclient::ApiRequestLabel, Counter>,
+    /// Reviews answered by the guest authorizer (`--guest-authorization=webhook`).
+    pub guest_authorizations: Family<DecisionLabel, Counter>,
 }
 
 impl Metrics {
@@ -86,6 +94,7 @@ impl Metrics {
             slo_on_manifest: Family::default(),
             slo_projected_to_meet: Family::default(),
             api_requests: Family::default(),
+            guest_authorizations: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -167,6 +176,11 @@ impl Metrics {
             "api_requests",
             "Requests the controller made to the API server, by verb and resource (watches count when they start)",
             m.api_requests.clone(),
+        );
+        registry.register(
+            "guest_authorizations",
+            "SubjectAccessReviews the guest authorizer answered, by decision (allowed, no_opinion)",
+            m.guest_authorizations.clone(),
         );
         m
     }

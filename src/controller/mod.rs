@@ -4,6 +4,7 @@
 //! ConfigurationProfile and VirtualMachine controllers. Every replica serves `/healthz`, `/readyz`
 //! and `/metrics`. SIGTERM stops the controllers gracefully and releases the Lease.
 
+pub mod authorizer;
 mod context;
 mod enroll;
 mod events;
@@ -88,6 +89,8 @@ pub struct Settings {
     pub watch_unhealthy_after: Duration,
     #[command(flatten)]
     pub clock: crate::clock::ClockArgs,
+    #[command(flatten)]
+    pub guest_authorizer: authorizer::Args,
 }
 
 /// Geo-pairs of regions.
@@ -155,10 +158,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let server = tokio::spawn(http::serve(listener, state.clone(), stopped.clone()));
+    if settings.guest_authorizer.webhook() {
+        let bound = authorizer::bind(&settings.guest_authorizer).await?;
+        tokio::spawn(authorizer::serve(
+            bound,
+            settings.namespace.clone(),
+            state.metrics.clone(),
+            stopped.clone(),
+        ));
+    }
 
     if !wait_for_api(&client, &state, stopped.clone()).await {
         let _ = server.await;
         return Ok(());
+    }
+    if settings.guest_authorizer.webhook() {
+        // Guests get no Role: make sure the API server really asks us before relying on it.
+        authorizer::check_routed(&client, settings.namespace.as_deref()).await?;
     }
 
     let me = identity(&settings);

@@ -52,6 +52,21 @@ pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Output {
 }
 
 static WITH_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static WITH_GUEST_WEBHOOK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The shared control plane of this test binary, its API server asking the controller about
+/// guest requests (`hack/cluster.sh up --guest-webhook`). Call it before anything else of this
+/// module in a test binary; not with the caller's `KUBECONFIG`.
+pub fn guest_webhook_cluster() -> &'static Cluster {
+    WITH_GUEST_WEBHOOK.store(true, Ordering::SeqCst);
+    let c = cluster();
+    assert!(
+        c.authorizer_args().is_some(),
+        "this test binary's control plane was started without --guest-webhook"
+    );
+    c
+}
 
 /// The shared control plane of this test binary with a node that runs Pods (`hack/cluster.sh up
 /// --node`: containerd, kubelet, kube-proxy on this machine; needs root). Call it before anything
@@ -88,7 +103,7 @@ pub fn cluster() -> &'static Cluster {
                 state: None,
             },
             None => {
-                let state = start_local(node);
+                let state = start_local(node, WITH_GUEST_WEBHOOK.load(Ordering::SeqCst));
                 Cluster {
                     kubeconfig: state.join("kubeconfig"),
                     bindir,
@@ -104,7 +119,7 @@ pub fn cluster() -> &'static Cluster {
     })
 }
 
-fn start_local(node: bool) -> PathBuf {
+fn start_local(node: bool, guest_webhook: bool) -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     let name = exe
         .file_stem()
@@ -141,6 +156,7 @@ fn start_local(node: bool) -> PathBuf {
             .arg(script())
             .arg("up")
             .args(node.then_some("--node"))
+            .args(guest_webhook.then_some("--guest-webhook"))
             .env("AUTOMEND_CLUSTER_DIR", &dir),
         "hack/cluster.sh up",
     );
@@ -156,6 +172,28 @@ fn nix_is_root() -> bool {
 }
 
 impl Cluster {
+    /// The controller's flags for this control plane's guest authorizer (`up --guest-webhook`).
+    pub fn authorizer_args(&self) -> Option<Vec<String>> {
+        let state = self.state.as_ref()?;
+        if !state.join("guest-webhook-mode").exists() {
+            return None;
+        }
+        let port = std::fs::read_to_string(state.join("ports/guest-authorizer")).ok()?;
+        let pki = state.join("pki");
+        Some(vec![
+            "--guest-authorization=webhook".into(),
+            format!("--authorizer-addr=127.0.0.1:{}", port.trim()),
+            format!(
+                "--authorizer-cert={}",
+                pki.join("guest-authorizer.crt").display()
+            ),
+            format!(
+                "--authorizer-key={}",
+                pki.join("guest-authorizer.key").display()
+            ),
+        ])
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new(self.bindir.join("kubectl"))
             .arg("--kubeconfig")

@@ -1,5 +1,5 @@
-//! A VM's guest identity (ServiceAccount, Role, RoleBinding, heartbeat Lease): created when
-//! missing, owned by the VM (the garbage collector deletes them with it, which revokes the
+//! A VM's guest identity (ServiceAccount, Role, RoleBinding, heartbeat Lease; no Role and
+//! RoleBinding with `--guest-authorization=webhook`): created when missing, owned by the VM (the garbage collector deletes them with it, which revokes the
 //! guest's tokens). Nothing on the guest is touched.
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -51,25 +51,45 @@ pub(crate) async fn ensure_identity(
         create::<ServiceAccount>(ctx, &ns, identity::service_account(vm), &pp).await?;
         created(Part::ServiceAccount);
     }
-    if !have.has(Part::Role) {
-        create::<Role>(ctx, &ns, identity::role(vm), &pp).await?;
-        created(Part::Role);
-    } else if have.stale_role() {
-        // A Role of older rules (before guests renewed their own tokens) is brought up to date.
+    if ctx.settings.guest_authorizer.webhook() {
+        // The controller authorizes the guest (`authorizer`): a Role and RoleBinding left from
+        // `rbac` would only make every request in the namespace cost more (RBAC scans them).
         let guest = identity::guest_name(&name);
-        Api::<Role>::namespaced(ctx.client.clone(), &ns)
-            .patch(
-                &guest,
-                &PatchParams::apply(CONTROLLER_MANAGER).force(),
-                &Patch::Apply(&identity::role(vm)),
-            )
-            .await?;
-        created(Part::Role);
-        info!(role = %guest, "guest Role updated to the current rules");
-    }
-    if !have.has(Part::RoleBinding) {
-        create::<RoleBinding>(ctx, &ns, identity::role_binding(vm), &pp).await?;
-        created(Part::RoleBinding);
+        if have.has(Part::RoleBinding) {
+            gone(
+                Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&guest, &DeleteParams::default())
+                    .await,
+            )?;
+        }
+        if have.has(Part::Role) {
+            gone(
+                Api::<Role>::namespaced(ctx.client.clone(), &ns)
+                    .delete(&guest, &DeleteParams::default())
+                    .await,
+            )?;
+        }
+    } else {
+        if !have.has(Part::Role) {
+            create::<Role>(ctx, &ns, identity::role(vm), &pp).await?;
+            created(Part::Role);
+        } else if have.stale_role() {
+            // A Role of older rules (before guests renewed their own tokens) is brought up to date.
+            let guest = identity::guest_name(&name);
+            Api::<Role>::namespaced(ctx.client.clone(), &ns)
+                .patch(
+                    &guest,
+                    &PatchParams::apply(CONTROLLER_MANAGER).force(),
+                    &Patch::Apply(&identity::role(vm)),
+                )
+                .await?;
+            created(Part::Role);
+            info!(role = %guest, "guest Role updated to the current rules");
+        }
+        if !have.has(Part::RoleBinding) {
+            create::<RoleBinding>(ctx, &ns, identity::role_binding(vm), &pp).await?;
+            created(Part::RoleBinding);
+        }
     }
     if !have.has(Part::Lease) {
         create::<Lease>(ctx, &ns, identity::lease(vm), &pp).await?;
@@ -77,6 +97,15 @@ pub(crate) async fn ensure_identity(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A delete that found nothing to delete did its job.
+fn gone<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A VM of an older version (with the legacy finalizer) is being deleted: revoke its guest's
@@ -87,29 +116,22 @@ pub(super) async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<(), Er
     let name = vm.name_any();
     let guest = identity::guest_name(&name);
     let dp = DeleteParams::default();
-    fn ok_if_gone<T>(r: Result<T, kube::Error>) -> Result<(), Error> {
-        match r {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-    ok_if_gone(
+    gone(
         Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
             .delete(&guest, &dp)
             .await,
     )?;
-    ok_if_gone(
+    gone(
         Api::<Role>::namespaced(ctx.client.clone(), &ns)
             .delete(&guest, &dp)
             .await,
     )?;
-    ok_if_gone(
+    gone(
         Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
             .delete(&guest, &dp)
             .await,
     )?;
-    ok_if_gone(
+    gone(
         Api::<Lease>::namespaced(ctx.client.clone(), &ns)
             .delete(&identity::lease_name(&name), &dp)
             .await,

@@ -1,0 +1,249 @@
+//! The guest authorizer's HTTPS server (`--guest-authorization=webhook`): the API server's
+//! authorization webhook posts a SubjectAccessReview for each guest request its
+//! AuthorizationConfiguration routes here, and gets `identity::authorizer::decide`'s answer.
+//!
+//! Served by every replica from the start (the decision needs no cache and no leadership), so a
+//! standby or a restarting leader never leaves guests without answers. A review it cannot parse
+//! gets 400; the API server then applies the webhook's failurePolicy (NoOpinion: RBAC decides).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+use super::metrics::{DecisionLabel, Metrics};
+use crate::identity::authorizer::{answer, decide};
+
+/// How guests' requests to the API server are authorized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestAuthorization {
+    /// A Role and RoleBinding per VM (any cluster). The API server's RBAC authorizer scans the
+    /// namespace's RoleBindings on each guest request, so its cost grows with the VMs there.
+    #[default]
+    Rbac,
+    /// This controller answers the API server's authorization webhook for guest ServiceAccounts:
+    /// no per-VM Role or RoleBinding, and a guest request costs the same at any fleet size. Needs
+    /// an AuthorizationConfiguration on the API server (README "Guest authorization").
+    Webhook,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// How guests' requests are authorized: `rbac` (a Role and RoleBinding per VM) or `webhook`
+    /// (this controller is the API server's authorization webhook for guest ServiceAccounts).
+    #[arg(long, env = "AUTOMEND_GUEST_AUTHORIZATION", value_enum, default_value_t = GuestAuthorization::Rbac)]
+    pub guest_authorization: GuestAuthorization,
+    /// Address of the guest authorizer's HTTPS server (with --guest-authorization=webhook); the
+    /// API server posts SubjectAccessReviews to https://<this>/authorize.
+    #[arg(
+        long,
+        env = "AUTOMEND_AUTHORIZER_ADDR",
+        default_value = "127.0.0.1:8443"
+    )]
+    pub authorizer_addr: SocketAddr,
+    /// PEM certificate (chain) of the guest authorizer's HTTPS server.
+    #[arg(long, env = "AUTOMEND_AUTHORIZER_CERT")]
+    pub authorizer_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "AUTOMEND_AUTHORIZER_KEY")]
+    pub authorizer_key: Option<PathBuf>,
+}
+
+impl Args {
+    pub fn webhook(&self) -> bool {
+        self.guest_authorization == GuestAuthorization::Webhook
+    }
+}
+
+/// The TLS configuration from the certificate and key files; errors name the flag at fault.
+pub fn tls_config(args: &Args) -> anyhow::Result<rustls::ServerConfig> {
+    let (Some(cert), Some(key)) = (&args.authorizer_cert, &args.authorizer_key) else {
+        anyhow::bail!(
+            "--guest-authorization=webhook needs --authorizer-cert and --authorizer-key (PEM files of the HTTPS server the API server's webhook calls)"
+        );
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| {
+            format!(
+                "--authorizer-cert {}: not a PEM certificate",
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        anyhow::bail!("--authorizer-cert {}: holds no certificate", cert.display());
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("--authorizer-key {}: not a PEM private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .context("--authorizer-cert and --authorizer-key do not make a usable pair")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TCP listener that hands out connections after their TLS handshake (one failed or slow
+/// handshake is dropped, never the listener).
+struct TlsListener {
+    tcp: TcpListener,
+    tls: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "guest authorizer: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => debug!(%addr, error = %e, "guest authorizer: TLS handshake failed"),
+                Err(_) => debug!(%addr, "guest authorizer: TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[derive(Clone)]
+struct Authorizer {
+    scope: Option<Arc<str>>,
+    metrics: Metrics,
+}
+
+async fn review(State(a): State<Authorizer>, body: Bytes) -> Response {
+    let request: SubjectAccessReview = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a SubjectAccessReview: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let decision = decide(&request.spec, a.scope.as_deref());
+    let label = if decision.allowed() {
+        "allowed"
+    } else {
+        "no_opinion"
+    };
+    a.metrics
+        .guest_authorizations
+        .get_or_create(&DecisionLabel {
+            decision: label.into(),
+        })
+        .inc();
+    match serde_json::to_vec(&answer(&decision)) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Bind the authorizer's address (so a taken port fails the start, naming the flag).
+pub async fn bind(args: &Args) -> anyhow::Result<(TcpListener, TlsAcceptor)> {
+    let tls = TlsAcceptor::from(Arc::new(tls_config(args)?));
+    let tcp = TcpListener::bind(args.authorizer_addr)
+        .await
+        .with_context(|| format!("--authorizer-addr {}", args.authorizer_addr))?;
+    Ok((tcp, tls))
+}
+
+/// Serve reviews until `shutdown`.
+pub async fn serve(
+    (tcp, tls): (TcpListener, TlsAcceptor),
+    scope: Option<String>,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = tcp.local_addr()?;
+    info!(%addr, "guest authorizer: answering SubjectAccessReviews at https://{addr}/authorize");
+    let app = Router::new()
+        .route("/authorize", post(review))
+        .with_state(Authorizer {
+            scope: scope.map(Arc::from),
+            metrics,
+        });
+    axum::serve(TlsListener { tcp, tls }, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Whether the API server sends guest reviews here: a SubjectAccessReview for the guest of a
+/// VM that need not exist must come back allowed by this authorizer. Retried for half a minute
+/// (the API server may still be connecting); then an error that says what to fix.
+pub async fn check_routed(client: &kube::Client, scope: Option<&str>) -> anyhow::Result<()> {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReviewSpec};
+    let ns = scope.unwrap_or("default");
+    let probe = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!(
+                "system:serviceaccount:{ns}:{}",
+                crate::identity::guest_name("automend-authorizer-probe")
+            )),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some("get".into()),
+                group: Some(crate::api::GROUP.into()),
+                resource: Some("virtualmachines".into()),
+                name: Some("automend-authorizer-probe".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api = kube::Api::<SubjectAccessReview>::all(client.clone());
+    let mut last = String::new();
+    for attempt in 0..7 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        match api.create(&Default::default(), &probe).await {
+            Ok(r) => {
+                let status = r.status.unwrap_or_default();
+                let reason = status.reason.unwrap_or_default();
+                if status.allowed && reason.starts_with("automend:") {
+                    info!("guest authorizer: the API server asks this controller about guests");
+                    return Ok(());
+                }
+                last = format!("allowed={}, reason {reason:?}", status.allowed);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        warn!(answer = %last, "guest authorizer: the API server does not ask this controller about guests yet");
+    }
+    anyhow::bail!(
+        "--guest-authorization=webhook: the API server does not send guest SubjectAccessReviews to this controller (a review for a guest came back {last}); add the webhook to its AuthorizationConfiguration (README \"Guest authorization\") or use --guest-authorization=rbac"
+    )
+}

@@ -1,0 +1,245 @@
+//! End to end: guests authorized by the controller (`--guest-authorization=webhook`) on a control
+//! plane of this binary's own whose API server sends guest reviews to it (`hack/cluster.sh up
+//! --guest-webhook`). A controller whose API server does not ask it refuses to start; moving a
+//! running fleet from `rbac` removes the per-VM Roles and RoleBindings while its guests keep
+//! working; every denial the RBAC model gives a guest holds.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use automend::api::{VirtualMachine, VmPhase};
+use automend::guest::sim;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::env::{Env, LONG};
+use support::{ControllerProcess, guest_webhook_cluster, wait_for};
+
+fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
+    match r {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{what}: {s:?}"),
+        other => panic!("{what} should be forbidden: {other:?}"),
+    }
+}
+
+async fn owned<K>(env: &Env) -> usize
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(env.client.clone(), &env.ns.name)
+        .list(&ListParams::default().labels(automend::identity::OWNED_SELECTOR))
+        .await
+        .map(|l| l.items.len())
+        .expect("listing identity objects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
+    let c = guest_webhook_cluster();
+    let webhook = c.authorizer_args().expect("authorizer flags");
+    let webhook: Vec<&str> = webhook.iter().map(String::as_str).collect();
+    let mut env = Env::new("gwebhook").await;
+
+    // Misconfigured: the controller serves elsewhere than where the API server asks. It says so
+    // and stops instead of leaving guests without a Role.
+    let elsewhere = format!("--authorizer-addr=127.0.0.1:{}", support::free_port());
+    let mut wrong: Vec<&str> = webhook
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with("--authorizer-addr="))
+        .collect();
+    wrong.extend(["--leader-elect=false", elsewhere.as_str()]);
+    let mut ctl = env.controller(&wrong);
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = ctl.child.try_wait() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "a controller the API server does not ask kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&ctl.log).expect("controller log");
+    assert!(
+        log.contains("does not send guest SubjectAccessReviews to this controller"),
+        "{log}"
+    );
+    drop(ctl);
+
+    // A fleet onboarded under RBAC (the API server's webhook has no one to ask: RBAC decides).
+    let prod = env
+        .profile(
+            "prod",
+            json!({ "environment": "Production",
+                    "remediation": { "mode": "Auto", "maxAttempts": 5, "initialBackoff": "1s", "maxBackoff": "2s" } }),
+        )
+        .await;
+    for n in ["a", "b"] {
+        env.vm(n, Some(&prod), BTreeMap::new(), BTreeMap::new())
+            .await;
+    }
+    let mut rbac = env.controller(&["--leader-elect=false", "--guest-authorization=rbac"]);
+    env.sim().await;
+    env.wait_phase("a", VmPhase::Configured).await;
+    env.wait_phase("b", VmPhase::Configured).await;
+    assert_eq!(owned::<Role>(&env).await, 2);
+    assert_eq!(owned::<RoleBinding>(&env).await, 2);
+    rbac.terminate();
+
+    // The same fleet under the guest authorizer: the Roles and RoleBindings go, the guests go on.
+    let mut args = webhook.clone();
+    args.push("--leader-elect=false");
+    let ctl: ControllerProcess = env.controller(&args);
+    wait_for(
+        "the per-VM Roles and RoleBindings to be removed",
+        LONG,
+        || async {
+            (owned::<Role>(&env).await == 0 && owned::<RoleBinding>(&env).await == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(owned::<ServiceAccount>(&env).await, 2);
+    // A VM created now gets a ServiceAccount and a Lease, nothing else, and is onboarded.
+    env.vm("c", Some(&prod), BTreeMap::new(), BTreeMap::new())
+        .await;
+    env.wait_phase("c", VmPhase::Configured).await;
+    assert_eq!(owned::<Role>(&env).await, 0);
+    assert_eq!(owned::<RoleBinding>(&env).await, 0);
+    assert_eq!(owned::<ServiceAccount>(&env).await, 3);
+    // Drift: the guest reads its directive and reports (its own VM and status, authorized here).
+    env.annotate("a", "sim.automend.io/drift", "monitoring")
+        .await;
+    wait_for("a's drift to be remediated", LONG, || async {
+        env.events("a")
+            .await
+            .iter()
+            .any(|e| e == "Remediated")
+            .then_some(())
+    })
+    .await;
+    let allowed = ctl
+        .metric("automend_guest_authorizations_total{decision=\"allowed\"}")
+        .await;
+    assert!(allowed > 0.0, "no review answered: {}", ctl.metrics().await);
+
+    // What a guest may and may not do.
+    let config = c.config().await;
+    let guest = sim::guest_client(
+        &env.client,
+        &config,
+        &env.ns.name,
+        "a",
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("guest client");
+    let mine: Api<VirtualMachine> = Api::namespaced(guest.clone(), &env.ns.name);
+    mine.get("a").await.expect("a guest reads its own VM");
+    forbidden(mine.get("b").await, "reading another VM");
+    forbidden(mine.list(&ListParams::default()).await, "listing every VM");
+    let pp = PatchParams::default();
+    forbidden(
+        mine.patch_status(
+            "b",
+            &pp,
+            &Patch::Merge(json!({ "status": { "guest": { "healthy": false } } })),
+        )
+        .await,
+        "writing another VM's status",
+    );
+    forbidden(
+        mine.patch_status(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "status": { "phase": "Failed" } })),
+        )
+        .await,
+        "writing the controller's phase",
+    );
+    forbidden(
+        mine.patch(
+            "a",
+            &pp,
+            &Patch::Merge(json!({ "spec": { "management": { "enabled": false } } })),
+        )
+        .await,
+        "writing its spec",
+    );
+    forbidden(
+        mine.delete("a", &Default::default()).await,
+        "deleting its VM",
+    );
+    mine.patch_status(
+        "a",
+        &pp,
+        &Patch::Merge(json!({ "status": { "guest": { "agentVersion": "test" } } })),
+    )
+    .await
+    .expect("a guest writes its own status.guest");
+    let leases: Api<Lease> = Api::namespaced(guest.clone(), &env.ns.name);
+    leases
+        .patch(
+            "a",
+            &pp,
+            &Patch::Merge(
+                json!({ "spec": { "holderIdentity": automend::identity::guest_name("a") } }),
+            ),
+        )
+        .await
+        .expect("a guest renews its own Lease");
+    forbidden(
+        leases
+            .patch(
+                "b",
+                &pp,
+                &Patch::Merge(json!({ "spec": { "holderIdentity": "a" } })),
+            )
+            .await,
+        "renewing another VM's Lease",
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(guest.clone(), &env.ns.name);
+    let request = TokenRequest {
+        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    accounts
+        .create_token_request(
+            &automend::identity::guest_name("a"),
+            &Default::default(),
+            &request,
+        )
+        .await
+        .expect("a guest renews its own token");
+    forbidden(
+        accounts
+            .create_token_request(
+                &automend::identity::guest_name("b"),
+                &Default::default(),
+                &request,
+            )
+            .await,
+        "a token of another guest",
+    );
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(guest, &env.ns.name)
+            .list(&ListParams::default())
+            .await,
+        "listing Secrets",
+    );
+    env.finish(ctl).await;
+}
