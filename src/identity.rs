@@ -26,9 +26,9 @@ pub const ROLLOUT_MANAGER: &str = "automend-rollout";
 /// Label on everything the controller creates for a VM: the VM's name.
 pub const VM_LABEL: &str = "automend.io/virtual-machine";
 /// Annotation on a guest Role: the version of its rules. A Role of an older version is updated
-/// (version 2 added the renewal of the guest's own token).
+/// (version 2 added the renewal of the guest's own token; version 3 the creation of its own Lease).
 pub const RULES_ANNOTATION: &str = "automend.io/rules-version";
-pub const RULES_VERSION: &str = "2";
+pub const RULES_VERSION: &str = "3";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "automend";
 /// The label selector of objects the controller created for VMs.
@@ -45,18 +45,32 @@ pub fn lease_name(vm: &str) -> String {
     vm.to_string()
 }
 
-fn meta(vm: &VirtualMachine, name: String) -> ObjectMeta {
-    let vm_name = vm.meta().name.clone().unwrap_or_default();
-    let owner = vm.controller_owner_ref(&()).map(|o| OwnerReference {
+/// The VM as the owner of what is created for it (its deletion deletes them; no
+/// blockOwnerDeletion, which would need permissions on the VM's finalizers).
+pub fn owner_of(vm: &VirtualMachine) -> Option<OwnerReference> {
+    vm.controller_owner_ref(&()).map(|o| OwnerReference {
         block_owner_deletion: Some(false),
         ..o
-    });
+    })
+}
+
+fn meta(vm: &VirtualMachine, name: String) -> ObjectMeta {
+    let vm_name = vm.meta().name.clone().unwrap_or_default();
+    meta_for(vm.meta().namespace.clone(), &vm_name, name, owner_of(vm))
+}
+
+fn meta_for(
+    namespace: Option<String>,
+    vm_name: &str,
+    name: String,
+    owner: Option<OwnerReference>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
-        namespace: vm.meta().namespace.clone(),
+        namespace,
         labels: Some(BTreeMap::from([
             (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
-            (VM_LABEL.to_string(), vm_name),
+            (VM_LABEL.to_string(), vm_name.to_string()),
         ])),
         owner_references: owner.map(|o| vec![o]),
         ..Default::default()
@@ -97,11 +111,13 @@ pub fn guest_rules(vm_name: &str) -> Vec<PolicyRule> {
             vm_name,
             &["get", "patch", "update"],
         ),
+        // The guest creates its own Lease (server-side apply creates it by name, which the API
+        // server authorizes as `create` of that name) and renews it.
         rule(
             "coordination.k8s.io",
             "leases",
             &lease_name(vm_name),
-            &["get", "patch", "update"],
+            &["get", "patch", "update", "create"],
         ),
         // The agent renews its own token (TokenRequest) before it expires.
         rule(
@@ -157,5 +173,24 @@ pub fn lease(vm: &VirtualMachine) -> Lease {
     Lease {
         metadata: meta(vm, lease_name(&vm_name)),
         spec: Some(LeaseSpec::default()),
+    }
+}
+
+/// The heartbeat Lease as its guest creates it: labelled like everything of the VM's identity
+/// (the controller's Lease watch selects on that) and owned by the VM.
+pub fn guest_lease(
+    namespace: &str,
+    vm_name: &str,
+    owner: Option<OwnerReference>,
+    spec: LeaseSpec,
+) -> Lease {
+    Lease {
+        metadata: meta_for(
+            Some(namespace.to_string()),
+            vm_name,
+            lease_name(vm_name),
+            owner,
+        ),
+        spec: Some(spec),
     }
 }

@@ -575,6 +575,28 @@ async fn a_guest_may_write_only_its_own_status_guest() {
     env.sim().await;
     env.wait_phase("a", VmPhase::Configured).await;
     env.wait_phase("b", VmPhase::Configured).await;
+    // Each guest created its own Lease (by name, as its Role allows); the controller wrote none.
+    for vm in ["a", "b"] {
+        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            env.client.clone(),
+            &env.ns.name,
+        )
+        .get(vm)
+        .await
+        .expect("the guest's Lease");
+        let managers: Vec<String> = lease
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert_eq!(
+            managers,
+            [automend::identity::GUEST_MANAGER],
+            "{vm}: {lease:?}"
+        );
+    }
 
     let c = cluster();
     let config = c.config().await;
@@ -881,10 +903,24 @@ async fn a_restarted_controller_converges_without_repeating_actions() {
         .profile("prod", json!({ "environment": "Production" }))
         .await;
     let names: Vec<String> = (0..8).map(|i| format!("vm-{i}")).collect();
-    for n in &names {
-        env.vm(n, Some(&prod), no_labels(), no_labels()).await;
+    // Half the machines are off: their onboarding stops after their identity (no heartbeat yet)
+    // and is still under way when the controller is killed, however fast the other half goes.
+    let off = BTreeMap::from([(automend::guest::sim::POWER, "off")]);
+    for (i, n) in names.iter().enumerate() {
+        let annotations = if i >= 4 { off.clone() } else { no_labels() };
+        env.vm(n, Some(&prod), no_labels(), annotations).await;
     }
     env.sim().await;
+    let sa = |n: &str| automend::identity::guest_name(n);
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(env.client.clone(), &env.ns.name);
+    wait_for("the stopped machines' identities", LONG, || async {
+        for n in &names[4..] {
+            accounts.get_opt(&sa(n)).await.ok()??;
+        }
+        Some(())
+    })
+    .await;
     // Kill the controller as soon as onboarding is under way.
     let vms = env.vms.clone();
     wait_for("some VM to be onboarding", LONG, || {
@@ -921,6 +957,9 @@ async fn a_restarted_controller_converges_without_repeating_actions() {
         "the controller was killed after onboarding, not during it"
     );
     let ctl = env.controller(&["--leader-elect=false"]);
+    for n in &names[4..] {
+        env.annotate(n, automend::guest::sim::POWER, "on").await;
+    }
     for n in &names {
         env.wait_phase(n, VmPhase::Configured).await;
     }

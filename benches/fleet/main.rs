@@ -244,19 +244,6 @@ impl Report {
     }
 }
 
-/// The guest authorizer's settings when the control plane asks the controller about guests
-/// (`hack/bench.sh --guest-webhook` exports them, and every controller started here inherits them).
-fn webhook_mode() -> Option<automend::controller::authorizer::Args> {
-    use clap::Parser as _;
-    #[derive(clap::Parser)]
-    struct Env {
-        #[command(flatten)]
-        authorizer: automend::controller::authorizer::Args,
-    }
-    let env = Env::try_parse_from(["env"]).ok()?;
-    env.authorizer.webhook().then_some(env.authorizer)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0
 }
@@ -274,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
         args.big,
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |p| p.get()),
-        if webhook_mode().is_some() {
+        if work::webhook_mode().is_some() {
             "webhook (the controller answers the API server's reviews of guests)"
         } else {
             "rbac (a Role and RoleBinding per VM)"
@@ -383,7 +370,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     // With the guest authorizer, someone must answer the API server's reviews of the floor's
     // guests: the controller's authorizer, in this process (its CPU is not the API server's).
-    let authorizer = match webhook_mode() {
+    let authorizer = match work::webhook_mode() {
         Some(a) => {
             let bound = automend::controller::authorizer::bind(&a).await?;
             let mut registry = prometheus_client::registry::Registry::default();
@@ -415,12 +402,12 @@ async fn main() -> anyhow::Result<()> {
     let floor = start.elapsed();
     drop(authorizer);
     let identity_objects = if rbac {
-        "ServiceAccount, Role, RoleBinding and Lease"
+        "ServiceAccount, Role and RoleBinding"
     } else {
-        "ServiceAccount and Lease"
+        "ServiceAccount"
     };
     report.line(format!(
-        "\n## The write floor\n\n{per_vm} requests per VM (create the VM, its {identity_objects}; the controller's first status; the guest's TokenRequest, status and Lease renewal; the controller's second status and its Onboarded Event) for {n} VMs at concurrency {}: {:.1} s ({:.0} requests/s).\n\n**Onboarding / floor: {:.2}**",
+        "\n## The write floor\n\n{per_vm} requests per VM (create the VM, its {identity_objects}; the controller's first status; the guest's TokenRequest, its Lease (created with its first renewal) and status; the controller's second status and its Onboarded Event) for {n} VMs at concurrency {}: {:.1} s ({:.0} requests/s).\n\n**Onboarding / floor: {:.2}**",
         args.concurrency,
         floor.as_secs_f64(),
         (per_vm * n) as f64 / floor.as_secs_f64(),

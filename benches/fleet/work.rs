@@ -143,10 +143,11 @@ impl Payload {
 }
 
 /// The write floor: for each VM, the requests onboarding needs, from a plain client with no
-/// controller logic and no waiting: the VM, its ServiceAccount, Role, RoleBinding and Lease; the
-/// controller's first status (the configuration to apply); the guest's TokenRequest (and
-/// client), its status report and Lease renewal; the controller's second status (Configured)
-/// and its Onboarded Event. Returns the requests per VM.
+/// controller logic and no waiting: the VM, its ServiceAccount, Role and RoleBinding (not with the
+/// guest authorizer: `rbac` false); the controller's first status (the configuration to apply);
+/// the guest's TokenRequest (and client), its Lease (created with its first renewal) and status
+/// report; the controller's second status (Configured) and its Onboarded Event. Returns the
+/// requests per VM.
 pub async fn floor(
     admin: &Client,
     config: &kube::Config,
@@ -175,9 +176,6 @@ pub async fn floor(
                 .create(&pp, &identity::role_binding(&vm))
                 .await?;
         }
-        Api::<Lease>::namespaced(admin.clone(), ns)
-            .create(&pp, &identity::lease(&vm))
-            .await?;
         let mut first = payload.controller.clone();
         first["phase"] = json!("InProgress");
         automend::status::apply(&vms, &name, CONTROLLER_MANAGER, &first).await?;
@@ -201,14 +199,24 @@ pub async fn floor(
                 }
             };
         }
+        // The guest creates its Lease with its first renewal (as `guest::lease` does).
+        let lease = identity::guest_lease(
+            ns,
+            &name,
+            identity::owner_of(&vm),
+            k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(identity::guest_name(&name)),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    jiff::Timestamp::now(),
+                )),
+                ..Default::default()
+            },
+        );
         Api::<Lease>::namespaced(guest, ns)
             .patch(
                 &identity::lease_name(&name),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": {
-                    "holderIdentity": identity::guest_name(&name),
-                    "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                        jiff::Timestamp::now()) } })),
+                &PatchParams::apply(GUEST_MANAGER).force(),
+                &Patch::Apply(&lease),
             )
             .await?;
         automend::status::apply(&vms, &name, CONTROLLER_MANAGER, &payload.controller).await?;
@@ -228,7 +236,7 @@ pub async fn floor(
         Ok(())
     })
     .await?;
-    Ok(if rbac { 11 } else { 9 })
+    Ok(if rbac { 10 } else { 8 })
 }
 
 /// `count` GETs of their own VM by `guests` guests of `ns` (each with its own token and
@@ -289,4 +297,17 @@ pub async fn sample(client: &Client, ns: &str) -> anyhow::Result<VirtualMachine>
         .into_iter()
         .find(|v| v.status.as_ref().is_some_and(|s| s.guest.is_some()))
         .with_context(|| format!("no VM of {ns} has a guest status"))
+}
+
+/// The guest authorizer's settings when the control plane asks the controller about guests
+/// (`hack/bench.sh --guest-webhook` exports them, and every controller started here inherits them).
+pub fn webhook_mode() -> Option<automend::controller::authorizer::Args> {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Env {
+        #[command(flatten)]
+        authorizer: automend::controller::authorizer::Args,
+    }
+    let env = Env::try_parse_from(["env"]).ok()?;
+    env.authorizer.webhook().then_some(env.authorizer)
 }

@@ -1,15 +1,16 @@
 //! The guest side of the protocol (DESIGN.md §4), shared by the agent and the simulator.
 //!
-//! A guest acts only as its VM's own identity: it watches its VirtualMachine, renews its heartbeat
-//! Lease, applies the desired configuration when the controller asks (a new configuration hash or
-//! a new remediation attempt, and only while `enforce` is on), re-observes on an interval and
-//! reports `status.guest` with server-side apply as the `automend-guest` field manager. It writes
-//! only when what it reports has changed.
+//! A guest acts only as its VM's own identity: it watches its VirtualMachine, creates and renews
+//! its heartbeat Lease (`lease`), applies the desired configuration when the controller asks (a new
+//! configuration hash or a new remediation attempt, and only while `enforce` is on), re-observes on
+//! an interval and reports `status.guest` with server-side apply as the `automend-guest` field
+//! manager. It writes only when what it reports has changed.
 
 mod backend;
 pub mod enroll;
 mod install;
 pub mod journal;
+mod lease;
 mod lifecycle;
 mod own_write;
 mod report;
@@ -20,19 +21,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::api::HookName;
 use crate::api::{
     AssessmentDirective, DesiredState, EffectiveConfiguration, GuestAssessment, GuestInstallation,
     GuestState, InstallationDirective, OperationStatus, VirtualMachine,
 };
-use crate::identity::{self, GUEST_MANAGER};
+use crate::identity::GUEST_MANAGER;
 pub use backend::{Assessed, Backend, Installed};
 
 /// Timing of a guest.
@@ -59,7 +59,6 @@ impl Default for Timing {
 /// One guest, bound to its VM.
 pub struct Guest<B: Backend> {
     vms: Api<VirtualMachine>,
-    leases: Api<Lease>,
     name: String,
     backend: B,
     timing: Timing,
@@ -76,8 +75,8 @@ pub struct Guest<B: Backend> {
     apply_error: Option<String>,
     /// Whatever besides the hash decided the last apply (`Backend::apply_key`).
     applied_key: Option<String>,
-    /// The heartbeat Lease has been acquired.
-    acquired: bool,
+    /// The heartbeat Lease (created by the guest, renewed on `timing.heartbeat`).
+    heartbeat: lease::Heartbeat,
     /// The results on disk (the agent); `None` keeps them in memory only (the simulator).
     journal: Option<journal::Journal>,
     /// Results were restored from the journal: they win over what the API server last saw.
@@ -101,7 +100,7 @@ impl<B: Backend> Guest<B> {
     pub fn new(client: Client, namespace: &str, vm: &str, backend: B, timing: Timing) -> Self {
         Guest {
             vms: Api::namespaced(client.clone(), namespace),
-            leases: Api::namespaced(client, namespace),
+            heartbeat: lease::Heartbeat::new(Api::namespaced(client, namespace), namespace, vm),
             name: vm.to_string(),
             backend,
             timing,
@@ -115,7 +114,6 @@ impl<B: Backend> Guest<B> {
             },
             apply_error: None,
             applied_key: None,
-            acquired: false,
             journal: None,
             restored: false,
             reboot_issued: None,
@@ -173,6 +171,7 @@ impl<B: Backend> Guest<B> {
 
     /// The VirtualMachine as the watch shows it.
     fn seen(&mut self, vm: &VirtualMachine) {
+        self.heartbeat.seen(vm);
         self.backend
             .annotations(&vm.metadata.annotations.clone().unwrap_or_default());
         self.backend.seen(vm);
@@ -235,8 +234,10 @@ impl<B: Backend> Guest<B> {
                     None => break,
                 },
                 _ = heartbeat.tick() => {
-                    if self.backend.powered_on() {
-                        self.renew().await;
+                    if self.backend.powered_on()
+                        && let Some(retry) = self.heartbeat.renew(self.timing.heartbeat).await
+                    {
+                        heartbeat.reset_after(retry);
                     }
                     continue;
                 }
@@ -245,7 +246,9 @@ impl<B: Backend> Guest<B> {
             let on = self.backend.powered_on();
             if on && !was_on {
                 info!(vm = %self.name, "powered on");
-                self.renew().await;
+                if let Some(retry) = self.heartbeat.renew(self.timing.heartbeat).await {
+                    heartbeat.reset_after(retry);
+                }
             }
             was_on = on;
             if on {
@@ -311,31 +314,6 @@ impl<B: Backend> Guest<B> {
         let after = install::after_install(d, &out, clock.now());
         let record = install::finished(record, d, packages.len(), previous, out, clock.now());
         self.after_install(d, record, &packages, after).await
-    }
-
-    async fn renew(&mut self) {
-        let now = MicroTime(Timestamp::now());
-        let mut spec = serde_json::json!({
-            "holderIdentity": identity::guest_name(&self.name),
-            "leaseDurationSeconds": self.timing.heartbeat.as_secs().max(1) * 3,
-            "renewTime": now,
-        });
-        if !self.acquired {
-            spec["acquireTime"] = serde_json::json!(now);
-        }
-        let patch = serde_json::json!({ "spec": spec });
-        match self
-            .leases
-            .patch(
-                &identity::lease_name(&self.name),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-        {
-            Ok(_) => self.acquired = true,
-            Err(e) => debug!(vm = %self.name, error = %e, "renewing the heartbeat Lease"),
-        }
     }
 
     /// Act on what is asked (assess, install, apply), observe, and report if anything changed.

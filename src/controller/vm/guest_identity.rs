@@ -1,6 +1,7 @@
 //! A VM's guest identity (ServiceAccount, Role, RoleBinding, heartbeat Lease; no Role and
-//! RoleBinding with `--guest-authorization=webhook`): created when missing, owned by the VM (the garbage collector deletes them with it, which revokes the
-//! guest's tokens). Nothing on the guest is touched.
+//! RoleBinding with `--guest-authorization=webhook`): created when missing, owned by the VM (the
+//! garbage collector deletes them with it, which revokes the guest's tokens). Nothing on the guest
+//! is touched.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -15,8 +16,9 @@ use super::super::shared::Shared;
 use crate::api::VirtualMachine;
 use crate::identity::{self, CONTROLLER_MANAGER};
 
-/// Create what the VM's guest needs to act as itself, if missing; whether the heartbeat Lease
-/// was created now (its guest cannot have heartbeaten yet).
+/// Create what the VM's guest needs to act as itself, if missing; whether its ServiceAccount was
+/// created now (its guest cannot have acted yet). The heartbeat Lease is the guest's to create
+/// (`guest::lease`); `ensure_lease` is for a guest that has not.
 pub(crate) async fn ensure_identity(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -47,9 +49,11 @@ pub(crate) async fn ensure_identity(
             Err(e) => Err(e.into()),
         }
     }
+    let mut account_created = false;
     if !have.has(Part::ServiceAccount) {
         create::<ServiceAccount>(ctx, &ns, identity::service_account(vm), &pp).await?;
         created(Part::ServiceAccount);
+        account_created = true;
     }
     if ctx.settings.guest_authorizer.webhook() {
         // The controller authorizes the guest (`authorizer`): a Role and RoleBinding left from
@@ -91,12 +95,31 @@ pub(crate) async fn ensure_identity(
             created(Part::RoleBinding);
         }
     }
-    if !have.has(Part::Lease) {
-        create::<Lease>(ctx, &ns, identity::lease(vm), &pp).await?;
-        created(Part::Lease);
-        return Ok(true);
+    Ok(account_created)
+}
+
+/// The guest has not created its heartbeat Lease within `FIRST_HEARTBEAT_WAIT` (an agent older
+/// than this version only renews one; or it is late): create it for it.
+pub(crate) async fn ensure_lease(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let pp = PostParams {
+        field_manager: Some(CONTROLLER_MANAGER.into()),
+        ..Default::default()
+    };
+    match Api::<Lease>::namespaced(ctx.client.clone(), &ns)
+        .create(&pp, &identity::lease(vm))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
     }
-    Ok(false)
+    shared.identities.created(&ns, &vm.name_any(), Part::Lease);
+    Ok(())
 }
 
 /// A delete that found nothing to delete did its job.

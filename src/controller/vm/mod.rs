@@ -38,7 +38,7 @@ pub(crate) mod guest_identity;
 mod invalid;
 mod triggers;
 
-use guest_identity::{cleanup, ensure_identity};
+use guest_identity::{cleanup, ensure_identity, ensure_lease};
 
 /// The finalizer earlier versions put on VMs (the controller now removes it).
 pub const FINALIZER: &str = "automend.io/guest-identity";
@@ -390,7 +390,7 @@ fn choose_profile(vm: &VirtualMachine, shared: &Shared) -> ProfileChoice {
 async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Result<Action, Error> {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
-    let lease_created = ensure_identity(&vm, ctx, shared).await?;
+    let account_created = ensure_identity(&vm, ctx, shared).await?;
     let now = Timestamp::now();
     let grace = ctx.settings.heartbeat_grace;
     let profile = if vm.spec.management.enabled {
@@ -403,17 +403,22 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
     } else {
         Vec::new()
     };
-    let lease = shared.identities.get(&ns, &name).has(Part::Lease);
+    // Its guest can act from when its identity exists (under load that can be well after the
+    // VM was created).
+    let created = if account_created {
+        Some(now)
+    } else {
+        vm.metadata.creation_timestamp.as_ref().map(|t| t.0)
+    };
+    let mut lease = shared.identities.get(&ns, &name).has(Part::Lease);
+    if decide::lease_overdue(lease, created, now) {
+        ensure_lease(&vm, ctx, shared).await?;
+        lease = true;
+    }
     let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
     let outcome = decide::decide(Inputs {
         now,
-        // Its guest can heartbeat from when its Lease exists (under load that can be well
-        // after the VM was created).
-        created: if lease_created {
-            Some(now)
-        } else {
-            vm.metadata.creation_timestamp.as_ref().map(|t| t.0)
-        },
+        created,
         generation: vm.metadata.generation,
         spec: &vm.spec,
         status: status.as_ref(),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, PostParams};
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
@@ -189,25 +189,45 @@ pub async fn run(
 /// (an enrolled machine renewing its own token, as the agent does).
 #[derive(Clone)]
 pub(super) enum Identity {
-    /// The admin's TokenRequests, once the guest's identity is complete (its Lease in the store).
-    Admin(Client, Store<PartialObjectMeta<Lease>>),
+    /// The admin's TokenRequests, once the guest's identity is complete (see `Identities`).
+    Admin(Client, Identities),
     Own(String),
 }
 
-/// The guests' heartbeat Leases of the namespace, from one metadata watch. The controller creates
-/// a guest's ServiceAccount, Role, RoleBinding and then its Lease: a simulated guest starts (asks
-/// for a token, watches its VM, renews its Lease) once the Lease exists, instead of asking and
-/// being answered 404 (no ServiceAccount yet) or 403 (no RoleBinding yet) and backing off.
-fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<Lease>> {
+/// The guest identities of the namespace, from two metadata watches (ServiceAccounts and
+/// RoleBindings the controller labelled). The controller creates a guest's ServiceAccount, then
+/// (with `--guest-authorization=rbac`) its Role and RoleBinding: a simulated guest starts (asks
+/// for a token, watches its VM, creates its Lease) once they exist, instead of asking and being
+/// answered 404 (no ServiceAccount yet) or 403 (no RoleBinding yet) and backing off.
+#[derive(Clone)]
+pub(super) struct Identities {
+    accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    bindings: Store<PartialObjectMeta<RoleBinding>>,
+}
+
+fn owned_store<K>(
+    admin: &Client,
+    namespace: &str,
+    what: &'static str,
+) -> Store<PartialObjectMeta<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
-    let api: Api<PartialObjectMeta<Lease>> = Api::namespaced(admin.clone(), namespace);
+    let api: Api<PartialObjectMeta<K>> = Api::namespaced(admin.clone(), namespace);
     let config = crate::watch::config().labels(identity::OWNED_SELECTOR);
     let stream = watcher(api, config)
         .backoff(crate::watch::backoff())
         .reflect(writer)
-        .for_each(|e| {
+        .for_each(move |e| {
             if let Err(e) = e {
-                debug!(error = %e, "watching guest Leases");
+                debug!(error = %e, "watching guest {what}");
             }
             futures::future::ready(())
         });
@@ -215,10 +235,31 @@ fn identities(admin: &Client, namespace: &str) -> Store<PartialObjectMeta<Lease>
     store
 }
 
-/// Wait until the VM's guest identity is complete (a local look at the store, no API request).
-async fn identity_ready(store: &Store<PartialObjectMeta<Lease>>, namespace: &str, vm: &str) {
-    let key = ObjectRef::new(&identity::lease_name(vm)).within(namespace);
-    while store.get(&key).is_none() {
+fn identities(admin: &Client, namespace: &str) -> Identities {
+    Identities {
+        accounts: owned_store(admin, namespace, "ServiceAccounts"),
+        bindings: owned_store(admin, namespace, "RoleBindings"),
+    }
+}
+
+/// Wait until the VM's guest identity is complete (local looks at the stores, no API request):
+/// its RoleBinding exists, or its ServiceAccount has for a second and no RoleBinding came (the
+/// controller authorizes guests itself: `--guest-authorization=webhook`).
+async fn identity_ready(ids: &Identities, namespace: &str, vm: &str) {
+    let name = identity::guest_name(vm);
+    let binding = ObjectRef::new(&name).within(namespace);
+    let account = ObjectRef::new(&name).within(namespace);
+    let mut account_seen: Option<std::time::Instant> = None;
+    loop {
+        if ids.bindings.get(&binding).is_some() {
+            return;
+        }
+        if ids.accounts.get(&account).is_some() {
+            let since = *account_seen.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= Duration::from_secs(1) {
+                return;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -208,6 +208,20 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
     out
 }
 
+/// Whether the controller creates the VM's heartbeat Lease itself. Its guest creates it with its
+/// first renewal; an agent older than that only renews one, and a guest may be late: with none
+/// `FIRST_HEARTBEAT_WAIT` after the guest could first act (`created`: its identity's creation,
+/// else the VM's), the controller creates it.
+pub fn lease_overdue(has_lease: bool, created: Option<Timestamp>, now: Timestamp) -> bool {
+    if has_lease {
+        return false;
+    }
+    let Ok(wait) = jiff::SignedDuration::try_from(FIRST_HEARTBEAT_WAIT) else {
+        return true;
+    };
+    created.is_none_or(|c| c + wait <= now)
+}
+
 /// A VM never decided, created less than `FIRST_HEARTBEAT_WAIT` ago, whose guest has not
 /// heartbeaten yet and which would be Pending only for that: how long to hold its first write.
 fn first_heartbeat_wait(input: &Inputs<'_>, out: &Outcome) -> Option<Duration> {

@@ -862,3 +862,18 @@ fn a_new_vms_first_status_waits_briefly_for_its_first_heartbeat() {
     let o = at(5, false, Some(&o.status));
     assert_eq!(o.status.phase, Some(VmPhase::Pending));
 }
+
+#[test]
+fn the_controller_creates_a_lease_only_for_a_guest_that_has_not() {
+    let t0: Timestamp = "2026-11-24T10:00:00Z".parse().expect("time");
+    let at = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
+    // Its guest creates it: not while the guest may still be starting.
+    assert!(!lease_overdue(false, Some(t0), at(0)));
+    assert!(!lease_overdue(false, Some(t0), at(29)));
+    // Not within FIRST_HEARTBEAT_WAIT: an older agent, or a late one.
+    assert!(lease_overdue(false, Some(t0), at(30)));
+    assert!(lease_overdue(false, None, t0));
+    // There is one (whoever made it): nothing to do.
+    assert!(!lease_overdue(true, Some(t0), at(3600)));
+    assert!(!lease_overdue(true, None, t0));
+}
