@@ -187,15 +187,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = tcp.local_addr()?;
     info!(%addr, "guest authorizer: answering SubjectAccessReviews at https://{addr}/authorize");
-    let app = Router::new()
+    axum::serve(TlsListener { tcp, tls }, app(scope, metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn app(scope: Option<String>, metrics: Metrics) -> Router {
+    Router::new()
         .route("/authorize", post(review))
         .with_state(Authorizer {
             scope: scope.map(Arc::from),
             metrics,
-        });
-    axum::serve(TlsListener { tcp, tls }, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        })
 }
 
 /// Whether the API server sends guest reviews here: a SubjectAccessReview for the guest of a
@@ -246,4 +249,89 @@ pub async fn check_routed(client: &kube::Client, scope: Option<&str>) -> anyhow:
     anyhow::bail!(
         "--guest-authorization=webhook: the API server does not send guest SubjectAccessReviews to this controller (a review for a guest came back {last}); add the webhook to its AuthorizationConfiguration (README \"Guest authorization\") or use --guest-authorization=rbac"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The handler over plain HTTP (TLS is the e2e suite's: `e2e_guest_webhook`).
+    async fn post_review(addr: SocketAddr, body: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "POST /authorize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn reviews_are_answered_and_counted_and_nonsense_is_refused() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = app(Some("fleet".into()), metrics.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let review = |user: &str, name: &str| {
+            serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": { "user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                    "resourceAttributes": { "namespace": "fleet", "verb": "get",
+                        "group": "automend.io", "resource": "virtualmachines", "name": name } },
+            })
+            .to_string()
+        };
+        let guest = "system:serviceaccount:fleet:automend-guest-a";
+        let yes = post_review(addr, &review(guest, "a")).await;
+        assert!(yes.starts_with("HTTP/1.1 200"), "{yes}");
+        assert!(yes.contains(r#""allowed":true"#), "{yes}");
+        assert!(yes.contains(r#""kind":"SubjectAccessReview""#), "{yes}");
+        let other = post_review(addr, &review(guest, "b")).await;
+        assert!(other.contains(r#""allowed":false"#), "{other}");
+        assert!(!other.contains("denied"), "{other}");
+        let bad = post_review(addr, "{not json").await;
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(bad.contains("not a SubjectAccessReview"), "{bad}");
+        let count = |decision: &str| {
+            metrics
+                .guest_authorizations
+                .get_or_create(&DecisionLabel {
+                    decision: decision.into(),
+                })
+                .get()
+        };
+        assert_eq!((count("allowed"), count("no_opinion")), (1, 1));
+        server.abort();
+    }
+
+    #[test]
+    fn webhook_mode_needs_a_usable_certificate_and_says_which_flag() {
+        let args = |cert: Option<&str>, key: Option<&str>| Args {
+            guest_authorization: GuestAuthorization::Webhook,
+            authorizer_addr: "127.0.0.1:0".parse().expect("addr"),
+            authorizer_cert: cert.map(PathBuf::from),
+            authorizer_key: key.map(PathBuf::from),
+        };
+        let err = tls_config(&args(None, None))
+            .expect_err("no files")
+            .to_string();
+        assert!(
+            err.contains("--authorizer-cert and --authorizer-key"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let junk = junk.to_str().expect("path");
+        let err = format!(
+            "{:#}",
+            tls_config(&args(Some(junk), Some(junk))).expect_err("junk")
+        );
+        assert!(err.contains("--authorizer-cert"), "{err}");
+    }
 }
