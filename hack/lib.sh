@@ -47,11 +47,23 @@ port() { # <name>: the port kept for <name>, picked free the first time
   cat "$f"
 }
 
-wait_ready() { # <what> <seconds> <command...>
+log_tail() { # <name>: the end of a process's log, on stderr (the state folder may be gone later)
+  local f="$state/logs/$1.log"
+  [ -f "$f" ] || return 0
+  printf -- '--- last lines of %s ---\n' "$f" >&2
+  tail -n 25 "$f" >&2
+}
+
+wait_ready() { # <what> <seconds> <command...>: <what> is a process started by `start`, or a check
   local what="$1" secs="$2"; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
+    if [ -f "$state/pids/$what" ] && ! pid_alive "$what"; then
+      log_tail "$what"
+      die "$what exited before it was ready; see $state/logs/$what.log"
+    fi
     if [ "$SECONDS" -ge "$deadline" ]; then
+      log_tail "$what"
       die "$what did not become ready within ${secs}s; see $state/logs/"
     fi
     sleep 0.5
