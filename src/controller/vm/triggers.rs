@@ -87,6 +87,9 @@ pub(super) fn heartbeat_changes(
         ) else {
             return None;
         };
+        // A Lease nobody has renewed yet (the controller created it for a guest that had not)
+        // says nothing new about the VM.
+        lease.spec.as_ref()?.renew_time.as_ref()?;
         let vm_ref = ObjectRef::<VirtualMachine>::new(name).within(ns);
         let vm = vms_for_leases.get(&vm_ref)?;
         let known_alive = vm
