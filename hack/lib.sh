@@ -56,9 +56,11 @@ log_tail() { # <name>: the end of a process's log, on stderr (the state folder m
 
 wait_ready() { # <what> <seconds> <command...>: <what> is a process started by `start`, or a check
   local what="$1" secs="$2"; shift 2
-  local deadline=$((SECONDS + secs))
+  local deadline=$((SECONDS + secs)) settled=$((SECONDS + 3))
   until "$@" >/dev/null 2>&1; do
-    if [ -f "$state/pids/$what" ] && ! pid_alive "$what"; then
+    # (Not in its first seconds: until `start`'s child has exec'd, its command line is not yet
+    # the one pid_alive recognises.)
+    if [ "$SECONDS" -ge "$settled" ] && [ -f "$state/pids/$what" ] && ! pid_alive "$what"; then
       log_tail "$what"
       die "$what exited before it was ready; see $state/logs/$what.log"
     fi
