@@ -577,20 +577,7 @@ async fn a_guest_may_write_only_its_own_status_guest() {
     env.wait_phase("b", VmPhase::Configured).await;
     // Each guest created its own Lease (by name, as its Role allows); the controller wrote none.
     for vm in ["a", "b"] {
-        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
-            env.client.clone(),
-            &env.ns.name,
-        )
-        .get(vm)
-        .await
-        .expect("the guest's Lease");
-        let managers: Vec<String> = lease
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .filter_map(|m| m.manager.clone())
-            .collect();
+        let (lease, managers) = env.lease_managers(vm).await;
         assert_eq!(
             managers,
             [automend::identity::GUEST_MANAGER],

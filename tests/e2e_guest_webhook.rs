@@ -118,17 +118,7 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
     assert_eq!(owned::<RoleBinding>(&env).await, 0);
     assert_eq!(owned::<ServiceAccount>(&env).await, 3);
     // Its guest created its Lease (the controller wrote nothing to it), owned by the VM.
-    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name)
-        .get("c")
-        .await
-        .expect("c's Lease");
-    let managers: Vec<String> = lease
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter_map(|m| m.manager.clone())
-        .collect();
+    let (lease, managers) = env.lease_managers("c").await;
     assert_eq!(managers, [automend::identity::GUEST_MANAGER], "{lease:?}");
     let owner = &lease.metadata.owner_references.expect("owner")[0];
     assert_eq!(

@@ -259,6 +259,28 @@ impl Env {
             .collect()
     }
 
+    /// A VM's heartbeat Lease and the field managers that wrote it.
+    pub async fn lease_managers(
+        &self,
+        vm: &str,
+    ) -> (k8s_openapi::api::coordination::v1::Lease, Vec<String>) {
+        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            self.client.clone(),
+            &self.ns.name,
+        )
+        .get(vm)
+        .await
+        .expect("the VM's Lease");
+        let managers = lease
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        (lease, managers)
+    }
+
     pub fn applies(&self, name: &str) -> u64 {
         self.stats
             .lock()
