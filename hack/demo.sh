@@ -204,6 +204,10 @@ kubectl get events -n demo --sort-by=.metadata.creationTimestamp \
 
 step "kubectl get configurationprofiles"
 kubectl get configurationprofiles
+echo
+echo "Onboardings, one Event per profile and batch (kubectl get events -n default --field-selector reason=Onboarded):"
+kubectl get events -n default --field-selector reason=Onboarded --sort-by=.metadata.creationTimestamp \
+  -o custom-columns=PROFILE:.involvedObject.name,MESSAGE:.message | cut -c1-150
 
 step "admission at work: a Linux VM asking for Windows' AutomaticByOS mode is rejected"
 cat <<'YAML' | kubectl apply -n demo -f - || true

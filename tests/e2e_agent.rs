@@ -415,8 +415,7 @@ async fn agent_onboards_remediates_survives_an_outage_and_installs_a_security_up
         .map(|p| (p.name.clone(), p.version.clone()))
         .collect();
     assert_eq!(previous.get("libfoo").map(String::as_str), Some("1.0"));
-    let events = env.events(vm).await;
-    assert!(events.iter().any(|e| e == "Onboarded"), "{events:?}");
+    assert_eq!(env.wait_onboarded(&profile, &[vm]).await, vec![1]);
 
     // A half-written state file (the machine lost power mid-write): reported clearly, set aside,
     // and the agent carries on from what the API server has, installing nothing again.

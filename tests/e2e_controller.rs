@@ -54,19 +54,17 @@ async fn onboarding_then_a_profile_edit_re_rolls_configuration() {
         );
         assert_eq!(env.applies(vm), 1, "{vm} applied once");
     }
-    let events = env.events("web-1").await;
+    // Onboardings are reported per profile, once per VM; no VM has an Event of its own for it.
     assert_eq!(
-        events.iter().filter(|e| *e == "Onboarded").count(),
-        1,
-        "{events:?}"
+        env.wait_onboarded(&prod, &["web-1", "web-2", "web-3"])
+            .await,
+        vec![1, 1, 1]
     );
-    // Once per transition: no VM's Onboarded Event is a series (published twice).
+    assert_eq!(env.wait_onboarded(&dev, &["build-1"]).await, vec![1]);
+    assert_eq!(ctl.metric("automend_vms_onboarded_total").await, 4.0);
     for vm in ["web-1", "web-2", "web-3", "build-1"] {
-        let counts = env.event_counts(vm).await;
-        assert!(
-            counts.iter().all(|(r, n)| r != "Onboarded" || *n == 1),
-            "{vm}: {counts:?}"
-        );
+        let events = env.events(vm).await;
+        assert!(!events.iter().any(|e| e == "Onboarded"), "{vm}: {events:?}");
     }
 
     // Steady state (once every VM's first assessment is reported, which writes its
@@ -953,15 +951,23 @@ async fn a_restarted_controller_converges_without_repeating_actions() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for n in &names {
         assert_eq!(env.applies(n), 1, "{n} was configured exactly once");
-        // Events follow the status write they describe: at most once (a crash between the two
-        // loses the Event, never repeats it), and exactly once for every VM the restarted
-        // controller configured.
-        let events = env.events(n).await;
-        let count = events.iter().filter(|e| *e == "Onboarded").count();
-        assert!(count <= 1, "{n}: {events:?}");
-        if !configured_before.contains(n) {
-            assert_eq!(count, 1, "{n}, configured after the restart: {events:?}");
-        }
+    }
+    // Onboardings are reported after the status write that says so: at most once (a crash before
+    // the report loses it, never repeats it), and exactly once for every VM the restarted
+    // controller configured.
+    let after: Vec<&str> = names
+        .iter()
+        .filter(|n| !configured_before.contains(*n))
+        .map(String::as_str)
+        .collect();
+    let counts = env.wait_onboarded(&prod, &after).await;
+    assert!(counts.iter().all(|c| *c == 1), "{after:?}: {counts:?}");
+    let (named, unnamed) = env.onboarded(&prod).await;
+    assert_eq!(unnamed, 0, "every VM named");
+    for n in &names {
+        let full = format!("{}/{n}", env.ns.name);
+        let count = named.iter().filter(|m| **m == full).count();
+        assert!(count <= 1, "{n} reported {count} times: {named:?}");
     }
     env.finish(ctl).await;
 }

@@ -407,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
         "ServiceAccount"
     };
     report.line(format!(
-        "\n## The write floor\n\n{per_vm} requests per VM (create the VM, its {identity_objects}; the controller's first status; the guest's TokenRequest, its Lease (created with its first renewal) and status; the controller's second status and its Onboarded Event) for {n} VMs at concurrency {}: {:.1} s ({:.0} requests/s).\n\n**Onboarding / floor: {:.2}**",
+        "\n## The write floor\n\n{per_vm} requests per VM (create the VM, its {identity_objects}; the controller's first status; the guest's TokenRequest, its Lease (created with its first renewal) and status; the controller's second status) for {n} VMs at concurrency {}: {:.1} s ({:.0} requests/s).\n\n**Onboarding / floor: {:.2}**",
         args.concurrency,
         floor.as_secs_f64(),
         (per_vm * n) as f64 / floor.as_secs_f64(),

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub status_writes: Family<ControllerLabel, Counter>,
     pub vms: Family<PhaseLabel, Gauge>,
     pub drift_detected: Counter,
+    /// VMs onboarded (their first Configured with a profile); reported in batched Events.
+    pub onboarded: Counter,
     pub remediation_attempts: Counter,
     pub remediated: Counter,
     pub remediation_failed: Counter,
@@ -83,6 +85,7 @@ impl Metrics {
             status_writes: Family::default(),
             vms: Family::default(),
             drift_detected: Counter::default(),
+            onboarded: Counter::default(),
             remediation_attempts: Counter::default(),
             remediated: Counter::default(),
             remediation_failed: Counter::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "drift_detected",
             "Drift episodes detected",
             m.drift_detected.clone(),
+        );
+        registry.register(
+            "vms_onboarded",
+            "VMs onboarded to a ConfigurationProfile (first Configured with it)",
+            m.onboarded.clone(),
         );
         registry.register(
             "remediation_attempts",

@@ -12,6 +12,7 @@ mod http;
 mod identities;
 mod interned;
 pub mod metrics;
+mod onboarded;
 mod own_writes;
 mod profile;
 mod reconcile;
@@ -324,12 +325,14 @@ async fn run_controllers(
     let profile_controller = profile::run(ctx.clone(), shared.clone(), stop.clone());
     let rollout_controller = rollout::run(ctx.clone(), shared.clone(), vm_changes, stop.clone());
     let enrollment = enroll::run(ctx.clone(), shared.clone(), stop.clone());
+    let onboardings = onboarded::run(ctx.clone(), shared.clone(), stop.clone());
     let gauges = vm::phase_gauges(ctx.clone(), shared, stop);
     tokio::join!(
         vm_controller,
         profile_controller,
         rollout_controller,
         enrollment,
+        onboardings,
         gauges
     );
 }

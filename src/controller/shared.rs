@@ -172,6 +172,8 @@ pub struct Shared {
     pub written: Written,
     /// Which VM changes are the controller's own status writes (no reconcile for those).
     pub own_writes: super::own_writes::OwnWrites,
+    /// VMs onboarded and not reported in an Event yet.
+    pub onboardings: super::onboarded::Onboardings,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
     /// The namespace of every VM change the VM watch sees (for the rollout controller).
@@ -203,6 +205,7 @@ impl Shared {
             heartbeats: Heartbeats::default(),
             written: Written::default(),
             own_writes: Default::default(),
+            onboardings: Default::default(),
             writers: Arc::new(Mutex::new(Some(Writers {
                 vms: vw,
                 profiles: pw,

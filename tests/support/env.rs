@@ -240,6 +240,64 @@ impl Env {
             .collect()
     }
 
+    /// The VMs (`namespace/name`) the `Onboarded` Events about a ConfigurationProfile name,
+    /// oldest first, each as often as it was published (a repeat of a whole note is a series),
+    /// and how many VMs they counted without naming them.
+    pub async fn onboarded(&self, profile: &str) -> (Vec<String>, usize) {
+        // A cluster-scoped object's Events are in `default`.
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let mut list = api
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        let (mut names, mut unnamed) = (Vec::new(), 0);
+        for e in list {
+            let about = e.regarding.as_ref();
+            if about.and_then(|r| r.kind.as_deref()) != Some("ConfigurationProfile")
+                || about.and_then(|r| r.name.as_deref()) != Some(profile)
+                || e.reason.as_deref() != Some("Onboarded")
+            {
+                continue;
+            }
+            let note = e.note.unwrap_or_default();
+            let Some((_, listed)) = note.rsplit_once(": ") else {
+                panic!("an Onboarded note without VMs: {note}");
+            };
+            let (listed, more) = match listed.rsplit_once(" and ") {
+                Some((l, m)) => (
+                    l,
+                    m.trim_end_matches(" more").parse::<usize>().expect("count"),
+                ),
+                None => (listed, 0),
+            };
+            for _ in 0..e.series.map_or(1, |s| s.count) {
+                names.extend(listed.split(", ").map(str::to_string));
+                unnamed += more;
+            }
+        }
+        (names, unnamed)
+    }
+
+    /// Wait until the profile's `Onboarded` Events have named each of `vms` of this namespace,
+    /// and return how often each was named (in `vms`' order).
+    pub async fn wait_onboarded(&self, profile: &str, vms: &[&str]) -> Vec<usize> {
+        let wanted: Vec<String> = vms
+            .iter()
+            .map(|v| format!("{}/{v}", self.ns.name))
+            .collect();
+        wait_for("the profile's Onboarded Events", LONG, || async {
+            let (named, _) = self.onboarded(profile).await;
+            let counts: Vec<usize> = wanted
+                .iter()
+                .map(|w| named.iter().filter(|n| *n == w).count())
+                .collect();
+            counts.iter().all(|c| *c > 0).then_some(counts)
+        })
+        .await
+    }
+
     /// (reason, how often it was published: 1, or its series count) of an object's Events.
     pub async fn event_counts(&self, name: &str) -> Vec<(String, i32)> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);

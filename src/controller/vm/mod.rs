@@ -473,6 +473,11 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         };
     }
     super::publish_events(ctx, &vm.object_ref(&()), &outcome.events).await;
+    if let Some(onboarded) = &outcome.onboarded {
+        // Reported with the other onboardings of its profile (`onboarded`), after this write.
+        ctx.metrics.onboarded.inc();
+        shared.onboardings.note(onboarded, &ns, &name);
+    }
     Ok(match outcome.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),

@@ -15,8 +15,8 @@ use crate::logic::duration::{self, Earliest};
 use crate::logic::text;
 
 use super::{
-    DRIFTED, EventSpec, HEARTBEAT, Heartbeat, IMAGE_SUPPORTED, Inputs, ONBOARDED, Outcome,
-    PROFILE_RESOLVED, ProfileChoice, READY, RemediationPolicy,
+    DRIFTED, EventSpec, HEARTBEAT, Heartbeat, IMAGE_SUPPORTED, Inputs, ONBOARDED, Onboarded,
+    Outcome, PROFILE_RESOLVED, ProfileChoice, READY, RemediationPolicy,
 };
 
 /// The Heartbeat condition's reason (and the Event's) for a guest whose clock is off.
@@ -61,6 +61,7 @@ struct Decision<'a> {
     conditions: Conditions<'a>,
     status: VirtualMachineStatus,
     events: Vec<EventSpec>,
+    onboarded: Option<Onboarded>,
 }
 
 /// The profile the VM is configured with, once resolved.
@@ -94,6 +95,7 @@ pub(super) fn decide(input: &Inputs<'_>) -> Outcome {
             ..Default::default()
         },
         events: Vec::new(),
+        onboarded: None,
     };
     // Heartbeat first: it is reported whatever else happens.
     let heartbeat_requeue = d.heartbeat();
@@ -118,6 +120,7 @@ pub(super) fn decide(input: &Inputs<'_>) -> Outcome {
         events: d.events,
         requeue_after: requeue.get(),
         remediation_attempted: verdict.remediation_attempted,
+        onboarded: d.onboarded,
     }
 }
 
@@ -483,14 +486,10 @@ impl Decision<'_> {
                 "Configured",
                 format!("configured with ConfigurationProfile {name}"),
             );
-            self.events.push(EventSpec::normal(
-                "Onboarded",
-                "Onboard",
-                format!(
-                    "configured with ConfigurationProfile {name} (configuration {})",
-                    p.configuration.hash
-                ),
-            ));
+            self.onboarded = Some(Onboarded {
+                profile: name.clone(),
+                hash: p.configuration.hash.clone(),
+            });
         }
         self.status.remediation = None;
         Verdict::new(

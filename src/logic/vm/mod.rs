@@ -125,6 +125,18 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
     /// Whether a remediation attempt was made in this decision.
     pub remediation_attempted: bool,
+    /// The VM was onboarded by this decision (its first Configured with this profile). Not an
+    /// Event of its own: the controller reports onboardings per profile, in batches
+    /// (`logic::events::onboarded_note`), and the VM's `Onboarded` condition carries the fact.
+    pub onboarded: Option<Onboarded>,
+}
+
+/// A VM's onboarding to a profile's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Onboarded {
+    pub profile: String,
+    /// The configuration's hash.
+    pub hash: String,
 }
 
 /// The controller-owned part of a status (everything but `guest`).
@@ -203,6 +215,7 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
             events: Vec::new(),
             requeue_after: Some(wait),
             remediation_attempted: false,
+            onboarded: None,
         };
     }
     out
