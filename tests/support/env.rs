@@ -244,6 +244,14 @@ impl Env {
     /// oldest first, each as often as it was published (a repeat of a whole note is a series),
     /// and how many VMs they counted without naming them.
     pub async fn onboarded(&self, profile: &str) -> (Vec<String>, usize) {
+        // This profile, not one of the same name from an earlier run of the test.
+        let uid = self
+            .profiles
+            .get(profile)
+            .await
+            .expect("the profile")
+            .metadata
+            .uid;
         // A cluster-scoped object's Events are in `default`.
         let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
         let mut list = api
@@ -257,6 +265,7 @@ impl Env {
             let about = e.regarding.as_ref();
             if about.and_then(|r| r.kind.as_deref()) != Some("ConfigurationProfile")
                 || about.and_then(|r| r.name.as_deref()) != Some(profile)
+                || about.and_then(|r| r.uid.as_ref()) != uid.as_ref()
                 || e.reason.as_deref() != Some("Onboarded")
             {
                 continue;
