@@ -98,8 +98,22 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
     rbac.terminate();
 
     // The same fleet under the guest authorizer: the Roles and RoleBindings go, the guests go on.
-    let mut args = webhook.clone();
-    args.push("--leader-elect=false");
+    // Its serving certificate is a copy, renewed at the end of the test.
+    let pki = c.state.as_ref().expect("cluster state").join("pki");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::copy(pki.join("guest-authorizer.crt"), &cert).expect("copy the certificate");
+    std::fs::copy(pki.join("guest-authorizer.key"), &key).expect("copy the key");
+    let (cert_arg, key_arg) = (
+        format!("--authorizer-cert={}", cert.display()),
+        format!("--authorizer-key={}", key.display()),
+    );
+    let mut args: Vec<&str> = webhook
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with("--authorizer-cert=") && !a.starts_with("--authorizer-key="))
+        .collect();
+    args.extend(["--leader-elect=false", cert_arg.as_str(), key_arg.as_str()]);
     let ctl: ControllerProcess = env.controller(&args);
     wait_for(
         "the per-VM Roles and RoleBindings to be removed",
@@ -249,5 +263,135 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
             .await,
         "listing Secrets",
     );
+
+    // The serving certificate is renewed on disk (as a mounted Secret is): new connections get
+    // the new one within seconds, without a restart, and the API server goes on asking.
+    let port = webhook
+        .iter()
+        .find_map(|a| a.strip_prefix("--authorizer-addr="))
+        .expect("authorizer address")
+        .to_string();
+    let served = || serial_served(&port);
+    let before = served().expect("the authorizer serves a certificate");
+    assert_eq!(Some(before.clone()), serial_of(&cert));
+    renew(&pki, &cert, &key);
+    let renewed = serial_of(&cert).expect("the renewed certificate");
+    assert_ne!(renewed, before);
+    wait_for("the renewed certificate to be served", LONG, || async {
+        (served().as_ref() == Some(&renewed)).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&ctl.log).expect("controller log");
+    assert!(log.contains("serving the renewed certificate"), "{log}");
+    // A review the API server has not cached (its authorizedTTL): it must ask this controller.
+    let vm = format!("renewal-{}", std::process::id());
+    let review: k8s_openapi::api::authorization::v1::SubjectAccessReview =
+        serde_json::from_value(json!({
+            "spec": { "user": format!("system:serviceaccount:{}:{}", env.ns.name,
+                                      automend::identity::guest_name(&vm)),
+                      "groups": ["system:serviceaccounts", "system:authenticated"],
+                      "resourceAttributes": { "namespace": env.ns.name, "verb": "get",
+                          "group": "automend.io", "resource": "virtualmachines", "name": vm } }
+        }))
+        .expect("review");
+    let answer =
+        Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(env.client.clone())
+            .create(&Default::default(), &review)
+            .await
+            .expect("a SubjectAccessReview")
+            .status
+            .expect("its answer");
+    assert!(
+        answer.allowed
+            && answer
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("automend:")),
+        "the API server still asks this controller: {answer:?}"
+    );
+    mine.get("a").await.expect("a guest still reads its own VM");
     env.finish(ctl).await;
+}
+
+/// The serial number of the certificate the authorizer presents to a new connection.
+fn serial_served(port: &str) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", port])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let pem = String::from_utf8_lossy(&out.stdout).to_string();
+    let dir = tempfile::tempdir().ok()?;
+    let file = dir.path().join("served.pem");
+    std::fs::write(&file, pem).ok()?;
+    serial_of(&file)
+}
+
+fn serial_of(cert: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A new key and certificate for the authorizer from the cluster's CA, written over `cert` and
+/// `key` (key first: the controller keeps serving the old pair until the two match).
+fn renew(pki: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (new_key, csr, ext, new_cert) = (
+        dir.path().join("k"),
+        dir.path().join("csr"),
+        dir.path().join("ext"),
+        dir.path().join("c"),
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("extensions");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req".as_ref(),
+        "-new".as_ref(),
+        "-nodes".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-subj".as_ref(),
+        "/CN=automend-guest-authorizer".as_ref(),
+        "-keyout".as_ref(),
+        new_key.as_os_str(),
+        "-out".as_ref(),
+        csr.as_os_str(),
+    ]);
+    run(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-in".as_ref(),
+        csr.as_os_str(),
+        "-CA".as_ref(),
+        pki.join("ca.crt").as_os_str(),
+        "-CAkey".as_ref(),
+        pki.join("ca.key").as_os_str(),
+        "-set_serial".as_ref(),
+        format!("{}", std::process::id()).as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-extfile".as_ref(),
+        ext.as_os_str(),
+        "-out".as_ref(),
+        new_cert.as_os_str(),
+    ]);
+    std::fs::copy(&new_key, key).expect("the new key");
+    std::fs::copy(&new_cert, cert).expect("the new certificate");
 }

@@ -19,14 +19,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use super::metrics::{DecisionLabel, Metrics};
+use super::serving_cert::{self, ServingCert};
 use crate::identity::authorizer::{answer, decide};
 
 /// How guests' requests to the API server are authorized.
@@ -70,32 +69,20 @@ impl Args {
     }
 }
 
-/// The TLS configuration from the certificate and key files; errors name the flag at fault.
+/// The TLS configuration from the certificate and key files (read again when they change:
+/// `serving_cert`); errors name the flag at fault.
 pub fn tls_config(args: &Args) -> anyhow::Result<rustls::ServerConfig> {
     let (Some(cert), Some(key)) = (&args.authorizer_cert, &args.authorizer_key) else {
         anyhow::bail!(
             "--guest-authorization=webhook needs --authorizer-cert and --authorizer-key (PEM files of the HTTPS server the API server's webhook calls)"
         );
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| {
-            format!(
-                "--authorizer-cert {}: not a PEM certificate",
-                cert.display()
-            )
-        })?;
-    if chain.is_empty() {
-        anyhow::bail!("--authorizer-cert {}: holds no certificate", cert.display());
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("--authorizer-key {}: not a PEM private key", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = ServingCert::load(cert, key, provider.clone(), serving_cert::CHECK_EVERY)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .context("--authorizer-cert and --authorizer-key do not make a usable pair")?;
+        .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -17,6 +17,7 @@ mod own_writes;
 mod profile;
 mod reconcile;
 mod rollout;
+mod serving_cert;
 mod shared;
 mod vm;
 
