@@ -174,6 +174,8 @@ pub struct Shared {
     pub own_writes: super::own_writes::OwnWrites,
     /// VMs onboarded and not reported in an Event yet.
     pub onboardings: super::onboarded::Onboardings,
+    /// New VMs held for their guest's first heartbeat.
+    pub held: super::vm::first_heartbeat::Held,
     writers: Arc<Mutex<Option<Writers>>>,
     ready: tokio::sync::watch::Receiver<bool>,
     /// The namespace of every VM change the VM watch sees (for the rollout controller).
@@ -206,6 +208,7 @@ impl Shared {
             written: Written::default(),
             own_writes: Default::default(),
             onboardings: Default::default(),
+            held: Default::default(),
             writers: Arc::new(Mutex::new(Some(Writers {
                 vms: vw,
                 profiles: pw,

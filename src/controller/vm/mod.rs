@@ -34,6 +34,7 @@ use crate::logic::resolve;
 use crate::logic::vm::{self as decide, Inputs, ProfileChoice, RemediationPolicy};
 use crate::watch;
 
+pub(super) mod first_heartbeat;
 pub(crate) mod guest_identity;
 mod invalid;
 mod triggers;
@@ -77,7 +78,7 @@ pub async fn run(
         }
     })
     .modify(|vm| {
-        vm.managed_fields_mut().clear();
+        slim(vm);
         super::interned::vm(vm);
     })
     .reflect(w.vms)
@@ -170,6 +171,7 @@ fn identity_triggers(
         }
     });
     futures::stream::select_all([
+        shared.held.due().boxed(),
         leases.boxed(),
         identity_watch::<PartialObjectMeta<ServiceAccount>>(
             ctx,
@@ -478,10 +480,35 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         ctx.metrics.onboarded.inc();
         shared.onboardings.note(onboarded, &ns, &name);
     }
+    if outcome.held_for_first_heartbeat {
+        // Held outside kube-runtime's scheduler (`first_heartbeat`).
+        let wait = outcome.requeue_after.unwrap_or_default();
+        shared
+            .held
+            .until(&ns, &name, tokio::time::Instant::now() + wait);
+        return Ok(Action::await_change());
+    }
+    shared.held.release(&ns, &name);
     Ok(match outcome.requeue_after {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
     })
+}
+
+/// What the cache keeps of a VM's metadata: no managed fields, and of its annotations only those
+/// of automend (`automend.io/…`, `*.automend.io/…`: all it reads). `kubectl apply`'s
+/// last-applied-configuration alone is the VM's whole spec again, 1–2 KB per VM.
+fn slim(vm: &mut VirtualMachine) {
+    vm.managed_fields_mut().clear();
+    if let Some(a) = vm.metadata.annotations.as_mut() {
+        a.retain(|k, _| {
+            k.split_once('/')
+                .is_some_and(|(d, _)| d == "automend.io" || d.ends_with(".automend.io"))
+        });
+        if a.is_empty() {
+            vm.metadata.annotations = None;
+        }
+    }
 }
 
 /// The top-level status fields (and condition types) a write changes, for the debug log.
@@ -559,4 +586,41 @@ pub async fn phase_gauges(
         }
     };
     tokio::select! { _ = work => {}, _ = stop => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_only_automends_annotations_and_no_managed_fields() {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "automend.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": { "name": "web-1", "namespace": "fleet",
+                "labels": { "team": "web" },
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    "automend.io/assess": "now",
+                    "sim.automend.io/power": "off",
+                    "notautomend.io.example/x": "y",
+                    "notautomend.io/x": "y",
+                },
+                "managedFields": [{ "manager": "kubectl", "operation": "Apply" }] },
+            "spec": {
+                "management": {"enabled": true, "profile": "production"},
+                "os": {"type": "Linux", "image": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server"}},
+                "placement": {"region": "westeurope"},
+            },
+        }))
+        .expect("vm");
+        slim(&mut vm);
+        let kept: Vec<&str> = vm.annotations().keys().map(String::as_str).collect();
+        assert_eq!(kept, vec!["automend.io/assess", "sim.automend.io/power"]);
+        assert!(vm.managed_fields().is_empty());
+        assert_eq!(vm.labels().get("team").map(String::as_str), Some("web"));
+        let mut bare = vm.clone();
+        bare.metadata.annotations = Some([("a.example/b".to_string(), "c".to_string())].into());
+        slim(&mut bare);
+        assert_eq!(bare.metadata.annotations, None, "nothing kept: no map");
+    }
 }

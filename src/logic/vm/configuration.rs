@@ -121,6 +121,7 @@ pub(super) fn decide(input: &Inputs<'_>) -> Outcome {
         requeue_after: requeue.get(),
         remediation_attempted: verdict.remediation_attempted,
         onboarded: d.onboarded,
+        held_for_first_heartbeat: false,
     }
 }
 

@@ -129,6 +129,9 @@ pub struct Outcome {
     /// Event of its own: the controller reports onboardings per profile, in batches
     /// (`logic::events::onboarded_note`), and the VM's `Onboarded` condition carries the fact.
     pub onboarded: Option<Onboarded>,
+    /// The VM is new and held for its guest's first heartbeat (`FIRST_HEARTBEAT_WAIT`):
+    /// `requeue_after` is when the hold ends.
+    pub held_for_first_heartbeat: bool,
 }
 
 /// A VM's onboarding to a profile's configuration.
@@ -216,6 +219,7 @@ pub fn decide(input: Inputs<'_>) -> Outcome {
             requeue_after: Some(wait),
             remediation_attempted: false,
             onboarded: None,
+            held_for_first_heartbeat: true,
         };
     }
     out

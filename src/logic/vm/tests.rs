@@ -859,14 +859,17 @@ fn a_new_vms_first_status_waits_briefly_for_its_first_heartbeat() {
     assert_eq!(o.status, VirtualMachineStatus::default());
     assert!(o.events.is_empty());
     assert_eq!(o.requeue_after, Some(Duration::from_secs(25)));
+    assert!(o.held_for_first_heartbeat);
     // The guest heartbeats: straight to InProgress, with the configuration to apply.
     let o = at(6, true, None);
+    assert!(!o.held_for_first_heartbeat);
     assert_eq!(o.status.phase, Some(VmPhase::InProgress));
     assert!(o.status.desired.is_some_and(|d| d.configuration.is_some()));
     // Silent past the wait: Pending, as before.
     let o = at(30, false, None);
     assert_eq!(o.status.phase, Some(VmPhase::Pending));
     assert!(o.status.desired.is_some());
+    assert!(!o.held_for_first_heartbeat);
     // A VM decided before (or that lost its heartbeat) is never held.
     let o = at(5, false, Some(&o.status));
     assert_eq!(o.status.phase, Some(VmPhase::Pending));
