@@ -225,16 +225,23 @@ impl Env {
             .collect()
     }
 
-    /// (reason, note) of the Events about one object of the namespace, oldest first.
-    pub async fn event_notes(&self, name: &str) -> Vec<(String, String)> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+    /// The Events of a namespace, oldest first.
+    async fn events_in(&self, ns: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let mut list = api
             .list(&ListParams::default())
             .await
             .expect("events")
             .items;
         list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-        list.into_iter()
+        list
+    }
+
+    /// (reason, note) of the Events about one object of the namespace, oldest first.
+    pub async fn event_notes(&self, name: &str) -> Vec<(String, String)> {
+        self.events_in(&self.ns.name)
+            .await
+            .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
@@ -252,16 +259,9 @@ impl Env {
             .expect("the profile")
             .metadata
             .uid;
-        // A cluster-scoped object's Events are in `default`.
-        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
-        let mut list = api
-            .list(&ListParams::default())
-            .await
-            .expect("events")
-            .items;
-        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         let (mut names, mut unnamed) = (Vec::new(), 0);
-        for e in list {
+        // A cluster-scoped object's Events are in `default`.
+        for e in self.events_in("default").await {
             let about = e.regarding.as_ref();
             if about.and_then(|r| r.kind.as_deref()) != Some("ConfigurationProfile")
                 || about.and_then(|r| r.name.as_deref()) != Some(profile)
