@@ -240,7 +240,9 @@ async fn drift_is_remediated_and_failing_remediation_ends_failed() {
         }
     })
     .await;
-    let events = env.events("ok-1").await;
+    let events = env
+        .events_with("ok-1", &["DriftDetected", "Remediated"])
+        .await;
     let detected = events
         .iter()
         .position(|e| e == "DriftDetected")
@@ -266,11 +268,7 @@ async fn drift_is_remediated_and_failing_remediation_ends_failed() {
             && msg.contains("rogue.example"),
         "{msg}"
     );
-    assert!(
-        env.events("bad-1")
-            .await
-            .contains(&"RemediationFailed".to_string())
-    );
+    env.events_with("bad-1", &["RemediationFailed"]).await;
     // Onboarding plus two attempts, and nothing after Failed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.applies("bad-1"), 3);
@@ -325,11 +323,7 @@ async fn no_heartbeat_is_pending_until_the_vm_runs() {
     // Power off again: Pending once the grace period (6 s) passes.
     env.annotate("off-1", sim::POWER, "off").await;
     env.wait_phase("off-1", VmPhase::Pending).await;
-    assert!(
-        env.events("off-1")
-            .await
-            .contains(&"HeartbeatLost".to_string())
-    );
+    env.events_with("off-1", &["HeartbeatLost"]).await;
     env.finish(ctl).await;
 }
 
@@ -400,12 +394,8 @@ async fn disabling_stops_drift_handling_and_changes_nothing_on_the_guest() {
         applies,
         "nothing applied on the guest after disabling"
     );
-    let events = env.events("vm-1").await;
+    let events = env.events_with("vm-1", &["ManagementDisabled"]).await;
     assert!(!events.contains(&"DriftDetected".to_string()), "{events:?}");
-    assert!(
-        events.contains(&"ManagementDisabled".to_string()),
-        "{events:?}"
-    );
 
     // Re-enable with the other profile: allowed after disabling, and it onboards again.
     env.vms
@@ -538,17 +528,22 @@ async fn assignment_selectors_onboard_vms_that_name_no_profile() {
     assert!(deleting.message.contains("/w-1"), "{}", deleting.message);
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(env.client.clone(), "default");
-    let blocked: Vec<_> = events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(web.as_str())
-                && e.reason.as_deref() == Some("DeletionBlocked")
-        })
-        .collect();
+    // Published right after the condition: waited for, not raced.
+    let blocked: Vec<_> = wait_for("the DeletionBlocked Event", LONG, || async {
+        let blocked: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(web.as_str())
+                    && e.reason.as_deref() == Some("DeletionBlocked")
+            })
+            .collect();
+        (!blocked.is_empty()).then_some(blocked)
+    })
+    .await;
     assert_eq!(blocked.len(), 1, "{blocked:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let w = env.get("w-1").await;
@@ -1125,11 +1120,7 @@ async fn the_image_catalog_decides_patch_modes_and_capabilities() {
             0,
             "{vm}: nothing configured on an unsupported image"
         );
-        assert!(
-            env.events(vm)
-                .await
-                .contains(&"UnsupportedImage".to_string())
-        );
+        env.events_with(vm, &["UnsupportedImage"]).await;
     }
     env.finish(ctl).await;
 }
@@ -1200,11 +1191,7 @@ async fn assessment_on_demand_and_when_a_vm_returns() {
         "assessment never installs"
     );
     assert_eq!(env.applies("on-1"), applies, "nothing applied on the guest");
-    assert!(
-        env.events("on-1")
-            .await
-            .contains(&"AssessmentRequested".to_string())
-    );
+    env.events_with("on-1", &["AssessmentRequested"]).await;
 
     env.annotate("off-1", sim::POWER, "on").await;
     wait_for("off-1 to be assessed once it runs", LONG, || {

@@ -439,13 +439,8 @@ async fn machines_enroll_within_the_limit_and_the_credential_does_nothing_else()
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "Exhausted")
     );
-    let refusals: Vec<String> = env
-        .event_notes("fleet")
-        .await
-        .into_iter()
-        .filter(|(r, _)| r == "EnrollmentRefused")
-        .map(|(_, n)| n)
-        .collect();
+    let refusals = env.notes_with("fleet", "EnrollmentRefused", 3).await;
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
     assert_eq!(
         refusals
             .iter()
@@ -617,11 +612,7 @@ async fn an_agent_past_its_credential_re_enrolls_as_the_same_vm() {
     .await;
     assert!(vm.1.message.contains("re-enroll the machine"), "{:?}", vm.1);
     assert_eq!(vm.0.status.and_then(|s| s.phase), Some(VmPhase::Pending));
-    assert!(
-        env.events("app-1")
-            .await
-            .contains(&"CredentialExpired".to_string())
-    );
+    env.events_with("app-1", &["CredentialExpired"]).await;
 
     // The agent, started again, says the same and waits for a token.
     let mut agent = Agent::start(&g, "app-1", &server, &ca, &token_file, &short);

@@ -887,13 +887,7 @@ async fn booted_guests_enroll_with_the_snippet_and_the_limit_holds() {
         (s.machines_enrolled == 50 && s.machines_refused == 2).then_some(())
     })
     .await;
-    let refused: Vec<String> = env
-        .event_notes("fleet")
-        .await
-        .into_iter()
-        .filter(|(r, _)| r == "EnrollmentRefused")
-        .map(|(_, n)| n)
-        .collect();
+    let refused = env.notes_with("fleet", "EnrollmentRefused", 2).await;
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(
         refused

@@ -15,6 +15,9 @@ use super::{ControllerProcess, TestNamespace, cluster, wait_for};
 
 pub const LONG: Duration = Duration::from_secs(90);
 
+/// How long an Event may follow the status write that records what it reports.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
 pub struct Env {
     pub ns: TestNamespace,
     pub client: Client,
@@ -245,6 +248,40 @@ impl Env {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
+    }
+
+    /// Event reasons about one object, oldest first, once every one of `reasons` is among them.
+    ///
+    /// The controller publishes an Event right after the status write that records what it
+    /// reports, so a test that has seen the status waits for the Event: reading the Events at
+    /// once races their publication (CI failed on that, with the Event published a moment later).
+    pub async fn events_with(&self, name: &str, reasons: &[&str]) -> Vec<String> {
+        let what = format!("{name}'s Events {reasons:?}");
+        wait_for(&what, EVENT_WAIT, || async {
+            let events = self.events(name).await;
+            reasons
+                .iter()
+                .all(|r| events.iter().any(|e| e == r))
+                .then_some(events)
+        })
+        .await
+    }
+
+    /// The notes of the Events with `reason` about one object, oldest first, once there are at
+    /// least `count` of them (see `events_with` for why a test waits).
+    pub async fn notes_with(&self, name: &str, reason: &str, count: usize) -> Vec<String> {
+        let what = format!("{count} {reason} Event(s) about {name}");
+        wait_for(&what, EVENT_WAIT, || async {
+            let notes: Vec<String> = self
+                .event_notes(name)
+                .await
+                .into_iter()
+                .filter(|(r, _)| r == reason)
+                .map(|(_, n)| n)
+                .collect();
+            (notes.len() >= count).then_some(notes)
+        })
+        .await
     }
 
     /// The VMs (`namespace/name`) the `Onboarded` Events about a ConfigurationProfile name,
