@@ -78,7 +78,12 @@ impl Heartbeat {
                 .leases
                 .patch(
                     &identity::lease_name(&self.vm),
-                    &PatchParams::default(),
+                    // Named, so the Lease's managedFields say who renews it (unnamed, the API
+                    // server records "unknown").
+                    &PatchParams {
+                        field_manager: Some(GUEST_MANAGER.into()),
+                        ..Default::default()
+                    },
                     &Patch::Merge(patch),
                 )
                 .await;

@@ -363,24 +363,32 @@ impl Env {
             .collect()
     }
 
-    /// A VM's heartbeat Lease and the field managers that wrote it.
+    /// A VM's heartbeat Lease once its guest has renewed it after creating it, and the field
+    /// managers that wrote it, each once (a renewal is a write of its own: looked at before
+    /// one, the Lease does not show who renews it).
     pub async fn lease_managers(
         &self,
         vm: &str,
     ) -> (k8s_openapi::api::coordination::v1::Lease, Vec<String>) {
-        let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
             self.client.clone(),
             &self.ns.name,
-        )
-        .get(vm)
-        .await
-        .expect("the VM's Lease");
+        );
+        let lease = wait_for(&format!("{vm}'s Lease renewed"), LONG, || async {
+            let lease = leases.get(vm).await.ok()?;
+            let spec = lease.spec.as_ref()?;
+            (spec.renew_time.as_ref().map(|t| t.0) > spec.acquire_time.as_ref().map(|t| t.0))
+                .then_some(lease)
+        })
+        .await;
         let managers = lease
             .metadata
             .managed_fields
             .iter()
             .flatten()
             .filter_map(|m| m.manager.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         (lease, managers)
     }
