@@ -95,6 +95,7 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
     env.wait_phase("b", VmPhase::Configured).await;
     assert_eq!(owned::<Role>(&env).await, 2);
     assert_eq!(owned::<RoleBinding>(&env).await, 2);
+    assert_eq!(routed(&rbac).await, None, "nothing routed under rbac");
     rbac.terminate();
 
     // The same fleet under the guest authorizer: the Roles and RoleBindings go, the guests go on.
@@ -113,7 +114,12 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
         .copied()
         .filter(|a| !a.starts_with("--authorizer-cert=") && !a.starts_with("--authorizer-key="))
         .collect();
-    args.extend(["--leader-elect=false", cert_arg.as_str(), key_arg.as_str()]);
+    args.extend([
+        "--leader-elect=false",
+        cert_arg.as_str(),
+        key_arg.as_str(),
+        "--authorizer-recheck-every=2s",
+    ]);
     let ctl: ControllerProcess = env.controller(&args);
     wait_for(
         "the per-VM Roles and RoleBindings to be removed",
@@ -310,7 +316,114 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
         "the API server still asks this controller: {answer:?}"
     );
     mine.get("a").await.expect("a guest still reads its own VM");
+    assert_eq!(routed(&ctl).await, Some(1), "{}", ctl.metrics().await);
+
+    // The API server's configuration changed under the running controller: the webhook taken
+    // out of its AuthorizationConfiguration (which it reloads within a minute). The controller
+    // notices; the VMs whose guests fall silent say why instead of "not running".
+    let authz = c
+        .state
+        .as_ref()
+        .expect("cluster state")
+        .join("authorization.yaml");
+    let original = std::fs::read_to_string(&authz).expect("the AuthorizationConfiguration");
+    let (head, rest) = original
+        .split_once("- type: Webhook")
+        .expect("the webhook authorizer");
+    let (_, tail) = rest.split_once("- type: RBAC").expect("RBAC after it");
+    let restore = Restore {
+        path: authz.clone(),
+        content: original.clone(),
+    };
+    write_atomically(&authz, &format!("{head}- type: RBAC{tail}"));
+    let reload = Duration::from_secs(240);
+    let ready = |vm: VirtualMachine, kind: &str| {
+        vm.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| (c.reason, c.message))
+    };
+    let (_, message) = wait_for(
+        "a's guest to be refused, and a to say so",
+        reload,
+        || async {
+            ready(env.get("a").await, "Ready").filter(|(reason, _)| reason == "GuestsRefused")
+        },
+    )
+    .await;
+    assert!(
+        message.contains("does not send guest SubjectAccessReviews to this controller")
+            && message.contains("restore the webhook"),
+        "{message}"
+    );
+    assert_eq!(
+        env.get("a").await.status.and_then(|s| s.phase),
+        Some(VmPhase::Pending)
+    );
+    let (reason, message) = ready(env.get("a").await, "Heartbeat").expect("Heartbeat");
+    assert_eq!(reason, "GuestsRefused");
+    assert!(!message.contains("not running"), "{message}");
+    assert_eq!(routed(&ctl).await, Some(0), "{}", ctl.metrics().await);
+    let lost = env.notes_with("a", "HeartbeatLost", 1).await;
+    assert!(
+        lost.iter()
+            .any(|n| n.contains("refuses every guest's requests")),
+        "{lost:?}"
+    );
+    forbidden(mine.get("a").await, "a guest's read, nobody authorizing it");
+    let log = std::fs::read_to_string(&ctl.log).expect("controller log");
+    assert!(log.contains("guests are refused"), "{log}");
+
+    // Restored: the API server asks again, the guests are heard, the VMs are Configured again.
+    drop(restore);
+    for vm in ["a", "b", "c"] {
+        wait_for(&format!("{vm} Configured again"), reload, || async {
+            (env.get(vm).await.status?.phase? == VmPhase::Configured).then_some(())
+        })
+        .await;
+    }
+    // The guests can be heard before the next check (every 2 s) sees the routing back.
+    wait_for("automend_guest_authorizer_routed 1 again", LONG, || async {
+        (routed(&ctl).await == Some(1)).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&ctl.log).expect("controller log");
+    assert!(
+        log.contains("asks this controller about guests again"),
+        "{log}"
+    );
     env.finish(ctl).await;
+}
+
+/// `automend_guest_authorizer_routed`, if the controller serves the series.
+async fn routed(ctl: &ControllerProcess) -> Option<i64> {
+    ctl.metrics().await.lines().find_map(|l| {
+        let v = l
+            .strip_prefix("automend_guest_authorizer_routed ")
+            .or_else(|| l.strip_prefix("automend_guest_authorizer_routed{} "))?;
+        v.trim().parse().ok()
+    })
+}
+
+/// Replace a file the API server reads in one step (it never reads half of it).
+fn write_atomically(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("writing");
+    std::fs::rename(&tmp, path).expect("renaming");
+}
+
+/// Puts the API server's AuthorizationConfiguration back however the test ends: the control
+/// plane outlives the test.
+struct Restore {
+    path: std::path::PathBuf,
+    content: String,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        write_atomically(&self.path, &self.content);
+    }
 }
 
 /// The serial number of the certificate the authorizer presents to a new connection.

@@ -22,7 +22,7 @@ use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::metrics::{DecisionLabel, Metrics};
 use super::serving_cert::{self, ServingCert};
@@ -61,6 +61,11 @@ pub struct Args {
     /// PEM private key of that certificate.
     #[arg(long, env = "AUTOMEND_AUTHORIZER_KEY")]
     pub authorizer_key: Option<PathBuf>,
+    /// How often a running controller checks that the API server still sends guest reviews to
+    /// it (with --guest-authorization=webhook); when it does not, VMs whose guests fall silent
+    /// say why, and automend_guest_authorizer_routed is 0.
+    #[arg(long, default_value = "30s", value_parser = crate::logic::duration::parse)]
+    pub authorizer_recheck_every: Duration,
 }
 
 impl Args {
@@ -188,13 +193,59 @@ fn app(scope: Option<String>, metrics: Metrics) -> Router {
         })
 }
 
-/// Whether the API server sends guest reviews here: a SubjectAccessReview for the guest of a
-/// VM that need not exist must come back allowed by this authorizer. Retried for half a minute
-/// (the API server may still be connecting); then an error that says what to fix.
-pub async fn check_routed(client: &kube::Client, scope: Option<&str>) -> anyhow::Result<()> {
+/// What the controller last learnt of the API server's routing of guest reviews: nothing wrong
+/// (`None`), or why every guest's requests are refused. Read by VM decisions
+/// (`Inputs::guests_refused`); a change wakes every VM (`changes`).
+#[derive(Clone)]
+pub struct Routing {
+    problem: Arc<std::sync::RwLock<Option<Arc<str>>>>,
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            problem: Arc::default(),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
+}
+
+impl Routing {
+    /// Why guests are refused, if they are known to be.
+    pub fn problem(&self) -> Option<Arc<str>> {
+        self.problem.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Record what the last check found; true when that changed.
+    fn set(&self, problem: Option<String>) -> bool {
+        let Ok(mut p) = self.problem.write() else {
+            return false;
+        };
+        if p.as_deref() == problem.as_deref() {
+            return false;
+        }
+        *p = problem.map(Arc::from);
+        self.changed.send_replace(());
+        true
+    }
+
+    /// A stream that yields once per change of what `problem` says.
+    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        let mut rx = self.changed.subscribe();
+        rx.mark_unchanged();
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+}
+
+/// The review the probe asks for: the guest of a VM that need not exist reading that VM.
+fn probe_review(scope: Option<&str>) -> SubjectAccessReview {
     use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReviewSpec};
     let ns = scope.unwrap_or("default");
-    let probe = SubjectAccessReview {
+    SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(format!(
                 "system:serviceaccount:{ns}:{}",
@@ -212,30 +263,110 @@ pub async fn check_routed(client: &kube::Client, scope: Option<&str>) -> anyhow:
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+/// What one probe found.
+enum Probe {
+    /// The API server asked this authorizer.
+    Routed,
+    /// The API server answered without it (what it answered).
+    NotRouted(String),
+    /// No answer (the API server unreachable, or refusing the controller).
+    Unknown(String),
+}
+
+async fn probe(api: &kube::Api<SubjectAccessReview>, review: &SubjectAccessReview) -> Probe {
+    match api.create(&Default::default(), review).await {
+        Ok(r) => {
+            let status = r.status.unwrap_or_default();
+            let reason = status.reason.unwrap_or_default();
+            if status.allowed && reason.starts_with("automend:") {
+                Probe::Routed
+            } else {
+                Probe::NotRouted(format!("allowed={}, reason {reason:?}", status.allowed))
+            }
+        }
+        Err(e) => Probe::Unknown(e.to_string()),
+    }
+}
+
+/// Why guests are refused when the API server does not ask this controller.
+fn refused_because(answer: &str) -> String {
+    format!(
+        "the API server does not send guest SubjectAccessReviews to this controller (--guest-authorization=webhook; a review for a guest came back {answer}), so it refuses every guest's requests: restore the webhook in its AuthorizationConfiguration (README \"Guest authorization\")"
+    )
+}
+
+/// Whether the API server sends guest reviews here: a SubjectAccessReview for the guest of a
+/// VM that need not exist must come back allowed by this authorizer. Retried for half a minute
+/// (the API server may still be connecting); then an error that says what to fix.
+pub async fn check_routed(client: &kube::Client, scope: Option<&str>) -> anyhow::Result<()> {
+    let review = probe_review(scope);
     let api = kube::Api::<SubjectAccessReview>::all(client.clone());
     let mut last = String::new();
     for attempt in 0..7 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        match api.create(&Default::default(), &probe).await {
-            Ok(r) => {
-                let status = r.status.unwrap_or_default();
-                let reason = status.reason.unwrap_or_default();
-                if status.allowed && reason.starts_with("automend:") {
-                    info!("guest authorizer: the API server asks this controller about guests");
-                    return Ok(());
-                }
-                last = format!("allowed={}, reason {reason:?}", status.allowed);
+        match probe(&api, &review).await {
+            Probe::Routed => {
+                info!("guest authorizer: the API server asks this controller about guests");
+                return Ok(());
             }
-            Err(e) => last = e.to_string(),
+            Probe::NotRouted(answer) | Probe::Unknown(answer) => last = answer,
         }
         warn!(answer = %last, "guest authorizer: the API server does not ask this controller about guests yet");
     }
     anyhow::bail!(
         "--guest-authorization=webhook: the API server does not send guest SubjectAccessReviews to this controller (a review for a guest came back {last}); add the webhook to its AuthorizationConfiguration (README \"Guest authorization\") or use --guest-authorization=rbac"
     )
+}
+
+/// After a successful `check_routed`: ask again every `every` until `stopped`, so that an
+/// AuthorizationConfiguration changed under a running controller is noticed. Each answer sets
+/// `automend_guest_authorizer_routed` and `routing`; a probe that gets no answer changes
+/// nothing (an API server restart is not a routing change).
+pub async fn keep_checking(
+    client: kube::Client,
+    scope: Option<String>,
+    metrics: Metrics,
+    routing: Routing,
+    every: Duration,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    let review = probe_review(scope.as_deref());
+    let api = kube::Api::<SubjectAccessReview>::all(client);
+    metrics.routed(true);
+    let checks = async {
+        loop {
+            tokio::time::sleep(every).await;
+            match probe(&api, &review).await {
+                Probe::Routed => {
+                    metrics.routed(true);
+                    if routing.set(None) {
+                        info!(
+                            "guest authorizer: the API server asks this controller about guests again"
+                        );
+                    }
+                }
+                Probe::NotRouted(answer) => {
+                    metrics.routed(false);
+                    let problem = refused_because(&answer);
+                    if routing.set(Some(problem.clone())) {
+                        error!(%problem, "guest authorizer: guests are refused");
+                    }
+                }
+                Probe::Unknown(e) => {
+                    debug!(error = %e, "guest authorizer: no answer to the routing probe");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = checks => {}
+        () = stopped => {}
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +427,29 @@ mod tests {
         server.abort();
     }
 
+    #[tokio::test]
+    async fn a_change_of_routing_is_told_once_and_wakes_the_vms_once() {
+        use futures::StreamExt;
+        let routing = Routing::default();
+        let mut changes = Box::pin(routing.changes());
+        let woken = |changes: &mut std::pin::Pin<Box<_>>| {
+            futures::FutureExt::now_or_never(StreamExt::next(changes)).flatten()
+        };
+        assert_eq!(routing.problem(), None);
+        assert!(!routing.set(None), "nothing changed");
+        assert_eq!(woken(&mut changes), None);
+        let why = refused_because("allowed=false, reason \"\"");
+        assert!(why.contains("restore the webhook"), "{why}");
+        assert!(routing.set(Some(why.clone())));
+        assert!(!routing.set(Some(why.clone())), "the same answer again");
+        assert_eq!(routing.problem().as_deref(), Some(why.as_str()));
+        assert_eq!(woken(&mut changes), Some(()));
+        assert_eq!(woken(&mut changes), None, "once per change");
+        assert!(routing.set(None));
+        assert_eq!(woken(&mut changes), Some(()));
+        assert_eq!(routing.problem(), None);
+    }
+
     #[test]
     fn webhook_mode_needs_a_usable_certificate_and_says_which_flag() {
         let args = |cert: Option<&str>, key: Option<&str>| Args {
@@ -303,6 +457,7 @@ mod tests {
             authorizer_addr: "127.0.0.1:0".parse().expect("addr"),
             authorizer_cert: cert.map(PathBuf::from),
             authorizer_key: key.map(PathBuf::from),
+            authorizer_recheck_every: Duration::from_secs(30),
         };
         let err = tls_config(&args(None, None))
             .expect_err("no files")

@@ -20,6 +20,8 @@ pub struct Context {
     pub settings: Settings,
     /// The patching schedule's clock.
     pub clock: crate::clock::Clock,
+    /// Whether the API server still sends guest reviews here (`--guest-authorization=webhook`).
+    pub guest_routing: super::authorizer::Routing,
 }
 
 #[derive(Debug, thiserror::Error)]

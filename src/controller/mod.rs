@@ -174,9 +174,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = server.await;
         return Ok(());
     }
+    let guest_routing = authorizer::Routing::default();
     if settings.guest_authorizer.webhook() {
-        // Guests get no Role: make sure the API server really asks us before relying on it.
+        // Guests get no Role: make sure the API server really asks us before relying on it, and
+        // keep making sure (its configuration can change under us).
         authorizer::check_routed(&client, settings.namespace.as_deref()).await?;
+        tokio::spawn(authorizer::keep_checking(
+            client.clone(),
+            settings.namespace.clone(),
+            state.metrics.clone(),
+            guest_routing.clone(),
+            settings.guest_authorizer.authorizer_recheck_every,
+            stopped.clone(),
+        ));
     }
 
     let me = identity(&settings);
@@ -194,6 +204,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health,
         settings: settings.clone(),
         clock,
+        guest_routing,
     });
 
     let result = if settings.leader_elect {

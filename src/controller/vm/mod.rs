@@ -139,6 +139,8 @@ pub async fn run(
         triggers::namespace_changes(&shared),
     )
     .reconcile_on(identity_triggers(&ctx, &shared))
+    // What a silent guest's VM says depends on whether the API server still asks us about guests.
+    .reconcile_all_on(ctx.guest_routing.changes())
     .graceful_shutdown_on(stop)
     .run(
         move |vm, _| {
@@ -418,6 +420,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         lease = true;
     }
     let status = shared.written.status_for(&ns, &name, vm.status.as_ref());
+    let guests_refused = ctx.guest_routing.problem();
     let outcome = decide::decide(Inputs {
         now,
         created,
@@ -437,6 +440,7 @@ async fn apply(vm: Arc<VirtualMachine>, ctx: &Context, shared: &Shared) -> Resul
         grace,
         assess_request: vm.annotations().get(decide::ASSESS_ANNOTATION).cloned(),
         clock: ctx.clock,
+        guests_refused: guests_refused.as_deref(),
     });
     let current = status
         .as_ref()

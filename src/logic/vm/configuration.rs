@@ -21,8 +21,7 @@ use super::{
 
 /// The Heartbeat condition's reason (and the Event's) for a guest whose clock is off.
 pub const CLOCK_SKEWED: &str = "ClockSkewed";
-/// A silent guest whose credential expired: it must be enrolled again.
-pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
+use super::heartbeat::CREDENTIAL_EXPIRED;
 
 /// Where the VM stands, and why.
 struct Verdict {
@@ -169,22 +168,13 @@ impl Decision<'_> {
                 Some(duration::until(self.input.now, expires) + Duration::from_secs(1))
             }
             Heartbeat::Missing { last } => {
-                let msg = match last {
-                    Some(t) => format!(
-                        "no heartbeat since {t} (grace period {}): the VM is not running",
-                        duration::format(self.input.grace)
-                    ),
-                    None => "the guest has never renewed its Lease: the VM is not running or has no agent".into(),
-                };
-                match super::heartbeat::credential_expired(self.old, self.input.now) {
-                    Some(expired) => self.conditions.set(
-                        HEARTBEAT,
-                        false,
-                        CREDENTIAL_EXPIRED,
-                        format!("{msg}; {expired}"),
-                    ),
-                    None => self.conditions.set(HEARTBEAT, false, "NoHeartbeat", msg),
-                }
+                let (reason, msg) = super::heartbeat::silent(
+                    *last,
+                    self.input.grace,
+                    super::heartbeat::credential_expired(self.old, self.input.now),
+                    self.input.guests_refused,
+                );
+                self.conditions.set(HEARTBEAT, false, reason, msg);
                 None
             }
         }
@@ -404,12 +394,15 @@ impl Decision<'_> {
             }
             return Verdict::new(VmPhase::Pending, CREDENTIAL_EXPIRED, expired);
         }
-        let msg = "the VM is not running (no heartbeat); onboarding or remediation continues when it runs";
+        let (reason, msg) = super::heartbeat::pending(self.input.guests_refused);
         if self.was() != Some(VmPhase::Pending) && self.was().is_some() {
-            self.events
-                .push(EventSpec::warning("HeartbeatLost", "Heartbeat", msg));
+            self.events.push(EventSpec::warning(
+                "HeartbeatLost",
+                "Heartbeat",
+                msg.clone(),
+            ));
         }
-        let mut verdict = Verdict::new(VmPhase::Pending, "NoHeartbeat", msg);
+        let mut verdict = Verdict::new(VmPhase::Pending, reason, msg);
         // Wake when the credential expires, to say so.
         verdict.wait = self
             .old

@@ -14,6 +14,10 @@ use crate::api::VirtualMachineStatus;
 
 /// A guest clock further than this from the controller's is reported as skewed.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
+/// A silent guest whose credential expired: it must be enrolled again.
+pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
+/// A silent guest while the API server refuses every guest (`Inputs::guests_refused`).
+pub const GUESTS_REFUSED: &str = "GuestsRefused";
 
 /// The controller's record of a guest's last heartbeat.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +95,55 @@ pub fn credential_expired(old: &VirtualMachineStatus, now: Timestamp) -> Option<
             at.0
         )
     })
+}
+
+/// The Heartbeat condition of a silent guest (reason, message), last heard at `last`: its
+/// credential expired, or every guest refused by the API server (`refused`, why), or else the
+/// VM not running.
+pub fn silent(
+    last: Option<Timestamp>,
+    grace: Duration,
+    expired: Option<String>,
+    refused: Option<&str>,
+) -> (&'static str, String) {
+    let msg = match last {
+        Some(t) => format!(
+            "no heartbeat since {t} (grace period {}): the VM is not running",
+            crate::logic::duration::format(grace)
+        ),
+        None => {
+            "the guest has never renewed its Lease: the VM is not running or has no agent".into()
+        }
+    };
+    match (expired, refused) {
+        (Some(expired), _) => (CREDENTIAL_EXPIRED, format!("{msg}; {expired}")),
+        (None, Some(why)) => {
+            let silent = match last {
+                Some(t) => format!("no heartbeat since {t}"),
+                None => "the guest has never renewed its Lease".into(),
+            };
+            (GUESTS_REFUSED, format!("{silent}: {why}"))
+        }
+        (None, None) => ("NoHeartbeat", msg),
+    }
+}
+
+/// The VM's verdict while its guest is silent (reason, message), when neither a reboot nor an
+/// expired credential explains it.
+pub fn pending(refused: Option<&str>) -> (&'static str, String) {
+    match refused {
+        Some(why) => (
+            GUESTS_REFUSED,
+            format!(
+                "no heartbeat: {why}; onboarding or remediation continues when the guest is heard again"
+            ),
+        ),
+        None => (
+            "NoHeartbeat",
+            "the VM is not running (no heartbeat); onboarding or remediation continues when it runs"
+                .into(),
+        ),
+    }
 }
 
 /// "rebooting since …" when the guest announced a reboot for an installation it has not

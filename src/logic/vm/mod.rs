@@ -105,6 +105,10 @@ pub struct Inputs<'a> {
     pub assess_request: Option<String>,
     /// The patching schedule's clock (assessment intervals run on it; `now` is real time).
     pub clock: crate::clock::Clock,
+    /// Why the API server refuses every guest's requests, when the controller knows it
+    /// (`--guest-authorization=webhook` and the API server no longer asks the controller): a
+    /// silent guest is then not "not running".
+    pub guests_refused: Option<&'a str>,
 }
 
 /// How long a new VM's first status waits for its guest's first heartbeat. A guest that runs

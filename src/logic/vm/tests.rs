@@ -72,6 +72,7 @@ fn run(
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
+        guests_refused: None,
     })
 }
 
@@ -297,6 +298,7 @@ fn unsupported_image_and_missing_profile_fail_with_the_reason() {
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
+        guests_refused: None,
     });
     assert_eq!(o.status.phase, Some(VmPhase::Failed));
     assert!(
@@ -326,6 +328,7 @@ fn unsupported_image_and_missing_profile_fail_with_the_reason() {
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
+        guests_refused: None,
     });
     assert_eq!(o.status.phase, Some(VmPhase::Failed));
     assert!(
@@ -393,6 +396,7 @@ fn with_request(
         grace: Duration::from_secs(300),
         assess_request: request.map(Into::into),
         clock: crate::clock::Clock::real(),
+        guests_refused: None,
     })
 }
 
@@ -634,6 +638,7 @@ fn a_skewed_guest_clock_is_reported_once_and_the_vm_still_managed() {
         grace: Duration::from_secs(300),
         assess_request: None,
         clock: crate::clock::Clock::real(),
+        guests_refused: None,
     };
     let o = decide(input(None, 0));
     let hb = o
@@ -715,6 +720,63 @@ fn a_vm_rebooting_for_an_install_says_so_while_its_heartbeat_is_gone() {
     );
     assert!(o.events.iter().any(|e| e.reason == "Rebooting"));
     assert!(o.events.iter().all(|e| e.reason != "HeartbeatLost"));
+}
+
+#[test]
+fn a_silent_guest_while_the_api_server_refuses_guests_is_not_called_not_running() {
+    let s = spec();
+    let o = run(&s, None, 0, true, RemediationMode::Auto);
+    let mut st = o.status;
+    guest_acts(&mut st, &[]);
+    let configured = run(&s, Some(&st), 1, true, RemediationMode::Auto).status;
+    assert_eq!(configured.phase, Some(VmPhase::Configured));
+    let why = "the API server no longer asks this controller about guest requests";
+    let silent = |status: &VirtualMachineStatus, refused: Option<&str>| {
+        decide(Inputs {
+            created: None,
+            now: t(400),
+            generation: Some(1),
+            spec: &s,
+            status: Some(status),
+            profile: resolved(RemediationMode::Auto),
+            image_problems: vec![],
+            heartbeat: Heartbeat::Missing { last: Some(t(1)) },
+            grace: Duration::from_secs(300),
+            assess_request: None,
+            clock: crate::clock::Clock::real(),
+            guests_refused: refused,
+        })
+    };
+    let o = silent(&configured, Some(why));
+    assert_eq!(o.status.phase, Some(VmPhase::Pending));
+    let reason = |o: &Outcome, kind: &str| {
+        let c = o
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .expect("condition");
+        (c.reason.clone(), c.message.clone())
+    };
+    let (hb, hb_msg) = reason(&o, HEARTBEAT);
+    assert_eq!(hb, "GuestsRefused");
+    assert!(hb_msg.starts_with("no heartbeat since"), "{hb_msg}");
+    assert!(hb_msg.contains(why), "{hb_msg}");
+    assert!(!hb_msg.contains("not running"), "{hb_msg}");
+    let (ready, ready_msg) = reason(&o, READY);
+    assert_eq!(ready, "GuestsRefused");
+    assert!(ready_msg.contains(why), "{ready_msg}");
+    let lost: Vec<_> = o
+        .events
+        .iter()
+        .filter(|e| e.reason == "HeartbeatLost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{:?}", o.events);
+    assert!(lost[0].note.contains(why), "{}", lost[0].note);
+    // Without the known cause, the VM is not running, as before.
+    let o = silent(&configured, None);
+    assert_eq!(reason(&o, HEARTBEAT).0, "NoHeartbeat");
+    assert_eq!(reason(&o, READY).0, "NoHeartbeat");
 }
 
 #[test]
@@ -852,6 +914,7 @@ fn a_new_vms_first_status_waits_briefly_for_its_first_heartbeat() {
             grace: Duration::from_secs(300),
             assess_request: None,
             clock: crate::clock::Clock::real(),
+            guests_refused: None,
         })
     };
     // Just created, no heartbeat yet: nothing to write, a look again when the wait is over.
