@@ -69,11 +69,14 @@ pub async fn run(
     .try_filter_map(move |event| futures::future::ready(Ok(invalid::screen(event, &report))))
     .inspect_ok({
         let (own, written) = (shared.own_writes.clone(), shared.written.clone());
+        let held = shared.held.clone();
         move |event| {
             if let watcher::Event::Delete(vm) = event {
                 let (ns, name) = (vm.namespace().unwrap_or_default(), vm.name_any());
                 own.forget(&ns, &name);
                 written.forget(&ns, &name);
+                // A VM deleted while held for its first heartbeat is not woken for nothing.
+                held.release(&ns, &name);
             }
         }
     })
