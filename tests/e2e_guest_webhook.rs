@@ -331,11 +331,8 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
         .split_once("- type: Webhook")
         .expect("the webhook authorizer");
     let (_, tail) = rest.split_once("- type: RBAC").expect("RBAC after it");
-    let restore = Restore {
-        path: authz.clone(),
-        content: original.clone(),
-    };
-    write_atomically(&authz, &format!("{head}- type: RBAC{tail}"));
+    let restore = support::Restore::new(&authz, &original);
+    support::write_atomically(&authz, &format!("{head}- type: RBAC{tail}"));
     let reload = Duration::from_secs(240);
     let ready = |vm: VirtualMachine, kind: &str| {
         vm.status?
@@ -399,31 +396,11 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
 /// `automend_guest_authorizer_routed`, if the controller serves the series.
 async fn routed(ctl: &ControllerProcess) -> Option<i64> {
     ctl.metrics().await.lines().find_map(|l| {
-        let v = l
-            .strip_prefix("automend_guest_authorizer_routed ")
-            .or_else(|| l.strip_prefix("automend_guest_authorizer_routed{} "))?;
-        v.trim().parse().ok()
+        l.strip_prefix("automend_guest_authorizer_routed ")?
+            .trim()
+            .parse()
+            .ok()
     })
-}
-
-/// Replace a file the API server reads in one step (it never reads half of it).
-fn write_atomically(path: &std::path::Path, content: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).expect("writing");
-    std::fs::rename(&tmp, path).expect("renaming");
-}
-
-/// Puts the API server's AuthorizationConfiguration back however the test ends: the control
-/// plane outlives the test.
-struct Restore {
-    path: std::path::PathBuf,
-    content: String,
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        write_atomically(&self.path, &self.content);
-    }
 }
 
 /// The serial number of the certificate the authorizer presents to a new connection.
@@ -455,56 +432,5 @@ fn serial_of(cert: &std::path::Path) -> Option<String> {
 /// A new key and certificate for the authorizer from the cluster's CA, written over `cert` and
 /// `key` (key first: the controller keeps serving the old pair until the two match).
 fn renew(pki: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (new_key, csr, ext, new_cert) = (
-        dir.path().join("k"),
-        dir.path().join("csr"),
-        dir.path().join("ext"),
-        dir.path().join("c"),
-    );
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("extensions");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    run(&[
-        "req".as_ref(),
-        "-new".as_ref(),
-        "-nodes".as_ref(),
-        "-newkey".as_ref(),
-        "rsa:2048".as_ref(),
-        "-subj".as_ref(),
-        "/CN=automend-guest-authorizer".as_ref(),
-        "-keyout".as_ref(),
-        new_key.as_os_str(),
-        "-out".as_ref(),
-        csr.as_os_str(),
-    ]);
-    run(&[
-        "x509".as_ref(),
-        "-req".as_ref(),
-        "-in".as_ref(),
-        csr.as_os_str(),
-        "-CA".as_ref(),
-        pki.join("ca.crt").as_os_str(),
-        "-CAkey".as_ref(),
-        pki.join("ca.key").as_os_str(),
-        "-set_serial".as_ref(),
-        format!("{}", std::process::id()).as_ref(),
-        "-days".as_ref(),
-        "1".as_ref(),
-        "-extfile".as_ref(),
-        ext.as_os_str(),
-        "-out".as_ref(),
-        new_cert.as_os_str(),
-    ]);
-    std::fs::copy(&new_key, key).expect("the new key");
-    std::fs::copy(&new_cert, cert).expect("the new certificate");
+    support::issue_serving_cert(pki, "IP:127.0.0.1,DNS:localhost", cert, key);
 }

@@ -48,6 +48,8 @@ fn values_schema_rejects_bad_values_naming_them() {
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("unknownKey=1", "unknownKey"),
         ("guestAuthorization.mode=ldap", "mode"),
+        ("guestAuthorization.clusterIP=10.96.0", "clusterIP"),
+        ("guestAuthorization.recheckEvery=often", "recheckEvery"),
     ] {
         let out = c.helm(&[
             "template",
@@ -114,7 +116,24 @@ fn guest_authorization_webhook_mode_serves_the_authorizer() {
         "name: x-automend-guest-authorizer",
         "targetPort: authorizer",
         "resources: [\"subjectaccessreviews\"]",
+        "--authorizer-recheck-every=30s",
     ] {
+        assert!(r.contains(want), "missing {want:?} in:\n{r}");
+    }
+    assert!(
+        !r.contains("clusterIP:"),
+        "assigned by the cluster unless set: {r}"
+    );
+    // A fixed address for the API server's kubeconfig, and another recheck interval.
+    let out = template(&[
+        "guestAuthorization.mode=webhook",
+        "guestAuthorization.tlsSecret=authorizer-tls",
+        "guestAuthorization.clusterIP=10.96.255.200",
+        "guestAuthorization.recheckEvery=1m",
+    ]);
+    let r = text(&out);
+    assert!(out.status.success(), "{r}");
+    for want in ["clusterIP: 10.96.255.200", "--authorizer-recheck-every=1m"] {
         assert!(r.contains(want), "missing {want:?} in:\n{r}");
     }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use support::env::Env;
-use support::{node_cluster, run_checked, wait_for};
+use support::{guest_webhook_node_cluster, run_checked, wait_for};
 
 const CHART: &str = "charts/automend";
 const RELEASE: &str = "automend";
@@ -107,7 +107,7 @@ async fn ready_replicas(deploys: &Api<Deployment>) -> (i32, i32, i64) {
 
 #[tokio::test]
 async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
-    let c = node_cluster();
+    let c = guest_webhook_node_cluster();
     build_and_import_image(c);
     let client = c.client().await;
 
@@ -301,6 +301,12 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
     let left = env.vms.list(&ListParams::default()).await.expect("VMs");
     assert_eq!(left.items.len(), 5, "VMs survive helm uninstall");
 
+    // The same VMs under the chart's webhook mode (the local control plane only: the test
+    // configures the API server).
+    if let Some(state) = &c.state {
+        webhook_mode_as_pods(c, state, &client, &system, &env).await;
+    }
+
     let _ = c.kubectl(&[
         "delete",
         "clusterrole,clusterrolebinding",
@@ -311,4 +317,153 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
     let _ = Api::<Namespace>::all(client)
         .delete(&system, &DeleteParams::background())
         .await;
+}
+
+/// The guest authorizer's fixed ClusterIP (in the local control plane's 10.96.0.0/16).
+const AUTHORIZER_IP: &str = "10.96.255.200";
+
+/// `helm install` in webhook mode: the API server's AuthorizationConfiguration sends guest
+/// reviews to the chart's Service (a fixed ClusterIP, reached through kube-proxy on this
+/// machine, with a certificate naming it). The controller Pods start only once the API server
+/// asks them; they delete the Roles and RoleBindings the `rbac` release made, the guests go on,
+/// and both replicas report `automend_guest_authorizer_routed 1`.
+async fn webhook_mode_as_pods(
+    c: &support::Cluster,
+    state: &std::path::Path,
+    client: &kube::Client,
+    system: &str,
+    env: &Env,
+) {
+    let pki = state.join("pki");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    support::issue_serving_cert(&pki, &format!("IP:{AUTHORIZER_IP}"), &cert, &key);
+    c.kubectl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "authorizer-tls",
+        "-n",
+        system,
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    // The API server's webhook now names the Service (it reloads the file within a minute).
+    let kubeconfig = state.join("guest-authorizer-pods.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster:\n    server: https://{AUTHORIZER_IP}:443/authorize\n    certificate-authority: {}\nusers:\n- name: kube-apiserver\n  user: {{}}\ncontexts:\n- name: a\n  context: {{cluster: a, user: kube-apiserver}}\ncurrent-context: a\n",
+            pki.join("ca.crt").display()
+        ),
+    )
+    .expect("the webhook kubeconfig");
+    let authz = state.join("authorization.yaml");
+    let original = std::fs::read_to_string(&authz).expect("the AuthorizationConfiguration");
+    let local = state.join("guest-authorizer.kubeconfig");
+    assert!(original.contains(&*local.to_string_lossy()), "{original}");
+    let _restore = support::Restore::new(&authz, &original);
+    support::write_atomically(
+        &authz,
+        &original.replace(&*local.to_string_lossy(), &kubeconfig.to_string_lossy()),
+    );
+
+    let started = Instant::now();
+    let out = c.helm(&[
+        "install",
+        RELEASE,
+        CHART,
+        "-n",
+        system,
+        "--take-ownership",
+        "--set",
+        &format!("image.tag={TAG}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "guestAuthorization.mode=webhook",
+        "--set",
+        "guestAuthorization.tlsSecret=authorizer-tls",
+        "--set",
+        &format!("guestAuthorization.clusterIP={AUTHORIZER_IP}"),
+        "--set",
+        "guestAuthorization.recheckEvery=5s",
+        "--wait",
+        "--timeout",
+        "300s",
+    ]);
+    assert!(
+        out.status.success(),
+        "helm install (webhook mode) failed:\n{}\n{}",
+        text(&out),
+        text(&c.kubectl(&[
+            "logs",
+            "-n",
+            system,
+            "-l",
+            "app.kubernetes.io/name=automend",
+            "--tail=30"
+        ]))
+    );
+    eprintln!(
+        "helm install --wait (webhook mode): {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // The per-VM RBAC goes; the guests, now authorized by the Pods, keep their VMs Configured.
+    let owned = |kind: &'static str| {
+        let client = client.clone();
+        let ns = env.ns.name.clone();
+        async move {
+            let lp = ListParams::default().labels(automend::identity::OWNED_SELECTOR);
+            match kind {
+                "Role" => Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client, &ns)
+                    .list(&lp)
+                    .await
+                    .map(|l| l.items.len()),
+                _ => Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client, &ns)
+                    .list(&lp)
+                    .await
+                    .map(|l| l.items.len()),
+            }
+            .ok()
+        }
+    };
+    wait_for(
+        "the per-VM Roles and RoleBindings removed",
+        Duration::from_secs(120),
+        || async { (owned("Role").await? == 0 && owned("RoleBinding").await? == 0).then_some(()) },
+    )
+    .await;
+    // A VM created now is onboarded by a guest that never had a Role.
+    env.vm("vm-5", Some("dev-test"), BTreeMap::new(), BTreeMap::new())
+        .await;
+    for i in 0..6 {
+        env.wait_phase(&format!("vm-{i}"), VmPhase::Configured)
+            .await;
+    }
+    let pods = metrics_endpoints(client, system).await;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let mut allowed = 0.0;
+    for p in &pods {
+        assert_eq!(
+            pod_metric(client, system, p, "automend_guest_authorizer_routed ").await,
+            Some(1.0),
+            "{p}"
+        );
+        allowed += pod_metric(
+            client,
+            system,
+            p,
+            "automend_guest_authorizations_total{decision=\"allowed\"}",
+        )
+        .await
+        .unwrap_or(0.0);
+    }
+    assert!(allowed > 0.0, "no guest review answered by the Pods");
+    let out = c.helm(&["uninstall", RELEASE, "-n", system, "--wait"]);
+    assert!(
+        out.status.success(),
+        "helm uninstall failed:\n{}",
+        text(&out)
+    );
 }

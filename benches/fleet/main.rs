@@ -374,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
         Some(a) => {
             let bound = automend::controller::authorizer::bind(&a).await?;
             let mut registry = prometheus_client::registry::Registry::default();
-            let metrics = automend::controller::metrics::Metrics::register(&mut registry);
+            let metrics = automend::controller::metrics::Metrics::register(&mut registry, true);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(automend::controller::authorizer::serve(
                 bound,

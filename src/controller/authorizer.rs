@@ -337,13 +337,13 @@ pub async fn keep_checking(
 ) {
     let review = probe_review(scope.as_deref());
     let api = kube::Api::<SubjectAccessReview>::all(client);
-    metrics.routed(true);
+    metrics.guest_authorizer_routed.set(1);
     let checks = async {
         loop {
             tokio::time::sleep(every).await;
             match probe(&api, &review).await {
                 Probe::Routed => {
-                    metrics.routed(true);
+                    metrics.guest_authorizer_routed.set(1);
                     if routing.set(None) {
                         info!(
                             "guest authorizer: the API server asks this controller about guests again"
@@ -351,7 +351,7 @@ pub async fn keep_checking(
                     }
                 }
                 Probe::NotRouted(answer) => {
-                    metrics.routed(false);
+                    metrics.guest_authorizer_routed.set(0);
                     let problem = refused_because(&answer);
                     if routing.set(Some(problem.clone())) {
                         error!(%problem, "guest authorizer: guests are refused");
@@ -390,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn reviews_are_answered_and_counted_and_nonsense_is_refused() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, true);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let router = app(Some("fleet".into()), metrics.clone());

@@ -35,7 +35,8 @@ struct Inner {
 }
 
 impl State {
-    pub fn new(health: crate::watch::Health) -> Self {
+    /// `guest_webhook`: under `--guest-authorization=webhook` (its metrics are served).
+    pub fn new(health: crate::watch::Health, guest_webhook: bool) -> Self {
         let mut registry = Registry::with_prefix("automend");
         registry.register(
             "build",
@@ -58,7 +59,7 @@ impl State {
             "Errors of watches (each retried)",
             health.failures.clone(),
         );
-        let metrics = super::metrics::Metrics::register(&mut registry);
+        let metrics = super::metrics::Metrics::register(&mut registry, guest_webhook);
         State {
             metrics,
             inner: Arc::new(Inner {
@@ -143,7 +144,7 @@ mod tests {
 
     #[test]
     fn metrics_carry_build_info_and_readiness() {
-        let state = State::new(crate::watch::Health::default());
+        let state = State::new(crate::watch::Health::default(), false);
         state.set_ready(true);
         let text = state.metrics_text();
         assert!(text.contains("automend_build_info{version=\""), "{text}");
@@ -156,7 +157,7 @@ mod tests {
             idle: std::time::Duration::from_millis(10),
             unhealthy_after: std::time::Duration::from_millis(10),
         });
-        let state = State::new(health.clone());
+        let state = State::new(health.clone(), false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

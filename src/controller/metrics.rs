@@ -73,13 +73,14 @@ pub struct Metrics {
     /// Reviews answered by the guest authorizer (`--guest-authorization=webhook`).
     pub guest_authorizations: Family<DecisionLabel, Counter>,
     /// 1 while the API server sends guest reviews to this controller, 0 once it is seen not to.
-    /// A series only under `--guest-authorization=webhook` (`routed`): under `rbac` there is
-    /// nothing to route, and a 0 would read as an outage.
-    guest_authorizer_routed: Family<Vec<(String, String)>, Gauge>,
+    /// Registered only under `--guest-authorization=webhook`: under `rbac` there is nothing to
+    /// route, and a 0 would read as an outage.
+    pub guest_authorizer_routed: Gauge,
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Register every metric; `guest_webhook` adds the guest authorizer's routing gauge.
+    pub fn register(registry: &mut Registry, guest_webhook: bool) -> Self {
         let m = Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
@@ -102,7 +103,7 @@ impl Metrics {
             slo_projected_to_meet: Family::default(),
             api_requests: Family::default(),
             guest_authorizations: Family::default(),
-            guest_authorizer_routed: Family::default(),
+            guest_authorizer_routed: Gauge::default(),
         };
         registry.register(
             "reconciles",
@@ -195,19 +196,14 @@ impl Metrics {
             "SubjectAccessReviews the guest authorizer answered, by decision (allowed, no_opinion)",
             m.guest_authorizations.clone(),
         );
-        registry.register(
+        if guest_webhook {
+            registry.register(
             "guest_authorizer_routed",
             "1 while the API server sends guest SubjectAccessReviews to this controller, 0 once a check finds it does not (--guest-authorization=webhook only)",
             m.guest_authorizer_routed.clone(),
         );
+        }
         m
-    }
-
-    /// Set `automend_guest_authorizer_routed`.
-    pub fn routed(&self, routed: bool) {
-        self.guest_authorizer_routed
-            .get_or_create(&Vec::new())
-            .set(i64::from(routed));
     }
 
     pub fn label(controller: &str) -> ControllerLabel {

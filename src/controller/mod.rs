@@ -140,7 +140,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         idle: settings.watch_idle,
         unhealthy_after: settings.watch_unhealthy_after,
     });
-    let state = State::new(health.clone());
+    let state = State::new(health.clone(), settings.guest_authorizer.webhook());
     let client = crate::kubeclient::counted_client(state.metrics.api_requests.clone()).await?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
     // The address bound (with port 0 the system picks the port; say which).

@@ -68,6 +68,19 @@ pub fn guest_webhook_cluster() -> &'static Cluster {
     c
 }
 
+/// `node_cluster`, its API server also configured for the guest webhook (`hack/cluster.sh up
+/// --node --guest-webhook`; nobody answers there until a test routes it: RBAC decides as
+/// without it). With `KUBECONFIG` set, that cluster as it is (`state` is then `None`).
+pub fn guest_webhook_node_cluster() -> &'static Cluster {
+    WITH_GUEST_WEBHOOK.store(true, Ordering::SeqCst);
+    let c = node_cluster();
+    assert!(
+        c.state.is_none() || c.authorizer_args().is_some(),
+        "this test binary's control plane was started without --guest-webhook"
+    );
+    c
+}
+
 /// The shared control plane of this test binary with a node that runs Pods (`hack/cluster.sh up
 /// --node`: containerd, kubelet, kube-proxy on this machine; needs root). Call it before anything
 /// else of this module in a test binary. With `KUBECONFIG` set, that cluster is used as it is.
@@ -347,6 +360,100 @@ impl Cluster {
             // The policy takes effect once the API server's admission plugin has loaded it.
             std::thread::sleep(std::time::Duration::from_secs(2));
         });
+    }
+}
+
+/// A new serving key and certificate for the guest authorizer from the local control plane's CA
+/// (`pki`), naming `san` ("IP:…,DNS:…"), written over `cert` and `key` (key first: a server
+/// keeps the old pair until the two match).
+pub fn issue_serving_cert(pki: &Path, san: &str, cert: &Path, key: &Path) {
+    // Unique per certificate issued here (the CA's own and earlier ones are from other runs).
+    static ISSUED: AtomicU32 = AtomicU32::new(1);
+    let serial = format!(
+        "{}{:04}",
+        std::process::id(),
+        ISSUED.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (new_key, csr, ext, new_cert) = (
+        dir.path().join("k"),
+        dir.path().join("csr"),
+        dir.path().join("ext"),
+        dir.path().join("c"),
+    );
+    std::fs::write(
+        &ext,
+        format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName={san}\n"),
+    )
+    .expect("extensions");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req".as_ref(),
+        "-new".as_ref(),
+        "-nodes".as_ref(),
+        "-newkey".as_ref(),
+        "rsa:2048".as_ref(),
+        "-subj".as_ref(),
+        "/CN=automend-guest-authorizer".as_ref(),
+        "-keyout".as_ref(),
+        new_key.as_os_str(),
+        "-out".as_ref(),
+        csr.as_os_str(),
+    ]);
+    run(&[
+        "x509".as_ref(),
+        "-req".as_ref(),
+        "-in".as_ref(),
+        csr.as_os_str(),
+        "-CA".as_ref(),
+        pki.join("ca.crt").as_os_str(),
+        "-CAkey".as_ref(),
+        pki.join("ca.key").as_os_str(),
+        "-set_serial".as_ref(),
+        serial.as_ref(),
+        "-days".as_ref(),
+        "1".as_ref(),
+        "-extfile".as_ref(),
+        ext.as_os_str(),
+        "-out".as_ref(),
+        new_cert.as_os_str(),
+    ]);
+    std::fs::copy(&new_key, key).expect("the new key");
+    std::fs::copy(&new_cert, cert).expect("the new certificate");
+}
+
+/// Replace a file the API server reads in one step (it never reads half of it).
+pub fn write_atomically(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("writing");
+    std::fs::rename(&tmp, path).expect("renaming");
+}
+
+/// Puts a file of the control plane back however the test ends (the control plane outlives
+/// the test): e.g. the API server's AuthorizationConfiguration a test changed.
+pub struct Restore {
+    path: PathBuf,
+    content: String,
+}
+
+impl Restore {
+    pub fn new(path: &Path, content: &str) -> Restore {
+        Restore {
+            path: path.to_path_buf(),
+            content: content.to_string(),
+        }
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        write_atomically(&self.path, &self.content);
     }
 }
 
