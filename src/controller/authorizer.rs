@@ -64,8 +64,17 @@ pub struct Args {
     /// How often a running controller checks that the API server still sends guest reviews to
     /// it (with --guest-authorization=webhook); when it does not, VMs whose guests fall silent
     /// say why, and automend_guest_authorizer_routed is 0.
-    #[arg(long, default_value = "30s", value_parser = crate::logic::duration::parse)]
+    #[arg(long, default_value = "30s", value_parser = recheck_interval)]
     pub authorizer_recheck_every: Duration,
+}
+
+/// `--authorizer-recheck-every`: a duration of at least a second (one SubjectAccessReview each).
+fn recheck_interval(s: &str) -> Result<Duration, String> {
+    let d = crate::logic::duration::parse(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s} is shorter than the allowed minimum of 1s"));
+    }
+    Ok(d)
 }
 
 impl Args {
@@ -448,6 +457,15 @@ mod tests {
         assert!(routing.set(None));
         assert_eq!(woken(&mut changes), Some(()));
         assert_eq!(routing.problem(), None);
+    }
+
+    #[test]
+    fn the_recheck_interval_is_at_least_a_second() {
+        assert_eq!(recheck_interval("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(recheck_interval("1s"), Ok(Duration::from_secs(1)));
+        let err = recheck_interval("0s").expect_err("0s");
+        assert!(err.contains("minimum of 1s"), "{err}");
+        assert!(recheck_interval("often").is_err());
     }
 
     #[test]

@@ -198,10 +198,10 @@ impl Metrics {
         );
         if guest_webhook {
             registry.register(
-            "guest_authorizer_routed",
-            "1 while the API server sends guest SubjectAccessReviews to this controller, 0 once a check finds it does not (--guest-authorization=webhook only)",
-            m.guest_authorizer_routed.clone(),
-        );
+                "guest_authorizer_routed",
+                "1 while the API server sends guest SubjectAccessReviews to this controller, 0 once a check finds it does not (--guest-authorization=webhook only)",
+                m.guest_authorizer_routed.clone(),
+            );
         }
         m
     }
