@@ -14,6 +14,7 @@ use crate::logic::conditions::{Conditions, is_true};
 use crate::logic::duration::{self, Earliest};
 use crate::logic::text;
 
+use super::heartbeat::CREDENTIAL_EXPIRED;
 use super::{
     DRIFTED, EventSpec, HEARTBEAT, Heartbeat, IMAGE_SUPPORTED, Inputs, ONBOARDED, Onboarded,
     Outcome, PROFILE_RESOLVED, ProfileChoice, READY, RemediationPolicy,
@@ -21,7 +22,6 @@ use super::{
 
 /// The Heartbeat condition's reason (and the Event's) for a guest whose clock is off.
 pub const CLOCK_SKEWED: &str = "ClockSkewed";
-use super::heartbeat::CREDENTIAL_EXPIRED;
 
 /// Where the VM stands, and why.
 struct Verdict {
