@@ -27,20 +27,6 @@ fn forbidden<T: std::fmt::Debug>(r: Result<T, kube::Error>, what: &str) {
     }
 }
 
-async fn owned<K>(env: &Env) -> usize
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Api::<K>::namespaced(env.client.clone(), &env.ns.name)
-        .list(&ListParams::default().labels(automend::identity::OWNED_SELECTOR))
-        .await
-        .map(|l| l.items.len())
-        .expect("listing identity objects")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
     let c = guest_webhook_cluster();
@@ -93,8 +79,8 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
     env.sim().await;
     env.wait_phase("a", VmPhase::Configured).await;
     env.wait_phase("b", VmPhase::Configured).await;
-    assert_eq!(owned::<Role>(&env).await, 2);
-    assert_eq!(owned::<RoleBinding>(&env).await, 2);
+    assert_eq!(env.owned::<Role>().await, 2);
+    assert_eq!(env.owned::<RoleBinding>().await, 2);
     assert_eq!(routed(&rbac).await, None, "nothing routed under rbac");
     rbac.terminate();
 
@@ -125,18 +111,18 @@ async fn guests_authorized_by_the_controller_keep_every_rbac_denial() {
         "the per-VM Roles and RoleBindings to be removed",
         LONG,
         || async {
-            (owned::<Role>(&env).await == 0 && owned::<RoleBinding>(&env).await == 0).then_some(())
+            (env.owned::<Role>().await == 0 && env.owned::<RoleBinding>().await == 0).then_some(())
         },
     )
     .await;
-    assert_eq!(owned::<ServiceAccount>(&env).await, 2);
+    assert_eq!(env.owned::<ServiceAccount>().await, 2);
     // A VM created now gets a ServiceAccount and a Lease, nothing else, and is onboarded.
     env.vm("c", Some(&prod), BTreeMap::new(), BTreeMap::new())
         .await;
     env.wait_phase("c", VmPhase::Configured).await;
-    assert_eq!(owned::<Role>(&env).await, 0);
-    assert_eq!(owned::<RoleBinding>(&env).await, 0);
-    assert_eq!(owned::<ServiceAccount>(&env).await, 3);
+    assert_eq!(env.owned::<Role>().await, 0);
+    assert_eq!(env.owned::<RoleBinding>().await, 0);
+    assert_eq!(env.owned::<ServiceAccount>().await, 3);
     // Its guest created its Lease (the controller wrote nothing to it), owned by the VM.
     let (lease, managers) = env.lease_managers("c").await;
     assert_eq!(managers, [automend::identity::GUEST_MANAGER], "{lease:?}");

@@ -14,6 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use support::env::Env;
@@ -47,6 +48,35 @@ fn build_and_import_image(c: &support::Cluster) {
         cmd.arg("--import").env("AUTOMEND_CLUSTER_DIR", state);
     }
     run_checked(&mut cmd, "hack/image.sh build --import");
+}
+
+/// `helm install --wait` of the chart with this build's image into `system`, with `sets`.
+fn install(
+    c: &support::Cluster,
+    system: &str,
+    sets: &[&str],
+    timeout: &str,
+) -> std::process::Output {
+    let tag = format!("image.tag={TAG}");
+    let mut args = vec![
+        "install",
+        RELEASE,
+        CHART,
+        "-n",
+        system,
+        "--take-ownership",
+        "--set",
+        &tag,
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        timeout,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    c.helm(&args)
 }
 
 /// The series' value on one Pod's /metrics, read through the API server's Pod proxy.
@@ -124,21 +154,7 @@ async fn the_chart_runs_on_a_node_under_its_own_rbac_and_pod_security() {
         .expect("creating the release namespace");
 
     let started = Instant::now();
-    let out = c.helm(&[
-        "install",
-        RELEASE,
-        CHART,
-        "-n",
-        &system,
-        "--take-ownership",
-        "--set",
-        &format!("image.tag={TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "180s",
-    ]);
+    let out = install(c, &system, &[], "180s");
     assert!(out.status.success(), "helm install failed:\n{}", text(&out));
     eprintln!(
         "helm install --wait: {:.1}s",
@@ -369,29 +385,18 @@ async fn webhook_mode_as_pods(
     );
 
     let started = Instant::now();
-    let out = c.helm(&[
-        "install",
-        RELEASE,
-        CHART,
-        "-n",
+    let cluster_ip = format!("guestAuthorization.clusterIP={AUTHORIZER_IP}");
+    let out = install(
+        c,
         system,
-        "--take-ownership",
-        "--set",
-        &format!("image.tag={TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        "guestAuthorization.mode=webhook",
-        "--set",
-        "guestAuthorization.tlsSecret=authorizer-tls",
-        "--set",
-        &format!("guestAuthorization.clusterIP={AUTHORIZER_IP}"),
-        "--set",
-        "guestAuthorization.recheckEvery=5s",
-        "--wait",
-        "--timeout",
+        &[
+            "guestAuthorization.mode=webhook",
+            "guestAuthorization.tlsSecret=authorizer-tls",
+            &cluster_ip,
+            "guestAuthorization.recheckEvery=5s",
+        ],
         "300s",
-    ]);
+    );
     assert!(
         out.status.success(),
         "helm install (webhook mode) failed:\n{}\n{}",
@@ -410,28 +415,12 @@ async fn webhook_mode_as_pods(
         started.elapsed().as_secs_f64()
     );
     // The per-VM RBAC goes; the guests, now authorized by the Pods, keep their VMs Configured.
-    let owned = |kind: &'static str| {
-        let client = client.clone();
-        let ns = env.ns.name.clone();
-        async move {
-            let lp = ListParams::default().labels(automend::identity::OWNED_SELECTOR);
-            match kind {
-                "Role" => Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client, &ns)
-                    .list(&lp)
-                    .await
-                    .map(|l| l.items.len()),
-                _ => Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client, &ns)
-                    .list(&lp)
-                    .await
-                    .map(|l| l.items.len()),
-            }
-            .ok()
-        }
-    };
     wait_for(
         "the per-VM Roles and RoleBindings removed",
         Duration::from_secs(120),
-        || async { (owned("Role").await? == 0 && owned("RoleBinding").await? == 0).then_some(()) },
+        || async {
+            (env.owned::<Role>().await == 0 && env.owned::<RoleBinding>().await == 0).then_some(())
+        },
     )
     .await;
     // A VM created now is onboarded by a guest that never had a Role.

@@ -393,6 +393,22 @@ impl Env {
         (lease, managers)
     }
 
+    /// How many objects of kind `K` in the namespace the controller labelled as a guest
+    /// identity's (ServiceAccounts, Roles, RoleBindings).
+    pub async fn owned<K>(&self) -> usize
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::<K>::namespaced(self.client.clone(), &self.ns.name)
+            .list(&ListParams::default().labels(automend::identity::OWNED_SELECTOR))
+            .await
+            .map(|l| l.items.len())
+            .expect("listing identity objects")
+    }
+
     pub fn applies(&self, name: &str) -> u64 {
         self.stats
             .lock()
